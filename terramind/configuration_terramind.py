@@ -1,0 +1,259 @@
+"""Configuration of TerraMind (IBM/ESA any-to-any Earth-observation foundation model)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from .modalities import MODALITIES, RAW_IMAGE_MODALITIES, TOKENIZER_MODALITIES, resolve_modality
+
+# The four released v1 architectures. tiny/small: biases + GELU MLP; base/large: no biases + SwiGLU (`fc3`).
+TERRAMIND_VARIANTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=192, num_attention_heads=3, num_hidden_layers=12, num_decoder_layers=4,
+                 qkv_bias=True, proj_bias=True, mlp_bias=True, hidden_act="gelu", gated_mlp=False),
+    "small": dict(hidden_size=384, num_attention_heads=6, num_hidden_layers=12, num_decoder_layers=6,
+                  qkv_bias=True, proj_bias=True, mlp_bias=True, hidden_act="gelu", gated_mlp=False),
+    "base": dict(hidden_size=768, num_attention_heads=12, num_hidden_layers=12, num_decoder_layers=12,
+                 qkv_bias=False, proj_bias=False, mlp_bias=False, hidden_act="silu", gated_mlp=True),
+    "large": dict(hidden_size=1024, num_attention_heads=16, num_hidden_layers=24, num_decoder_layers=24,
+                  qkv_bias=False, proj_bias=False, mlp_bias=False, hidden_act="silu", gated_mlp=True),
+}  # fmt: skip
+
+MERGE_METHODS = ("mean", "max", "concat", "dict", None)
+DEFAULT_TOKENIZER_REPOS = {m: f"ibm-esa-geospatial/TerraMind-1.0-Tokenizer-{m}" for m in TOKENIZER_MODALITIES}
+DEFAULT_TOKENIZER_REPOS["Coordinates"] = "ibm-esa-geospatial/TerraMind-1.0-Tokenizer-Coords"
+
+
+class TerraMindConfig(PretrainedConfig):
+    r"""Configuration of a TerraMind v1 model (encoder, and the decoder used for generation and TiM).
+
+    Args:
+        hidden_size: width of the transformer.
+        num_hidden_layers: encoder blocks.
+        num_decoder_layers: decoder blocks (generation, Thinking-in-Modalities).
+        num_attention_heads: heads of every attention layer.
+        mlp_ratio: MLP width over `hidden_size`; a gated MLP (SwiGLU) uses 2/3 of it, as the original.
+        intermediate_size: MLP hidden width; derived from `mlp_ratio` when not given.
+        hidden_act: MLP activation ("gelu" for tiny/small, "silu" with `gated_mlp` for base/large).
+        gated_mlp: SwiGLU MLP with a third projection `fc3`.
+        qkv_bias, proj_bias, mlp_bias: biases of the attention input/output projections and of the MLP.
+        layer_norm_eps: epsilon of the (bias-free) LayerNorms.
+        image_size: size the positional embeddings are built for; other sizes (multiples of `patch_size`)
+            interpolate them bicubically, as the original does.
+        patch_size: patch size of the image embeddings.
+        modalities: encoder inputs: pretrained names (S2L1C, S2L2A, RGB, S1GRD, S1RTC, DEM, LULC, NDVI,
+            Coordinates and the original's aliases, e.g. "S2L1C_L8", "sen2l2a", "location") and new modalities
+            as `{"NAME": num_channels}`. `None` or empty with `in_chans` gives one new modality "image".
+        in_chans: channels of the new modality "image" when `modalities` is empty.
+        bands: per-modality band names. For a pretrained image modality the patch embedding takes the
+            pretrained columns by name (subsets and reorderings); unknown names get fresh columns.
+        merge_method: how the per-modality tokens are merged in the outputs: "mean", "max", "concat" (along
+            channels, learned token for missing modalities), "dict" (modality -> tokens) or None (all tokens).
+        modality_drop_rate: probability of dropping each input modality but one during training.
+        num_register_tokens: learned register tokens prepended to the sequence.
+        drop_path_rate: stochastic depth, linearly increasing over the encoder blocks.
+        attention_dropout, hidden_dropout: dropout rates of attention probabilities and block outputs.
+        tim_modalities: Thinking-in-Modalities: modalities the model generates for itself and appends to its
+            input (the original `_tim` models default to ["LULC"]). Empty disables TiM.
+        tim_decoding_steps, tim_temperature, tim_top_p, tim_top_k: sampling of the TiM modalities.
+        tokenizer_paths: modality -> folder or Hub repo of its tokenizer (defaults to the official repos).
+        initializer_range: std of the normal init of embeddings.
+    """
+
+    model_type = "terramind"
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_decoder_layers: int = 12,
+        num_attention_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        intermediate_size: int | None = None,
+        hidden_act: str = "silu",
+        gated_mlp: bool = True,
+        qkv_bias: bool = False,
+        proj_bias: bool = False,
+        mlp_bias: bool = False,
+        layer_norm_eps: float = 1e-6,
+        image_size: int = 224,
+        patch_size: int = 16,
+        modalities: list[str | dict[str, int]] | dict[str, int] | None = None,
+        in_chans: int = 3,
+        bands: dict[str, list[str]] | None = None,
+        merge_method: str | None = "mean",
+        modality_drop_rate: float = 0.0,
+        num_register_tokens: int = 0,
+        drop_path_rate: float = 0.0,
+        attention_dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
+        tim_modalities: list[str] | None = None,
+        tim_decoding_steps: int = 1,
+        tim_temperature: float = 1.0,
+        tim_top_p: float = 0.8,
+        tim_top_k: int = 0,
+        tokenizer_paths: dict[str, str] | None = None,
+        initializer_range: float = 0.02,
+        variant: str | None = None,
+        **kwargs,
+    ):
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_decoder_layers = num_decoder_layers
+        self.num_attention_heads = num_attention_heads
+        self.mlp_ratio = mlp_ratio
+        if intermediate_size is None:
+            intermediate_size = int(hidden_size * mlp_ratio)
+            if gated_mlp:  # the original keeps the parameter count of the plain MLP
+                intermediate_size = int(2 * intermediate_size / 3)
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.gated_mlp = gated_mlp
+        self.qkv_bias = qkv_bias
+        self.proj_bias = proj_bias
+        self.mlp_bias = mlp_bias
+        self.layer_norm_eps = layer_norm_eps
+        self.image_size = image_size
+        self.patch_size = patch_size
+        if isinstance(modalities, dict):
+            modalities = [modalities]
+        self.modalities = list(modalities) if modalities else [{"image": in_chans}]
+        self.in_chans = in_chans
+        self.bands = dict(bands) if bands else None
+        self.merge_method = merge_method
+        self.modality_drop_rate = modality_drop_rate
+        self.num_register_tokens = num_register_tokens
+        self.drop_path_rate = drop_path_rate
+        self.attention_dropout = attention_dropout
+        self.hidden_dropout = hidden_dropout
+        self.tim_modalities = list(tim_modalities or [])
+        self.tim_decoding_steps = tim_decoding_steps
+        self.tim_temperature = tim_temperature
+        self.tim_top_p = tim_top_p
+        self.tim_top_k = tim_top_k
+        self.tokenizer_paths = dict(tokenizer_paths or {})
+        self.initializer_range = initializer_range
+        self.variant = variant
+        kwargs.setdefault("tie_word_embeddings", True)  # decoder logits heads share the token embeddings
+        super().__init__(**kwargs)
+        self.validate()
+
+    @classmethod
+    def from_variant(cls, variant: str, **kwargs) -> TerraMindConfig:
+        """Config of a released v1 architecture ("tiny", "small", "base", "large"); kwargs override."""
+        if variant not in TERRAMIND_VARIANTS:
+            raise ValueError(f"Unknown TerraMind variant {variant!r}; expected one of {', '.join(TERRAMIND_VARIANTS)}.")
+        return cls(**{**TERRAMIND_VARIANTS[variant], "variant": variant, **kwargs})
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Fail early, with what is allowed, instead of building a model that fails later."""
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                             f"({self.num_attention_heads}).")  # fmt: skip
+        if self.hidden_size % 4:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by 4 (2-D sin-cos embeddings).")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size}).")
+        if self.merge_method not in MERGE_METHODS:
+            raise ValueError(f"merge_method must be one of 'mean', 'max', 'concat', 'dict' or None, "
+                             f"got {self.merge_method!r}.")  # fmt: skip
+        if not 0.0 <= self.modality_drop_rate <= 1.0:
+            raise ValueError(f"modality_drop_rate must be in [0, 1], got {self.modality_drop_rate}.")
+        if self.num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens must be >= 0, got {self.num_register_tokens}.")
+        specs = self.modality_specs()  # validates names and duplicates
+        for name, channels in specs.items():
+            if channels is None and self.bands and name in self.bands:
+                raise ValueError(f"bands given for {name}, which is not an image modality.")
+        if self.bands:
+            for key, names in self.bands.items():
+                target = self.modality_key(key)
+                if target not in specs:
+                    raise ValueError(f"bands given for modality {key!r}, which is not in modalities "
+                                     f"({', '.join(specs)}).")  # fmt: skip
+                if target not in MODALITIES:
+                    raise ValueError(f"bands given for new modality {key!r}, which has no pretrained bands; a new "
+                                     f"modality is set by its channel count ({{'{key}': num_channels}}).")  # fmt: skip
+                if MODALITIES[target].kind != "image":
+                    raise ValueError(f"bands can only be chosen for raw image modalities "
+                                     f"({', '.join(RAW_IMAGE_MODALITIES)}), not {key!r}.")  # fmt: skip
+                if not names or not all(isinstance(b, str) for b in names) or len(set(names)) != len(names):
+                    raise ValueError(f"bands[{key!r}] must be a non-empty list of distinct band names, got {names!r}.")
+        for name in self.tim_modalities:
+            canonical = resolve_modality(name).removesuffix("_TOKENS")
+            if canonical not in TOKENIZER_MODALITIES:
+                raise ValueError(f"TiM modality {name!r} cannot be generated as tokens; choose from "
+                                 f"{', '.join(TOKENIZER_MODALITIES)}.")  # fmt: skip
+        if self.tim_modalities:
+            new = [k for k, v in specs.items() if k not in MODALITIES]
+            if new:
+                raise ValueError(f"Thinking-in-Modalities works with pretrained modalities only (its generator was "
+                                 f"trained on them); got new modalities {new}.")  # fmt: skip
+            if self.bands:
+                raise ValueError("Thinking-in-Modalities does not support band subsets: the frozen generator needs "
+                                 f"the pretrained bands of each input; got bands={self.bands}.")  # fmt: skip
+
+    def modality_specs(self) -> dict[str, int | None]:
+        """Embedding key -> input channels (None for token/sequence modalities), in configured order.
+
+        Pretrained modalities are keyed by their canonical name ("S2L2A"), new ones by the user's name.
+        """
+        out: dict[str, int | None] = {}
+        for entry in self.modalities:
+            if isinstance(entry, dict):
+                for name, channels in entry.items():
+                    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+                        raise ValueError(f"New modality {name!r} must be given as {{'{name}': num_channels}} with "
+                                         f"a positive int, got {channels!r}.")  # fmt: skip
+                    if name in out:
+                        raise ValueError(f"Modality {name!r} is configured twice.")
+                    out[name] = channels
+                continue
+            key = resolve_modality(entry)
+            if key in out:
+                raise ValueError(f"Modalities {self.modality_aliases().get(key, key)!r} and {entry!r} both map to the "
+                                 f"pretrained embedding {key}; configure it once.")  # fmt: skip
+            spec = MODALITIES[key]
+            out[key] = self._channels(key) if spec.kind == "image" else None
+        return out
+
+    def modality_aliases(self) -> dict[str, str]:
+        """Embedding key -> the name the user configured it with (e.g. "S2L2A" -> "S2L2A_L8")."""
+        out = {}
+        for entry in self.modalities:
+            if isinstance(entry, dict):
+                out.update({k: k for k in entry})
+            else:
+                out.setdefault(resolve_modality(entry), entry)
+        return out
+
+    def modality_key(self, name: str) -> str:
+        """Embedding key of a user-facing modality name (configured alias, canonical name or new modality)."""
+        for entry in self.modalities:
+            if isinstance(entry, dict) and name in entry:
+                return name
+            if entry == name:
+                return resolve_modality(name)
+        return resolve_modality(name)
+
+    def band_names(self, key: str) -> list[str] | None:
+        """Bands configured for an embedding key, or None when the pretrained order is used."""
+        if not self.bands:
+            return None
+        for name, names in self.bands.items():
+            if self.modality_key(name) == key:
+                return list(names)
+        return None
+
+    def _channels(self, key: str) -> int:
+        names = self.band_names(key)
+        return len(names) if names else MODALITIES[key].num_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(super().to_dict())
+
+
+__all__ = ["TerraMindConfig", "TERRAMIND_VARIANTS", "DEFAULT_TOKENIZER_REPOS"]

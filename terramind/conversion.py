@@ -1,0 +1,248 @@
+"""Conversion of the original TerraMind releases (`TerraMind_v1_*.pt`, terratorch state dicts) to this package.
+
+Used by `scripts/convert_terramind_original_to_hf.py`, by `from_pretrained` on an original release folder or
+repo (converted on the fly and cached), and by the CLI. Original files are pickles from the internet: they are
+read with `torch.load(..., weights_only=True)` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
+from .modalities import ORIGINAL_KEY_TO_NAME, RAW_IMAGE_MODALITIES
+
+ORIGINAL_MODEL_FILE = re.compile(r"^TerraMind_v1_(tiny|small|base|large)\.pt$")
+CACHE_ENV = "TERRAMIND_CACHE"
+
+
+class ConversionError(ValueError):
+    """A file or state dict that is not what the conversion expects (one-line message for users)."""
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "terramind")
+    return Path(base)
+
+
+def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read an original checkpoint safely (no code execution) and unwrap `{"model": ...}` containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"Checkpoint {path} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a plain state dict"
+        raise ConversionError(f"{path} is not a PyTorch state dict readable with weights_only=True "
+                              f"({type(error).__name__}).") from None  # fmt: skip
+    for wrapper in ("model", "state_dict", "module"):
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConversionError(f"{path} does not hold a state dict of tensors.")
+    return state
+
+
+# ----------------------------------------------------------------------------- model checkpoints
+_RENAMES = (
+    (re.compile(r"^encoder\.(\d+)\.attn\."), r"terramind.encoder.layer.\1.attention."),
+    (re.compile(r"^encoder\.(\d+)\."), r"terramind.encoder.layer.\1."),
+    (re.compile(r"^encoder_norm\."), "terramind.layernorm."),
+    (re.compile(r"^decoder\.(\d+)\.self_attn\."), r"decoder.layer.\1.self_attention."),
+    (re.compile(r"^decoder\.(\d+)\.cross_attn\."), r"decoder.layer.\1.cross_attention."),
+    (re.compile(r"^decoder\.(\d+)\."), r"decoder.layer.\1."),
+    (re.compile(r"^decoder_norm\."), "decoder_layernorm."),
+)
+_NORM_BIAS = re.compile(r"norm\d?\.bias$")
+
+
+def is_original_terramind_state_dict(state: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith("encoder.0.") for k in state) and any(k.startswith("encoder_embeddings.") for k in state)
+
+
+def infer_config(state: dict[str, torch.Tensor], variant: str | None = None, **overrides: Any) -> TerraMindConfig:
+    """Config for an original state dict: sizes, depths, biases and MLP kind from the shapes, the rest
+    (heads, activation) from `variant` or `overrides` (e.g. `num_attention_heads` for narrow checkpoints)."""
+    if not is_original_terramind_state_dict(state):
+        raise ConversionError("This is not a TerraMind model checkpoint (no encoder blocks/embeddings found).")
+    hidden = state["encoder.0.norm1.weight"].shape[0]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("encoder.") and k.split(".")[1].isdigit())
+    dec_ids = [int(k.split(".")[1]) for k in state if k.startswith("decoder.") and k.split(".")[1].isdigit()]
+    gated = "encoder.0.mlp.fc3.weight" in state
+    shapes = dict(
+        hidden_size=hidden,
+        num_hidden_layers=depth,
+        num_decoder_layers=1 + max(dec_ids) if dec_ids else 0,
+        intermediate_size=state["encoder.0.mlp.fc1.weight"].shape[0],
+        gated_mlp=gated,
+        qkv_bias="encoder.0.attn.qkv.bias" in state,
+        proj_bias="encoder.0.attn.proj.bias" in state,
+        mlp_bias="encoder.0.mlp.fc1.bias" in state,
+    )
+    params: dict[str, Any] = {}
+    if variant is not None:
+        if variant not in TERRAMIND_VARIANTS:
+            raise ConversionError(f"Unknown variant {variant!r}; expected one of {', '.join(TERRAMIND_VARIANTS)}.")
+        preset = TERRAMIND_VARIANTS[variant]
+        for name in ("hidden_size", "num_hidden_layers", "num_decoder_layers", "gated_mlp", "qkv_bias"):
+            if name in overrides:
+                continue
+            if preset[name] != shapes[name]:
+                raise ConversionError(f"The checkpoint does not match variant {variant!r}: {name} is "
+                                      f"{shapes[name]} in the file, {preset[name]} in the variant.")  # fmt: skip
+        params.update(preset, variant=variant)
+    else:
+        params.update(hidden_act="silu" if gated else "gelu")
+        if "num_attention_heads" not in overrides:
+            matches = [v for v in TERRAMIND_VARIANTS.values() if v["hidden_size"] == hidden]
+            if not matches:
+                raise ConversionError(f"Hidden size {hidden} matches no released variant; give the number of "
+                                      f"attention heads (--num-heads) or a --config JSON.")  # fmt: skip
+            params["num_attention_heads"] = matches[0]["num_attention_heads"]
+    params.update(shapes)
+    params.setdefault("modalities", [m for m in RAW_IMAGE_MODALITIES if _has_embedding(state, m)])
+    params.update(overrides)
+    return TerraMindConfig(**params)
+
+
+def _has_embedding(state: dict[str, torch.Tensor], name: str) -> bool:
+    key = next(k for k, v in ORIGINAL_KEY_TO_NAME.items() if v == name)
+    return f"encoder_embeddings.{key}.mod_emb" in state
+
+
+def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original keys -> TerraMindForGeneration keys (encoder under `terramind.`).
+
+    Dropped: zero LayerNorm bias buffers, the fixed sin-cos `pos_emb` buffers (rebuilt by the model) and the
+    tied copies (decoder `mod_emb` = encoder `mod_emb`, `to_logits` = decoder `token_emb`).
+    """
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        if _NORM_BIAS.search(key):
+            if value.abs().max() > 0:
+                raise ConversionError(f"{key} is non-zero; TerraMind v1 LayerNorms have no bias.")
+            continue
+        emb = re.match(r"^(encoder|decoder)_embeddings\.([^.]+)\.(.+)$", key)
+        if emb:
+            side, original, rest = emb.groups()
+            if original not in ORIGINAL_KEY_TO_NAME:
+                unknown.append(key)
+                continue
+            name = ORIGINAL_KEY_TO_NAME[original]
+            if rest == "pos_emb":
+                continue
+            if side == "decoder" and rest in ("mod_emb", "to_logits.weight"):
+                continue  # tied: restored by the model from the encoder mod_emb / decoder token_emb
+            prefix = "terramind.encoder_embeddings" if side == "encoder" else "decoder_embeddings"
+            out[f"{prefix}.{name}.{rest}"] = value
+            continue
+        new = key
+        for pattern, replacement in _RENAMES:
+            new, count = pattern.subn(replacement, new)
+            if count:
+                break
+        if new == key and key not in ("mask_token",) and not key.startswith("decoder_proj_context."):
+            unknown.append(key)
+            continue
+        out[new] = value
+    if unknown:
+        raise ConversionError(f"Unexpected keys in the checkpoint (not TerraMind v1?): {unknown[:5]}")
+    return out
+
+
+def convert_checkpoint(
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    variant: str | None = None,
+    config_overrides: dict[str, Any] | None = None,
+    push_to_hub: str | None = None,
+) -> Path:
+    """Convert `TerraMind_v1_*.pt` into a folder that TerraMindModel, TerraMindForGeneration and the TiM
+    models all load (config.json + model.safetensors with every weight of the original)."""
+    from .modeling_terramind import TerraMindForGeneration
+
+    state = load_original_state_dict(checkpoint)
+    if variant is None:
+        match = ORIGINAL_MODEL_FILE.match(Path(checkpoint).name)
+        variant = match.group(1) if match and not config_overrides else None
+    config = infer_config(state, variant, **(config_overrides or {}))
+    converted = convert_state_dict(state)
+    model = TerraMindForGeneration(config)
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    missing = [k for k in missing if not _is_tied(model, k)]
+    if missing or unexpected:
+        raise ConversionError(f"Converted weights do not fit the model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}.")  # fmt: skip
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    _save_processor(output_dir, config)
+    if push_to_hub:
+        model.push_to_hub(push_to_hub)
+    return output_dir
+
+
+def _is_tied(model: torch.nn.Module, key: str) -> bool:
+    return key in (getattr(model, "_tied_weights_keys", None) or {})
+
+
+def _save_processor(output_dir: Path, config: TerraMindConfig) -> None:
+    """Write the matching processor next to the model when the processor module is available."""
+    try:
+        from .processing_terramind import TerraMindProcessor
+    except ImportError:
+        return
+    TerraMindProcessor.from_model_config(config).save_pretrained(output_dir)
+
+
+def find_original_checkpoint(folder: str | os.PathLike) -> Path | None:
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / "config.json").exists():
+        return None
+    for candidate in sorted(folder.iterdir()):
+        if ORIGINAL_MODEL_FILE.match(candidate.name):
+            return candidate
+    return None
+
+
+def resolve_original_release(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str | None:
+    """If `name_or_path` is an original release (folder or Hub repo with `TerraMind_v1_*.pt` and no
+    config.json), convert it once into the cache and return the converted folder; else None."""
+    path = Path(name_or_path)
+    checkpoint = find_original_checkpoint(path) if path.exists() else None
+    if checkpoint is None and not path.exists():
+        checkpoint = _download_original(str(name_or_path), **hub_kwargs)
+    if checkpoint is None:
+        return None
+    target = default_cache_dir() / "converted" / checkpoint.stem
+    if not (target / "config.json").exists():
+        convert_checkpoint(checkpoint, target)
+    return str(target)
+
+
+def _download_original(repo_id: str, **hub_kwargs: Any) -> Path | None:
+    if repo_id.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import hf_hub_download, list_repo_files
+
+        files = list_repo_files(repo_id, token=hub_kwargs.get("token"), revision=hub_kwargs.get("revision"))
+    except Exception:  # noqa: BLE001 - offline or not a repo: let transformers report as usual
+        return None
+    if "config.json" in files:
+        return None
+    names = [f for f in files if ORIGINAL_MODEL_FILE.match(f)]
+    if not names:
+        return None
+    return Path(hf_hub_download(repo_id, names[0], token=hub_kwargs.get("token"), revision=hub_kwargs.get("revision")))
+
+
+def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path) as handle:
+        return json.load(handle)
