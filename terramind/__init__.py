@@ -8,6 +8,10 @@ from .modeling_terramind import TerraMindForGeneration, TerraMindModel, TerraMin
 
 AutoConfig.register("terramind", TerraMindConfig, exist_ok=True)
 AutoModel.register(TerraMindConfig, TerraMindModel, exist_ok=True)
+# save_pretrained writes `auto_map` and the code files, so saved folders also load with trust_remote_code=True
+# where this package is not installed.
+TerraMindConfig.register_for_auto_class()
+TerraMindModel.register_for_auto_class("AutoModel")
 
 __all__ = [
     "MODALITIES",

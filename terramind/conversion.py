@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils import logging
 
 from .configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
 from .modalities import ORIGINAL_KEY_TO_NAME, RAW_IMAGE_MODALITIES
 
 ORIGINAL_MODEL_FILE = re.compile(r"^TerraMind_v1_(tiny|small|base|large)\.pt$")
 CACHE_ENV = "TERRAMIND_CACHE"
+logger = logging.get_logger(__name__)
 
 
 class ConversionError(ValueError):
@@ -126,7 +128,7 @@ def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     unknown = []
     for key, value in state.items():
         if _NORM_BIAS.search(key):
-            if value.abs().max() > 0:
+            if not value.is_meta and value.abs().max() > 0:
                 raise ConversionError(f"{key} is non-zero; TerraMind v1 LayerNorms have no bias.")
             continue
         emb = re.match(r"^(encoder|decoder)_embeddings\.([^.]+)\.(.+)$", key)
@@ -169,20 +171,32 @@ def convert_checkpoint(
     from .modeling_terramind import TerraMindForGeneration
 
     state = load_original_state_dict(checkpoint)
-    if variant is None:
+    overrides = config_overrides or {}
+    if variant is not None:
+        config = infer_config(state, variant, **overrides)
+    else:  # a released file name implies its variant; a file of other shapes is inferred from its shapes
         match = ORIGINAL_MODEL_FILE.match(Path(checkpoint).name)
-        variant = match.group(1) if match and not config_overrides else None
-    config = infer_config(state, variant, **(config_overrides or {}))
+        try:
+            config = infer_config(state, match.group(1) if match else None, **overrides)
+        except ConversionError:
+            if not match:
+                raise
+            config = infer_config(state, None, **overrides)
     converted = convert_state_dict(state)
     model = TerraMindForGeneration(config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     missing = [k for k in missing if not _is_tied(model, k)]
+    absent_embeddings = sorted({k.split(".")[-3] if ".token_emb." in k else k.split(".")[-2] for k in missing
+                                if "embeddings." in k})  # fmt: skip
+    missing = [k for k in missing if "embeddings." not in k]
     if missing or unexpected:
         raise ConversionError(f"Converted weights do not fit the model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}.")  # fmt: skip
+    if absent_embeddings:
+        logger.warning(f"The checkpoint has no embeddings for {', '.join(absent_embeddings)}; they stay randomly "
+                       "initialized (fine unless you use those modalities).")  # fmt: skip
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
-    _save_processor(output_dir, config)
     if push_to_hub:
         model.push_to_hub(push_to_hub)
     return output_dir
@@ -190,15 +204,6 @@ def convert_checkpoint(
 
 def _is_tied(model: torch.nn.Module, key: str) -> bool:
     return key in (getattr(model, "_tied_weights_keys", None) or {})
-
-
-def _save_processor(output_dir: Path, config: TerraMindConfig) -> None:
-    """Write the matching processor next to the model when the processor module is available."""
-    try:
-        from .processing_terramind import TerraMindProcessor
-    except ImportError:
-        return
-    TerraMindProcessor.from_model_config(config).save_pretrained(output_dir)
 
 
 def find_original_checkpoint(folder: str | os.PathLike) -> Path | None:

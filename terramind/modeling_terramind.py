@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_terramind import TerraMindConfig
+from .conversion import resolve_original_release
 from .modalities import MODALITIES
 
 logger = logging.get_logger(__name__)
@@ -367,6 +369,16 @@ class TerraMindModelOutput(ModelOutput):
     hidden_states: tuple[Any, ...] | None = None
     tim_tokens: dict[str, torch.Tensor] | None = None
 
+    def __post_init__(self) -> None:
+        # ModelOutput would unpack a dict first field ("dict" merge) as field names; keep it as the value.
+        first = self.last_hidden_state
+        if not isinstance(first, dict):
+            return super().__post_init__()
+        self.last_hidden_state = None
+        super().__post_init__()
+        self["last_hidden_state"] = first
+        self.move_to_end("last_hidden_state", last=False)
+
 
 # ----------------------------------------------------------------------------- models
 class TerraMindPreTrainedModel(PreTrainedModel):
@@ -381,6 +393,17 @@ class TerraMindPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
+        """Standard loading, plus original releases: a folder or Hub repo holding `TerraMind_v1_*.pt` and no
+        config.json (e.g. `ibm-esa-geospatial/TerraMind-1.0-base`) is converted once into the cache first."""
+        if pretrained_model_name_or_path is not None:
+            hub = {k: kwargs.get(k) for k in ("token", "revision")}
+            converted = resolve_original_release(pretrained_model_name_or_path, **hub)
+            if converted is not None:
+                pretrained_model_name_or_path = converted
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -564,7 +587,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
         keys = list(inputs)
         keep = keys[int(torch.randint(len(keys), (1,)))]
         drop = torch.rand(len(keys)) < self.config.modality_drop_rate
-        return {k: v for k, v, d in zip(keys, inputs.values(), drop.tolist()) if k == keep or not d}
+        return {k: v for k, v, d in zip(keys, inputs.values(), drop.tolist(), strict=True) if k == keep or not d}
 
     # ------------------------------------------------------------------ merging
     def merge(self, hidden: torch.Tensor, counts: dict[str, int]) -> Any:
@@ -573,7 +596,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
         if method is None:
             return hidden
         registers = self.config.num_register_tokens
-        parts = dict(zip(counts, torch.split(hidden[:, registers:], list(counts.values()), dim=1)))
+        parts = dict(zip(counts, torch.split(hidden[:, registers:], list(counts.values()), dim=1), strict=True))
         if method == "dict":
             aliases = self.config.modality_aliases()
             out = {"register_tokens": hidden[:, :registers]} if registers else {}

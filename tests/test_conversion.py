@@ -1,0 +1,98 @@
+"""Conversion of original releases: every released layout, on-the-fly conversion, the script, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FIXTURES
+
+from terramind import TerraMindForGeneration, TerraMindModel
+from terramind.conversion import ConversionError, convert_checkpoint, convert_state_dict, infer_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = json.loads((FIXTURES / "v1_checkpoint_shapes.json").read_text())
+
+
+def meta_state_dict(layout: str) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(v, device="meta") for k, v in SHAPES[layout].items()}
+
+
+@pytest.mark.parametrize("variant", ["tiny", "small", "base", "large"])
+def test_every_released_layout_converts_and_loads(variant):
+    """A state dict of each released layout converts with no missing or unexpected keys (on the meta device)."""
+    state = meta_state_dict(f"TerraMind_v1_{variant}.pt")
+    config = infer_config(state, variant)
+    assert config.variant == variant and config.modalities == ["S2L1C", "S2L2A", "RGB", "S1GRD", "S1RTC", "DEM"]
+    converted = convert_state_dict(state)
+    with torch.device("meta"):
+        model = TerraMindForGeneration(config)
+    result = model.load_state_dict(converted, strict=False, assign=True)
+    tied = set(model._tied_weights_keys)
+    assert not result.unexpected_keys
+    assert set(result.missing_keys) <= tied, sorted(set(result.missing_keys) - tied)[:5]
+    # the released files store one copy of each tied tensor
+    assert len(converted) == len(model.state_dict()) - len(tied)
+
+
+def test_variant_mismatch_and_bad_files(tmp_path):
+    state = torch.load(FIXTURES / "terramind_tiny_original.pt", weights_only=True)
+    with pytest.raises(ConversionError, match="does not match variant 'base'"):
+        infer_config(state, "base")
+    with pytest.raises(ConversionError, match="matches no released variant"):
+        infer_config(state)
+    torch.save({"foo": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ConversionError, match="not a TerraMind model checkpoint"):
+        convert_checkpoint(tmp_path / "other.pt", tmp_path / "out")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(ConversionError, match="not a PyTorch state dict"):
+        convert_checkpoint(tmp_path / "text.pt", tmp_path / "out")
+
+
+def small_release(folder: Path) -> Path:
+    """A random checkpoint with the released tiny layout but 2 encoder / 1 decoder blocks (small on disk)."""
+    torch.manual_seed(0)
+    state = {}
+    for key, shape in SHAPES["TerraMind_v1_tiny.pt"].items():
+        parts = key.split(".")
+        if parts[0] in ("encoder", "decoder") and int(parts[1]) >= (2 if parts[0] == "encoder" else 1):
+            continue
+        if parts[0].endswith("_embeddings") and parts[1] not in ("untok_sen2l2a@224", "untok_sen1grd@224"):
+            continue
+        state[key] = torch.zeros(shape) if key.endswith("norm1.bias") or "norm" in key and key.endswith(
+            ".bias") else torch.randn(shape) * 0.02  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "TerraMind_v1_tiny.pt")
+    return folder
+
+
+def test_from_pretrained_on_original_release_folder(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TERRAMIND_CACHE", str(tmp_path / "cache"))
+    release = small_release(tmp_path / "release")
+    model = TerraMindModel.from_pretrained(release, modalities=["S2L2A", "S1GRD"])
+    assert model.config.hidden_size == 192 and model.config.num_attention_heads == 3
+    assert (tmp_path / "cache" / "converted" / "TerraMind_v1_tiny" / "config.json").exists()
+    original = torch.load(release / "TerraMind_v1_tiny.pt", weights_only=True)
+    torch.testing.assert_close(model.encoder.layer[1].attention.qkv.weight, original["encoder.1.attn.qkv.weight"])
+    torch.testing.assert_close(model.encoder_embeddings["S2L2A"].proj.weight,
+                               original["encoder_embeddings.untok_sen2l2a@224.proj.weight"])  # fmt: skip
+    generator = TerraMindForGeneration.from_pretrained(release)  # reuses the cached conversion
+    torch.testing.assert_close(generator.mask_token, original["mask_token"])
+
+
+def test_conversion_script(tmp_path):
+    out = tmp_path / "converted"
+    command = [sys.executable, str(ROOT / "scripts" / "convert_terramind_original_to_hf.py"),
+               "--checkpoint", str(FIXTURES / "terramind_base_original.pt"), "--output", str(out), "--num-heads", "2"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["gated_mlp"] is True and config["hidden_act"] == "silu" and config["num_decoder_layers"] == 2
+    bad = subprocess.run(command[:3] + [str(tmp_path / "missing.pt"), "--output", str(out)], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert bad.returncode != 0
+    assert bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr

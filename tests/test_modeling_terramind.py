@@ -1,0 +1,220 @@
+"""TerraMindModel: parity with the original encoder, round trips, dtypes, checkpointing, remote code, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import ARCHITECTURES, load_cases, reference_input, relative_error, tiny_config
+
+from terramind import TerraMindConfig, TerraMindForGeneration, TerraMindModel
+
+TOLERANCE = 1e-4
+
+
+def run_case(model: TerraMindModel, case: dict):
+    inputs = {name: reference_input(spec) for name, spec in case["inputs"].items()}
+    with torch.no_grad():
+        if case.get("as_tensor"):
+            return model(next(iter(inputs.values())), output_hidden_states=True)
+        return model(**inputs, output_hidden_states=True)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_backbone_parity_every_layer(converted, arch):
+    """Each golden case of the original: block i output == hidden_states[i+1], normed output == last_hidden_state."""
+    cases = load_cases(arch, "backbone")
+    assert len(cases) == 8
+    for case in cases:
+        build = case["build"]
+        model = TerraMindModel.from_pretrained(converted[arch], modalities=build["modalities"],
+                                               merge_method=build["merge_method"], bands=build.get("bands")).eval()  # fmt: skip
+        output = run_case(model, case)
+        reference = case["outputs"]
+        ours = list(output.hidden_states[1 : len(reference)]) + [output.last_hidden_state]
+        errors = [relative_error(a, r) for a, r in zip(ours, reference, strict=True)]
+        assert max(errors) < TOLERANCE, (case["name"], errors)
+
+
+def test_band_subset_takes_pretrained_columns_by_name(converted):
+    full = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A"]).eval()
+    bands = ["NIR_NARROW", "RED", "GREEN", "BLUE"]
+    subset = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A"], bands={"S2L2A": bands}).eval()
+    order = list(full.encoder_embeddings["S2L2A"].proj.weight.shape)  # unchanged pretrained layout
+    assert list(subset.encoder_embeddings["S2L2A"].proj.weight.shape) == order
+    x = torch.randn(1, 4, 32, 32)
+    padded = torch.zeros(1, 12, 32, 32)
+    for i, band in enumerate(bands):
+        padded[:, ["COASTAL_AEROSOL", "BLUE", "GREEN", "RED", "RED_EDGE_1", "RED_EDGE_2", "RED_EDGE_3", "NIR_BROAD",
+                   "NIR_NARROW", "WATER_VAPOR", "SWIR_1", "SWIR_2"].index(band)] = x[:, i]  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(subset(x).last_hidden_state, full(padded).last_hidden_state)
+
+
+def test_unknown_bands_get_fresh_columns(converted):
+    model = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A"],
+                                           bands={"S2L2A": ["RED", "PANCHROMATIC", "THERMAL_1"]})  # fmt: skip
+    embedding = model.encoder_embeddings["S2L2A"]
+    assert embedding.new_bands_proj.weight.shape == (16, 2 * 16 * 16)
+    assert embedding.new_bands_proj.weight.abs().sum() > 0
+    assert model(torch.randn(2, 3, 32, 32)).last_hidden_state.shape == (2, 4, 16)
+
+
+def test_save_and_reload_identical(converted, tmp_path):
+    model = TerraMindModel.from_pretrained(converted["base"], modalities=["S2L2A", "S1GRD"], merge_method="concat")
+    model.eval()
+    x = {"S2L2A": torch.randn(1, 12, 48, 32), "S1GRD": torch.randn(1, 2, 48, 32)}
+    model.save_pretrained(tmp_path)
+    again = TerraMindModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x).last_hidden_state, again(**x).last_hidden_state, rtol=0, atol=0)
+        # concat with a missing modality uses the (saved) learned token
+        torch.testing.assert_close(model(S1GRD=x["S1GRD"]).last_hidden_state,
+                                   again(S1GRD=x["S1GRD"]).last_hidden_state, rtol=0, atol=0)  # fmt: skip
+    assert model(S1GRD=x["S1GRD"]).last_hidden_state.shape == (1, 6, 32)
+
+
+def test_generation_folder_round_trip_keeps_ties(converted, tmp_path):
+    model = TerraMindForGeneration.from_pretrained(converted["tiny"])
+    lulc = model.decoder_embeddings["LULC"]
+    assert lulc.to_logits.weight is lulc.token_emb.weight
+    assert lulc.mod_emb is model.terramind.encoder_embeddings["LULC"].mod_emb
+    model.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as handle:
+        keys = set(handle.keys())
+    assert "decoder_embeddings.LULC.to_logits.weight" not in keys and "decoder_embeddings.LULC.mod_emb" not in keys
+    again = TerraMindForGeneration.from_pretrained(tmp_path)
+    assert again.decoder_embeddings["LULC"].to_logits.weight is again.decoder_embeddings["LULC"].token_emb.weight
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_bf16_load_runs(converted):
+    model = TerraMindModel.from_pretrained(converted["base"], modalities=["S2L2A"], dtype=torch.bfloat16).eval()
+    assert model.encoder.layer[0].mlp.fc1.weight.dtype == torch.bfloat16
+    x = torch.randn(2, 12, 32, 32)
+    with torch.no_grad():
+        out = model(x).last_hidden_state
+        reference = TerraMindModel.from_pretrained(converted["base"], modalities=["S2L2A"]).eval()(x).last_hidden_state
+    assert out.dtype == torch.bfloat16
+    assert relative_error(out, reference) < 0.05
+
+
+def test_eager_and_sdpa_agree(converted):
+    x = torch.randn(2, 12, 32, 32)
+    outs = []
+    for implementation in ("eager", "sdpa"):
+        model = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A"],
+                                               attn_implementation=implementation).eval()  # fmt: skip
+        with torch.no_grad():
+            outs.append(model(x).last_hidden_state)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    model = TerraMindModel(tiny_config(hidden_dropout=0.0))
+    x = torch.randn(2, 12, 32, 32)
+
+    def grads():
+        model.zero_grad()
+        model(S2L2A=x).last_hidden_state.square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.train()
+    plain = grads()
+    model.activation_checkpointing_enable()
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+def test_inputs_as_dict_kwargs_or_tensor_and_any_order():
+    model = TerraMindModel(tiny_config(merge_method="dict")).eval()
+    s2, s1 = torch.randn(1, 12, 32, 48), torch.randn(1, 2, 32, 48)
+    with torch.no_grad():
+        a = model({"S1GRD": s1, "S2L2A": s2}).last_hidden_state
+        b = model(S2L2A=s2, S1GRD=s1).last_hidden_state
+        c = model(s2).last_hidden_state
+    assert list(a) == ["S2L2A", "S1GRD"]  # configured order, whatever the input order
+    torch.testing.assert_close(a["S2L2A"], b["S2L2A"])
+    assert a["S2L2A"].shape == (1, 6, 32) and c["S2L2A"].shape == (1, 6, 32)
+
+
+def test_aliases_and_register_tokens():
+    model = TerraMindModel(tiny_config(modalities=["S2L1C_L8", "sen1grd"], num_register_tokens=2,
+                                       merge_method="dict")).eval()  # fmt: skip
+    out = model(S2L1C_L8=torch.randn(1, 13, 32, 32), sen1grd=torch.randn(1, 2, 32, 32)).last_hidden_state
+    assert list(out) == ["register_tokens", "S2L1C_L8", "sen1grd"]
+    assert out["register_tokens"].shape == (1, 2, 32)
+
+
+def test_new_modality_and_default_image():
+    model = TerraMindModel(tiny_config(modalities=["S2L2A", {"PLANET": 4}], merge_method="mean")).eval()
+    out = model(PLANET=torch.randn(2, 4, 32, 32)).last_hidden_state
+    assert out.shape == (2, 4, 32)
+    default = TerraMindModel(tiny_config(modalities=None, in_chans=5))
+    assert list(default.encoder_embeddings) == ["image"]
+    assert default(torch.randn(1, 5, 16, 16)).last_hidden_state.shape == (1, 1, 32)
+
+
+def test_modality_drop_in_training_only():
+    torch.manual_seed(0)
+    model = TerraMindModel(tiny_config(modality_drop_rate=1.0, merge_method="dict"))
+    x = {"S2L2A": torch.randn(1, 12, 32, 32), "S1GRD": torch.randn(1, 2, 32, 32)}
+    model.train()
+    assert len(model(**x).last_hidden_state) == 1  # all but one dropped
+    model.eval()
+    assert len(model(**x).last_hidden_state) == 2
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"S2L2A": torch.randn(1, 11, 32, 32)}, "expected 12 channels, got 11"),
+        ({"S2L2A": torch.randn(1, 12, 30, 32)}, "multiples of 16"),
+        ({"S1RTC": torch.randn(1, 2, 32, 32)}, "Unknown input modality 'S1RTC'"),
+        ({"NOPE": torch.randn(1, 2, 32, 32)}, "Unknown input modality 'NOPE'"),
+        ({"S2L2A": torch.randn(2, 12, 32, 32), "S1GRD": torch.randn(1, 2, 32, 32)}, "batch size 1"),
+        ({"S2L2A": torch.full((1, 12, 32, 32), float("nan"))}, "NaN or inf; fill nodata"),
+        ({"S2L2A": torch.randn(12, 32, 32)}, "must be (B, C, H, W)"),
+        ({"S2L2A": torch.randn(1, 12, 32, 32), "S1GRD": torch.randn(1, 2, 48, 32)}, "share one spatial size"),
+        ({}, "No input given"),
+    ],
+)
+def test_bad_input_errors(inputs, message):
+    model = TerraMindModel(tiny_config())
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        model(**inputs)
+
+
+def test_remote_code_load_without_package(tmp_path):
+    """A saved folder loads with AutoModel + trust_remote_code where `terramind` is not importable."""
+    model = TerraMindModel(tiny_config(modalities=["S2L2A"])).eval()
+    model.save_pretrained(tmp_path / "model")
+    x = torch.randn(1, 12, 32, 32)
+    torch.save({"x": x, "y": model(x).last_hidden_state.detach()}, tmp_path / "io.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path = [p for p in sys.path if p not in ("", ".") and "/work/main" not in p]
+        try:
+            import terramind
+            raise SystemExit("terramind should not be importable here")
+        except ImportError:
+            pass
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        torch.testing.assert_close(model(io["x"]).last_hidden_state, io["y"])
+        print("REMOTE_OK", type(model).__name__)
+    """)
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert "REMOTE_OK TerraMindModel" in result.stdout, result.stderr[-2000:]
