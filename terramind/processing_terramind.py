@@ -1,0 +1,183 @@
+"""Processor for TerraMind: the image processor plus an optional coordinates tokenizer, saved and loaded together."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+from transformers.image_processing_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers.utils import cached_file
+
+from .image_processing_terramind import TerraMindImageProcessor
+
+COORDINATES_KEY = "Coordinates"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+
+
+class TerraMindProcessor(ProcessorMixin):
+    r"""
+    Prepares all TerraMind inputs of a batch: image modalities through [`TerraMindImageProcessor`] and coordinates
+    passed through as `"Coordinates"`.
+
+    The coordinates tokenizer is optional: TerraMind reads (lon, lat) as numbers and tokenizes them in the model, so
+    the processor works without one; when given, it is saved and loaded with the processor (for decoding generated
+    coordinates with `batch_decode`).
+
+    Args:
+        image_processor ([`TerraMindImageProcessor`], *optional*):
+            The image processor; a default one (v1 pre-training statistics) when not given.
+        tokenizer ([`PreTrainedTokenizerBase`], *optional*):
+            The coordinates tokenizer.
+    """
+
+    def __init__(
+        self,
+        image_processor: TerraMindImageProcessor | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        **kwargs,
+    ) -> None:
+        if tokenizer is not None and not isinstance(tokenizer, PreTrainedTokenizerBase):
+            raise ValueError(f"`tokenizer` must be a PreTrainedTokenizerBase or None, got {type(tokenizer).__name__}.")
+        super().__init__(image_processor=image_processor or TerraMindImageProcessor(), **kwargs)
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def get_attributes(cls) -> list[str]:
+        # ProcessorMixin requires every listed attribute; the optional tokenizer is saved and loaded by this class.
+        return ["image_processor"]
+
+    def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> type:
+        # Without Pillow, transformers exposes a dummy ImageProcessingMixin that nothing is an instance of; this image
+        # processor needs no Pillow, so it is checked against its own class.
+        if argument_name == "image_processor":
+            if not isinstance(argument, TerraMindImageProcessor):
+                raise TypeError(f"`image_processor` must be a TerraMindImageProcessor, got {type(argument).__name__}.")
+            return TerraMindImageProcessor
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase | None:
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
+        self._tokenizer = tokenizer
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [*self.image_processor.model_input_names, COORDINATES_KEY]
+
+    def __call__(
+        self,
+        images: Mapping[str, Any] | None = None,
+        coordinates: Any = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Process `images` (`{modality: array}`, see [`TerraMindImageProcessor.preprocess`], which takes the other
+        keyword arguments) and pass `coordinates` ((B, 2) or (2,) longitude/latitude in degrees) through unchanged as
+        `"Coordinates"`.
+        """
+        if images is None and coordinates is None:
+            raise ValueError("Give `images` ({modality: array}), `coordinates` ((B, 2) lon/lat), or both.")
+        data = {}
+        if images is not None:
+            data.update(self.image_processor(images, return_tensors=None, **kwargs))
+        elif kwargs:
+            raise ValueError(f"Arguments {sorted(kwargs)} need `images`.")
+        if coordinates is not None:
+            data[COORDINATES_KEY] = self._check_coordinates(coordinates, data)
+        if return_tensors == "np":
+            data = {key: np.asarray(value) for key, value in data.items()}
+        elif return_tensors not in ("pt", None):
+            raise ValueError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}.")
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _check_coordinates(coordinates: Any, data: Mapping[str, Any]) -> torch.Tensor:
+        """(B, 2) lon/lat with the values untouched; `ValueError` on a wrong shape, range or batch size."""
+        values = coordinates if isinstance(coordinates, torch.Tensor) else torch.as_tensor(np.asarray(coordinates))
+        if values.ndim == 1:
+            values = values[None]
+        if values.ndim != 2 or values.shape[1] != 2:
+            raise ValueError(f"`coordinates` must be (B, 2) longitude/latitude, got shape {tuple(values.shape)}.")
+        if values.is_complex() or values.dtype == torch.bool:
+            raise ValueError(f"`coordinates` must be numbers, got dtype {values.dtype}.")
+        lon, lat = values[:, 0].double(), values[:, 1].double()
+        if not (lon.abs() <= 180).all() or not (lat.abs() <= 90).all():
+            raise ValueError("`coordinates` must be (longitude in [-180, 180], latitude in [-90, 90]) in degrees.")
+        batch_sizes = {len(value) for value in data.values()}
+        if batch_sizes and batch_sizes != {len(values)}:
+            raise ValueError(f"`coordinates` has {len(values)} rows but the images have batch size {batch_sizes}.")
+        return values
+
+    def post_process_generation(self, outputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Generated modalities in physical units; see [`TerraMindImageProcessor.post_process_generation`]."""
+        return self.image_processor.post_process_generation(outputs)
+
+    def batch_decode(self, *args, **kwargs):
+        return self._require_tokenizer().batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self._require_tokenizer().decode(*args, **kwargs)
+
+    def _require_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None:
+            raise ValueError("This TerraMindProcessor has no coordinates tokenizer; pass `tokenizer=` to decode.")
+        return self.tokenizer
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        files = []
+        if self.tokenizer is not None:
+            files += list(self.tokenizer.save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs))
+        return files + super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    @classmethod
+    def _get_arguments_from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, processor_dict: dict | None = None, **kwargs
+    ) -> list[Any]:
+        # The image processor is loaded by its class, not AutoImageProcessor (which needs Pillow); the tokenizer
+        # only where the folder has one.
+        image_processor = TerraMindImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        tokenizer_file = cached_file(
+            pretrained_model_name_or_path,
+            TOKENIZER_CONFIG_FILE,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
+        tokenizer = None
+        if tokenizer_file is not None:
+            image_settings = TerraMindImageProcessor.valid_kwargs.__annotations__
+            tokenizer_kwargs = {key: value for key, value in kwargs.items() if key not in image_settings}
+            tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
+        return [image_processor, tokenizer]
+
+
+def register_processors(config_class: type | None = None, exist_ok: bool = True) -> None:
+    """
+    Map a TerraMind config class (model_type "terramind", by default `TerraMindConfig`) to these processors, so that
+    `AutoImageProcessor` and `AutoProcessor` load them.
+    """
+    if config_class is None:
+        from .configuration_terramind import TerraMindConfig as config_class
+    image_processor_classes = {"torchvision": TerraMindImageProcessor, "pil": TerraMindImageProcessor}
+    try:
+        AutoImageProcessor.register(config_class, image_processor_classes=image_processor_classes, exist_ok=exist_ok)
+    except ImportError:  # without Pillow AutoImageProcessor is a placeholder; its mapping still takes the class
+        from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+
+        IMAGE_PROCESSOR_MAPPING.register(config_class, image_processor_classes, exist_ok=exist_ok)
+    AutoProcessor.register(config_class, TerraMindProcessor, exist_ok=exist_ok)
+
+
+__all__ = ["COORDINATES_KEY", "TerraMindProcessor", "register_processors"]
