@@ -25,6 +25,8 @@ def keep(key: str) -> bool:
         return True
     if key.endswith(".to_logits.weight"):
         return False  # tied to token_emb in the released files
+    if key.endswith(".mod_emb") and modality in KEEP_TOKEN_EMBEDDINGS["decoder_embeddings"]:
+        return True  # shared by encoder and decoder
     return modality in KEEP_TOKEN_EMBEDDINGS[side]
 
 

@@ -9,9 +9,10 @@ other sizes) plus a learned modality embedding.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,8 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_terramind import TerraMindConfig
 from .conversion import resolve_original_release
-from .modalities import MODALITIES
+from .generation_terramind import TerraMindGenerationMixin
+from .modalities import MODALITIES, token_modality
 
 logger = logging.get_logger(__name__)
 
@@ -467,14 +469,27 @@ class TerraMindModel(TerraMindPreTrainedModel):
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder", r"mask_token", r"encoder_embeddings\."]
+    _keys_to_ignore_on_load_missing = [r"^tim_generator\."]  # filled from the same folder by from_pretrained
 
     def __init__(self, config: TerraMindConfig):
         super().__init__(config)
         self.modality_channels = config.modality_specs()
-        self.encoder_embeddings = nn.ModuleDict(
-            {key: build_modality_embedding(config, key, ch) for key, ch in self.modality_channels.items()}
-        )
+        self.tim_targets = [token_modality(m) for m in config.tim_modalities]
+        if self.tim_targets:
+            # Thinking-in-Modalities: a frozen generator from the same weights produces the TiM tokens. As in the
+            # original, the encoder's modality embeddings are the generator's own modules, so they stay frozen;
+            # the encoder blocks below are a trainable copy.
+            keys = list(dict.fromkeys([*self.modality_channels, *self.tim_targets]))
+            self.tim_generator = TerraMindForGeneration(tim_generator_config(config), modalities=keys)
+            self.tim_generator.requires_grad_(False).eval()
+            self.encoder_embeddings = None
+        else:
+            self.tim_generator = None
+            self.encoder_embeddings = nn.ModuleDict(
+                {key: build_modality_embedding(config, key, ch) for key, ch in self.modality_channels.items()}
+            )
         self.image_modalities = [k for k in self.modality_channels if self._is_image(k)]
+        self.image_modalities += [k for k in self.tim_targets if k not in self.image_modalities]
         self.encoder = TerraMindEncoder(config)
         self.layernorm = layer_norm(config)
         self.missing_modality_token = (
@@ -491,6 +506,38 @@ class TerraMindModel(TerraMindPreTrainedModel):
     @staticmethod
     def _is_image(key: str) -> bool:
         return key not in MODALITIES or MODALITIES[key].is_image
+
+    @property
+    def modality_embeddings(self) -> nn.ModuleDict:
+        """Embedding module per modality key (the frozen generator's own modules in TiM models)."""
+        if self.tim_generator is not None:
+            return self.tim_generator.terramind.encoder_embeddings
+        return self.encoder_embeddings
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.tim_generator is not None:
+            self.tim_generator.eval()  # the TiM generator is frozen, also in training
+        return self
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
+        """Also fills the frozen TiM generator from the same folder when it is not saved there itself (a
+        converted release holds the generator's weights under their plain names)."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              **kwargs)  # fmt: skip
+        source = model.config._name_or_path
+        if model.tim_generator is not None and not checkpoint_has_prefix(source, "tim_generator.", **kwargs):
+            generator = TerraMindForGeneration.from_pretrained(
+                source, modalities=list(model.tim_generator.terramind.modality_channels),
+                config=tim_generator_config(model.config), dtype=model.dtype,
+            )  # fmt: skip
+            model.tim_generator.load_state_dict(generator.state_dict())
+            info["missing_keys"] = {k for k in info["missing_keys"] if not k.startswith("tim_generator.")}
+        if model.tim_generator is not None:
+            model.tim_generator.requires_grad_(False).eval()  # loading may hand out fresh Parameters
+        return (model, info) if want_info else model
 
     # ------------------------------------------------------------------ inputs
     def collect_inputs(self, pixel_values: Any, modalities: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -575,7 +622,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
         for key, value in inputs.items():
             if value.is_floating_point():
                 value = value.to(dtype)
-            tokens, position = self.encoder_embeddings[key](value)
+            tokens, position = self.modality_embeddings[key](value)
             pieces.append(tokens + position)
             counts[key] = tokens.shape[1]
         return torch.cat(pieces, dim=1), counts
@@ -602,7 +649,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
             out = {"register_tokens": hidden[:, :registers]} if registers else {}
             out.update({aliases.get(k, k): v for k, v in parts.items()})
             return out
-        images = [v for k, v in parts.items() if k in self.image_modalities or k.startswith("tim_")]
+        images = [v for k, v in parts.items() if k in self.image_modalities]
         if not images:
             raise ValueError("merge_method needs at least one image modality among the inputs.")
         if method == "mean":
@@ -611,9 +658,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
             return torch.stack(images, dim=1).max(dim=1).values
         # concat: configured image modalities in order, a learned token where one is missing
         missing = self.missing_modality_token.to(hidden.dtype).expand_as(images[0])
-        ordered = [parts.get(k, missing) for k in self.image_modalities]
-        ordered += [v for k, v in parts.items() if k.startswith("tim_")]
-        return torch.cat(ordered, dim=-1)
+        return torch.cat([parts.get(k, missing) for k in self.image_modalities], dim=-1)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -631,47 +676,65 @@ class TerraMindModel(TerraMindPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        inputs = self.drop_modalities(self.collect_inputs(pixel_values, modalities))
+        inputs = self.collect_inputs(pixel_values, modalities)
+        tim_tokens = self.think(inputs) if self.tim_generator is not None else None
+        inputs = self.drop_modalities(inputs)
+        if tim_tokens:
+            inputs.update(tim_tokens)
         hidden, counts = self.embed(inputs)
         if self.register_tokens is not None:
             hidden = torch.cat([self.register_tokens.to(hidden.dtype).expand(hidden.shape[0], -1, -1), hidden], 1)
         hidden, states = self.encoder(hidden, output_hidden_states=output_hidden_states)
         last = self.merge(self.layernorm(hidden), counts)
         all_states = tuple(self.merge(s, counts) for s in states) if output_hidden_states else None
+        if tim_tokens:
+            aliases = self.config.modality_aliases()
+            tim_tokens = {aliases.get(k, k.removesuffix("_TOKENS")): v.flatten(1) for k, v in tim_tokens.items()}
         if not return_dict:
-            return tuple(v for v in (last, all_states) if v is not None)
-        return TerraMindModelOutput(last_hidden_state=last, hidden_states=all_states)
+            return tuple(v for v in (last, all_states, tim_tokens) if v is not None)
+        return TerraMindModelOutput(last_hidden_state=last, hidden_states=all_states, tim_tokens=tim_tokens)
+
+    def think(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Thinking-in-Modalities: generate the TiM modalities the input lacks, as token grids (B, h, w)."""
+        targets = [k for k in self.tim_targets if k not in inputs]
+        if not targets:
+            return {}
+        value = next(v for k, v in inputs.items() if self.modality_channels.get(k) is not None or v.ndim == 3)
+        patch = self.config.patch_size
+        grid = (value.shape[-2] // patch, value.shape[-1] // patch) if value.ndim == 4 else tuple(value.shape[1:])
+        config = self.config
+        return self.tim_generator.generate_tokens(
+            inputs, targets, grid, decoding_steps=config.tim_decoding_steps, temperature=config.tim_temperature,
+            top_k=config.tim_top_k, top_p=config.tim_top_p,
+        )  # fmt: skip
 
 
 DECODER_MODALITIES = tuple(k for k, s in MODALITIES.items() if s.kind in ("image_tokens", "sequence"))
 
 
-class TerraMindForGeneration(TerraMindPreTrainedModel):
+class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel):
     """TerraMind encoder-decoder: the any-to-any generator (and the frozen generator inside TiM models).
 
-    Holds the encoder (`terramind`, embeddings of every pretrained modality), the decoder blocks, the decoder
-    token embeddings with their logit heads, and the mask token. As in the original, a decoder modality's
-    `to_logits` is tied to its `token_emb`, and encoder and decoder of a modality share `mod_emb`.
-    Generation itself lives in `generation_terramind.py` (`generate`).
+    Holds the encoder (`terramind`, with the embeddings of every pretrained modality, or of `modalities`), the
+    decoder blocks, the decoder token embeddings with their logit heads, and the mask token. As in the original,
+    a decoder modality's `to_logits` is tied to its `token_emb`, and encoder and decoder of a modality share
+    `mod_emb`. `generate` (generation_terramind.py) runs the original's ROAR sampler.
     """
 
-    _keys_to_ignore_on_load_unexpected = None
-    # As in the original: logits heads tied to the token embeddings, one `mod_emb` per modality.
-    _tied_weights_keys = {
-        **{f"decoder_embeddings.{k}.to_logits.weight": f"decoder_embeddings.{k}.token_emb.weight" for k in DECODER_MODALITIES},
-        **{f"decoder_embeddings.{k}.mod_emb": f"terramind.encoder_embeddings.{k}.mod_emb" for k in DECODER_MODALITIES},
-    }
+    _keys_to_ignore_on_load_unexpected = [r"embeddings\."]  # embeddings of modalities left out by `modalities`
 
-    def __init__(self, config: TerraMindConfig):
+    def __init__(self, config: TerraMindConfig, modalities: Sequence[str] | None = None):
         super().__init__(config)
+        keys = list(modalities) if modalities is not None else list(MODALITIES)
         encoder_config = copy.deepcopy(config)
-        encoder_config.modalities = list(MODALITIES)
+        encoder_config.modalities = keys
         encoder_config.bands = None
         encoder_config.merge_method = None
         encoder_config.tim_modalities = []
         self.terramind = TerraMindModel(encoder_config)
+        decoder_keys = [k for k in keys if k in DECODER_MODALITIES]
         self.decoder_embeddings = nn.ModuleDict(
-            {key: build_modality_embedding(config, key, None, decoder=True) for key in DECODER_MODALITIES}
+            {key: build_modality_embedding(config, key, None, decoder=True) for key in decoder_keys}
         )
         self.decoder_proj_context = nn.Linear(config.hidden_size, config.hidden_size)
         rates = torch.linspace(0, config.drop_path_rate, config.num_decoder_layers, device="cpu").tolist()
@@ -679,8 +742,43 @@ class TerraMindForGeneration(TerraMindPreTrainedModel):
         self.decoder.layer = nn.ModuleList([TerraMindDecoderLayer(config, rate) for rate in rates])
         self.decoder_layernorm = layer_norm(config)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        # As in the original: logits heads tied to the token embeddings, one `mod_emb` per modality.
+        self._tied_weights_keys = {
+            **{f"decoder_embeddings.{k}.to_logits.weight": f"decoder_embeddings.{k}.token_emb.weight" for k in decoder_keys},
+            **{f"decoder_embeddings.{k}.mod_emb": f"terramind.encoder_embeddings.{k}.mod_emb" for k in decoder_keys},
+        }  # fmt: skip
         self.post_init()
 
+    def forward(self, *args: Any, **kwargs: Any):
+        raise NotImplementedError("TerraMindForGeneration generates with `generate(...)`; for embeddings use "
+                                  "TerraMindModel (or `model.terramind`).")  # fmt: skip
+
+
+def checkpoint_has_prefix(name_or_path: str, prefix: str, **kwargs: Any) -> bool:
+    """Whether the safetensors weights of a saved model hold keys starting with `prefix`."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    hub = {k: kwargs[k] for k in ("token", "revision", "cache_dir", "local_files_only") if k in kwargs}
+    index = cached_file(name_or_path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False,
+                        **hub)  # fmt: skip
+    if index is not None:
+        with open(index) as handle:
+            return any(k.startswith(prefix) for k in json.load(handle)["weight_map"])
+    weights = cached_file(name_or_path, "model.safetensors", _raise_exceptions_for_missing_entries=False, **hub)
+    if weights is None:
+        return False
+    with safe_open(weights, "pt") as handle:
+        return any(k.startswith(prefix) for k in handle.keys())
+
+
+def tim_generator_config(config: TerraMindConfig) -> TerraMindConfig:
+    """Config of the frozen TiM generator: the same architecture, no dropout, no TiM of its own."""
+    generator = copy.deepcopy(config)
+    generator.tim_modalities = []
+    generator.drop_path_rate = generator.attention_dropout = generator.hidden_dropout = 0.0
+    generator.modality_drop_rate = 0.0
+    return generator
 
 
 __all__ = ["TerraMindPreTrainedModel", "TerraMindModel", "TerraMindModelOutput", "TerraMindForGeneration"]

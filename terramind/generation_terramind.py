@@ -1,0 +1,309 @@
+"""Any-to-any generation with TerraMind: ROAR decoding of token grids, chaining, decoding, tiling.
+
+The sampler follows the original (`GenerationSampler`, `build_chained_generation_schedules` in terratorch's
+`generate.py`): each target modality is decoded in random order (ROAR) over a linear token schedule with
+per-step temperature / top-k / top-p sampling (temperature 0 is greedy); several targets are chained, each
+generated modality joining the encoder input of the next. Randomness comes from a `torch.Generator`, so seeded
+runs are reproducible (the original reseeds the global RNG instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .modalities import MODALITIES, resolve_modality, resolve_output_modality, standardization, token_modality
+
+
+def linear_token_schedule(steps: int, total: int) -> list[int]:
+    """Tokens decoded per step: `total` split as evenly as possible, larger chunks first (the original's)."""
+    if steps < 1:
+        raise ValueError(f"decoding_steps must be >= 1, got {steps}.")
+    chunks = np.diff(np.linspace(0, total, steps + 1, dtype=int))
+    chunks = sorted(chunks.tolist(), reverse=True)
+    return [c for c in chunks if c > 0]
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | float = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Top-k then nucleus (top-p) filtering of (N, V) logits: removed entries become -inf."""
+    logits = logits.clone()
+    if top_k > 0:
+        k = min(int(top_k) if isinstance(top_k, int) else int(top_k * logits.shape[-1]), logits.shape[-1])
+        threshold = torch.topk(logits, k)[0][..., -1, None]
+        logits[logits < threshold] = float("-inf")
+    if top_p > 0.0:
+        sorted_logits, sorted_indices = torch.sort(logits, dim=-1, descending=True)
+        cumulative = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
+        remove = cumulative > top_p
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        logits[remove.scatter(-1, sorted_indices, remove)] = float("-inf")
+    return logits
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | float = 0,
+    top_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample one token per row of (..., V) logits; temperature 0 takes the argmax."""
+    shape = logits.shape[:-1]
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    if temperature <= 1e-10:
+        return logits.argmax(dim=-1).reshape(shape)
+    probs = F.softmax(filter_logits(logits, top_k, top_p) / temperature, dim=-1)
+    if generator is not None and generator.device != probs.device:
+        samples = torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)
+    else:
+        samples = torch.multinomial(probs, 1, generator=generator)
+    return samples[:, 0].reshape(shape)
+
+
+class TerraMindGenerationMixin:
+    """Generation for `TerraMindForGeneration` (the encoder is `self.terramind`, decoder parts on `self`)."""
+
+    # ------------------------------------------------------------------ token level
+    def _encode_context(self, pieces: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Encoder over (tokens, positional) pieces -> decoder context (projected output + positions)."""
+        tokens = torch.cat([t for t, _ in pieces], dim=1)
+        positions = torch.cat([p for _, p in pieces], dim=1)
+        hidden = tokens + positions
+        for layer in self.terramind.encoder.layer:
+            hidden = layer(hidden)
+        hidden = self.terramind.layernorm(hidden)
+        return self.decoder_proj_context(hidden) + positions
+
+    def _decode_logits(self, target: str, context: torch.Tensor, grid: tuple[int, int], positions: torch.Tensor):
+        """Logits (B, len(positions), V) of `target` tokens at the given flat grid positions."""
+        embedding = self.decoder_embeddings[target]
+        queries = embedding.positional(context.shape[0], *grid)[:, positions].to(context.dtype)
+        hidden = self.mask_token.to(context.dtype) + queries
+        for layer in self.decoder.layer:
+            hidden = layer(hidden, context)
+        return embedding.to_logits(self.decoder_layernorm(hidden))
+
+    def _embed_input(self, key: str, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if value.is_floating_point():
+            value = value.to(self.terramind.layernorm.weight.dtype)
+        return self.terramind.modality_embeddings[key](value)
+
+    @torch.no_grad()
+    def generate_tokens(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        targets: Sequence[str],
+        grid: tuple[int, int],
+        decoding_steps: int = 1,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 0.8,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Generate token grids (B, h, w) of `targets` (embedding keys, e.g. "LULC", "S1GRD_TOKENS").
+
+        `inputs` maps embedding keys to model-ready tensors: standardized images (B, C, H, W) for raw image
+        modalities, token grids (B, h, w) for token modalities, token ids (B, L) for sequences. Targets are
+        decoded in order, each one conditioning the next.
+        """
+        pieces = [self._embed_input(key, value) for key, value in inputs.items()]
+        batch = pieces[0][0].shape[0]
+        device = pieces[0][0].device
+        num_tokens = grid[0] * grid[1]
+        out: dict[str, torch.Tensor] = {}
+        schedule = linear_token_schedule(decoding_steps, num_tokens)
+        bar = tqdm(total=len(targets) * len(schedule), desc="TerraMind generation", disable=not progress)
+        for target in targets:
+            if MODALITIES[target].kind != "image_tokens":
+                raise ValueError(f"{target} is not an image token modality.")
+            tokens = torch.zeros(batch, num_tokens, dtype=torch.long, device=device)
+            order = torch.randperm(num_tokens, generator=generator, device="cpu").to(device)
+            done = 0
+            embedding = self.terramind.modality_embeddings[target]
+            for count in schedule:
+                context_pieces = list(pieces)
+                if done:  # tokens of this target decoded in earlier steps condition the next ones
+                    known = order[:done]
+                    partial, partial_pos = embedding(tokens.reshape(batch, *grid))
+                    context_pieces.append((partial[:, known], partial_pos[:, known]))
+                context = self._encode_context(context_pieces)
+                select = order[done : done + count] if len(schedule) > 1 else torch.arange(num_tokens, device=device)
+                logits = self._decode_logits(target, context, grid, select)
+                tokens[:, select] = sample_tokens(logits, temperature, top_k, top_p, generator)
+                done += count
+                bar.update(1)
+            out[target] = tokens.reshape(batch, *grid)
+            pieces.append(embedding(out[target]))
+        bar.close()
+        return out
+
+    # ------------------------------------------------------------------ user level
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: Mapping[str, torch.Tensor] | None = None,
+        output_modalities: Sequence[str] = ("S2L2A",),
+        decoding_steps: int = 1,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 0.8,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        timesteps: int = 50,
+        standardize: bool = False,
+        decode: bool = True,
+        input_tokens: Mapping[str, torch.Tensor] | None = None,
+        tokenizers: Mapping[str, Any] | None = None,
+        progress: bool = False,
+        **modalities: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Generate `output_modalities` (S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI) from any available inputs.
+
+        Args:
+            inputs / **modalities: input modality -> tensor. Raw modalities (S2L1C, S2L2A, RGB, S1GRD, S1RTC, DEM)
+                as images (B, C, H, W), H and W multiples of 16. Tokenized modalities (LULC, NDVI, ...) as images
+                too: they are tokenized with their tokenizer first. Coordinates as (B, 2) lon/lat.
+            input_tokens: ready token grids (B, H/16, W/16) per tokenized modality, skipping its tokenizer.
+            output_modalities: generated in this order, each conditioning the next (as the original).
+            decoding_steps: ROAR steps per image modality (the original's default is 1).
+            temperature, top_k, top_p: sampling per step; temperature 0 is greedy.
+            generator / seed: a `torch.Generator` (or a seed for a new CPU one) drives every random choice, so
+                seeded runs are reproducible.
+            timesteps: diffusion steps of the tokenizers' decoders.
+            standardize: False (default): inputs are already standardized (e.g. by TerraMindProcessor) and outputs
+                stay standardized. True: inputs are physical values, standardized here with the v1 pre-training
+                statistics, and outputs are returned in physical units. Don't standardize twice.
+            decode: True: images through the tokenizers' decoders; False: the token grids (B, H/16, W/16).
+            tokenizers: modality -> TerraMindTokenizerModel to use; otherwise loaded lazily from
+                `config.tokenizer_paths` (defaults to the official repos), only those needed.
+
+        Returns:
+            dict output modality -> images (B, C, H, W) (LULC: class logits), or token grids with decode=False.
+        """
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        given = dict(inputs or {})
+        for name, value in modalities.items():
+            if name in given:
+                raise ValueError(f"Input {name!r} was given twice.")
+            given[name] = value
+        if not given and not input_tokens:
+            raise ValueError("No inputs given: pass at least one input modality (e.g. S2L2A=..., S1GRD=...).")
+        if isinstance(output_modalities, str):
+            output_modalities = [output_modalities]
+        outputs = [resolve_output_modality(name) for name in output_modalities]
+        if not outputs:
+            raise ValueError("output_modalities is empty; name at least one of S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI.")
+        if "Coordinates" in outputs:
+            raise ValueError("Generating Coordinates is not supported yet; generate image modalities "
+                             "(S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI).")  # fmt: skip
+        model_inputs, grid = self.prepare_generation_inputs(given, input_tokens, standardize, tokenizers)
+        targets = [token_modality(name) for name in outputs]
+        tokens = self.generate_tokens(model_inputs, targets, grid, decoding_steps, temperature, top_k, top_p,
+                                      generator, progress)  # fmt: skip
+        result = {name: tokens[key] for name, key in zip(outputs, targets, strict=True)}
+        if not decode:
+            return result
+        for name in outputs:
+            tokenizer = self.get_tokenizer(name, tokenizers)
+            decoded = tokenizer.decode_tokens(result[name], timesteps=timesteps, generator=generator)
+            if standardize and name != "LULC":
+                mean, std = (torch.tensor(v, device=decoded.device).view(1, -1, 1, 1) for v in standardization(name))
+                decoded = decoded * std + mean
+            result[name] = decoded
+        return result
+
+    def prepare_generation_inputs(
+        self,
+        given: Mapping[str, torch.Tensor],
+        input_tokens: Mapping[str, torch.Tensor] | None,
+        standardize: bool,
+        tokenizers: Mapping[str, Any] | None,
+    ) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
+        """Validate inputs and map them to embedding keys: standardize, tokenize, check sizes."""
+        patch = self.config.patch_size
+        prepared: dict[str, torch.Tensor] = {}
+        grid = None
+        device = self.mask_token.device
+        for name, value in given.items():
+            key = resolve_modality(name)
+            spec = MODALITIES[key]
+            if key not in self.terramind.modality_embeddings:
+                raise ValueError(f"Input {name!r} has no embedding in this model.")
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"Input {name} must be a torch.Tensor, got {type(value).__name__}.")
+            value = value.to(device)
+            if spec.kind == "sequence":
+                raise ValueError("Coordinates as a generation input need the coordinates tokenizer; pass them as "
+                                 "input_tokens={'Coordinates': ids} for now.")  # fmt: skip
+            if value.ndim == 3 and spec.kind == "image_tokens":
+                value = value.unsqueeze(1)  # class map (B, H, W)
+            if value.ndim != 4:
+                raise ValueError(f"Input {name} must be (B, C, H, W), got shape {tuple(value.shape)}.")
+            h, w = value.shape[-2:]
+            if h % patch or w % patch:
+                raise ValueError(f"Input {name} has spatial size {h}x{w}; expected multiples of {patch}.")
+            this_grid = (h // patch, w // patch)
+            if grid is not None and grid != this_grid:
+                raise ValueError(f"Input {name} is {h}x{w}; all inputs must share one spatial size.")
+            grid = this_grid
+            if standardize and key != "LULC":
+                mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in standardization(key))
+                value = (value.float() - mean) / std
+            if spec.kind == "image":
+                if value.shape[1] != spec.num_channels:
+                    raise ValueError(f"Input {name} expected {spec.num_channels} channels, got {value.shape[1]}.")
+                if not torch.isfinite(value).all():
+                    raise ValueError(f"Input {name} contains NaN or inf; fill nodata first.")
+                prepared[key] = value.float()
+            else:  # tokenized modality given as an image: tokenize first
+                tokenizer = self.get_tokenizer(spec.tokenizer_modality, tokenizers)
+                prepared[key] = tokenizer.encode(value).tokens.to(device)
+        for name, value in (input_tokens or {}).items():
+            key = resolve_modality(name)
+            if MODALITIES[key].kind == "image" and f"{key}_TOKENS" in MODALITIES:
+                key = f"{key}_TOKENS"
+            spec = MODALITIES[key]
+            if spec.kind != "image_tokens":
+                raise ValueError(f"input_tokens takes token grids of tokenized modalities, not {name!r}.")
+            if value.ndim != 3 or value.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"input_tokens[{name!r}] must be an integer grid (B, h, w), got "
+                                 f"{value.dtype} {tuple(value.shape)}.")  # fmt: skip
+            if value.min() < 0 or value.max() >= spec.vocab_size:
+                raise ValueError(f"input_tokens[{name!r}] has ids outside the codebook [0, {spec.vocab_size}).")
+            if grid is not None and grid != tuple(value.shape[1:]):
+                raise ValueError(f"input_tokens[{name!r}] grid {tuple(value.shape[1:])} does not match {grid}.")
+            grid = tuple(value.shape[1:])
+            prepared[key] = value.long().to(device)
+        batches = {v.shape[0] for v in prepared.values()}
+        if len(batches) > 1:
+            raise ValueError(f"Inputs have different batch sizes {sorted(batches)}.")
+        return prepared, grid
+
+    def get_tokenizer(self, modality: str, tokenizers: Mapping[str, Any] | None = None):
+        """The tokenizer of an image modality: passed in, cached, or loaded from `config.tokenizer_paths`."""
+        name = resolve_output_modality(modality)
+        for key, tokenizer in (tokenizers or {}).items():
+            if resolve_output_modality(key) == name:
+                return tokenizer
+        cache = self.__dict__.setdefault("_tokenizers", {})
+        if name not in cache:
+            from .configuration_terramind import DEFAULT_TOKENIZER_REPOS
+            from .modeling_terramind_tokenizer import TerraMindTokenizerModel
+
+            path = (self.config.tokenizer_paths or {}).get(name) or DEFAULT_TOKENIZER_REPOS[name]
+            try:
+                tokenizer = TerraMindTokenizerModel.from_pretrained(path)
+            except OSError as error:
+                raise ValueError(f"The {name} tokenizer could not be loaded from {path!r} ({error}). Pass "
+                                 f"tokenizers={{'{name}': model}} or set config.tokenizer_paths['{name}'] to a "
+                                 "converted or original tokenizer folder.") from None  # fmt: skip
+            cache[name] = tokenizer.to(self.mask_token.device).eval().requires_grad_(False)
+        return cache[name]

@@ -1,0 +1,141 @@
+"""Generation and Thinking-in-Modalities: parity with the original, seeds, freezing, round trips, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ARCHITECTURES, load_cases, reference_input, relative_error
+
+from terramind import TerraMindForGeneration, TerraMindModel
+from terramind.generation_terramind import linear_token_schedule, sample_tokens
+
+
+@pytest.fixture(scope="module")
+def generators(converted):
+    return {arch: TerraMindForGeneration.from_pretrained(converted[arch]).eval() for arch in ARCHITECTURES}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_generation_parity_greedy(generators, arch):
+    """Greedy single-step generation gives the original's token grids, chained outputs included."""
+    for case in load_cases(arch, "generation"):
+        build = case["build"]
+        inputs = {name: reference_input(spec) for name, spec in case["inputs"].items()}
+        tokens = generators[arch].generate(inputs, output_modalities=build["output_modalities"],
+                                           decoding_steps=build["decoding_steps"], temperature=build["temperature"],
+                                           decode=False)  # fmt: skip
+        assert list(tokens) == build["output_modalities"]
+        for name, reference in case["tokens"].items():
+            assert tokens[name].shape == (2, 14, 14)
+            assert torch.equal(tokens[name], reference), (case["name"], name)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_tim_parity_every_layer_and_tokens(converted, arch):
+    (case,) = load_cases(arch, "tim")
+    build = case["build"]
+    model = TerraMindModel.from_pretrained(
+        converted[arch], modalities=build["modalities"], merge_method=build["merge_method"],
+        tim_modalities=build["tim_modalities"], tim_decoding_steps=build["tim_decoding_steps"],
+        tim_temperature=build["tim_temperature"],
+    ).eval()  # fmt: skip
+    inputs = {name: reference_input(spec) for name, spec in case["inputs"].items()}
+    with torch.no_grad():
+        output = model(**inputs, output_hidden_states=True)
+    reference = case["outputs"]
+    ours = list(output.hidden_states[1 : len(reference)]) + [output.last_hidden_state]
+    errors = [relative_error(a, r) for a, r in zip(ours, reference, strict=True)]
+    assert max(errors) < 1e-4, errors
+    assert torch.equal(output.tim_tokens["LULC"], case["tim_tokens"]["LULC"])
+
+
+def test_tim_generator_frozen_and_round_trip(converted, tmp_path):
+    model = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A"], tim_modalities=["LULC"],
+                                           tim_temperature=0.0, merge_method="dict")  # fmt: skip
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("encoder.", "layernorm")) for n in trainable), sorted(trainable)[:5]
+    assert model.modality_embeddings["S2L2A"] is model.tim_generator.terramind.encoder_embeddings["S2L2A"]
+    model.train()
+    assert not model.tim_generator.training
+    x = torch.randn(1, 12, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        out = model(S2L2A=x)
+    assert set(out.last_hidden_state) == {"S2L2A", "LULC"} and out.tim_tokens["LULC"].shape == (1, 4)
+    model.save_pretrained(tmp_path)
+    again = TerraMindModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(S2L2A=x).last_hidden_state["S2L2A"], out.last_hidden_state["S2L2A"])
+
+
+def test_tim_refuses_band_subsets_and_new_modalities():
+    from terramind import TerraMindConfig
+
+    with pytest.raises(ValueError, match="band subsets"):
+        TerraMindConfig(modalities=["S2L2A"], bands={"S2L2A": ["RED"]}, tim_modalities=["LULC"])
+    with pytest.raises(ValueError, match="pretrained modalities only"):
+        TerraMindConfig(modalities=["S2L2A", {"PLANET": 4}], tim_modalities=["LULC"])
+    with pytest.raises(ValueError, match="cannot be generated"):
+        TerraMindConfig(modalities=["S2L2A"], tim_modalities=["RGB"])
+
+
+def test_seeded_multistep_generation_reproducible(generators):
+    model = generators["tiny"]
+    x = torch.randn(1, 12, 64, 64)
+
+    def run(seed):
+        return model.generate(S2L2A=x, output_modalities=["LULC", "DEM"], decoding_steps=4, temperature=1.0,
+                              top_p=0.9, seed=seed, decode=False)  # fmt: skip
+
+    first, again, other = run(1), run(1), run(2)
+    for name in ("LULC", "DEM"):
+        assert first[name].shape == (1, 4, 4)
+        assert torch.equal(first[name], again[name])
+    assert any(not torch.equal(first[n], other[n]) for n in ("LULC", "DEM"))
+
+
+def test_input_tokens_condition_generation(generators):
+    model = generators["tiny"]
+    x = torch.randn(1, 12, 32, 32)
+    lulc = torch.randint(0, 4375, (1, 2, 2))
+    with_tokens = model.generate(S2L2A=x, input_tokens={"LULC": lulc}, output_modalities=["DEM"], temperature=0.0,
+                                 decode=False)  # fmt: skip
+    without = model.generate(S2L2A=x, output_modalities=["DEM"], temperature=0.0, decode=False)
+    assert with_tokens["DEM"].shape == without["DEM"].shape == (1, 2, 2)
+
+
+def test_schedules_and_sampling():
+    assert linear_token_schedule(1, 196) == [196]
+    assert linear_token_schedule(3, 10) == [4, 3, 3]
+    assert sum(linear_token_schedule(7, 196)) == 196
+    logits = torch.tensor([[0.0, 5.0, 1.0]])
+    assert sample_tokens(logits, temperature=0.0).item() == 1
+    generator = torch.Generator().manual_seed(0)
+    assert sample_tokens(logits, temperature=1.0, top_k=1, generator=generator).item() == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(output_modalities=["S2L1C"]), "cannot generate 'S2L1C'"),
+        (dict(output_modalities=["RGB"]), "cannot generate 'RGB'"),
+        (dict(output_modalities=["FOO"]), "Unknown modality 'FOO'"),
+        (dict(output_modalities=[]), "output_modalities is empty"),
+    ],
+)
+def test_generation_bad_outputs(generators, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generators["tiny"].generate(S2L2A=torch.randn(1, 12, 32, 32), decode=False, **kwargs)
+
+
+def test_generation_bad_inputs(generators):
+    model = generators["tiny"]
+    with pytest.raises(ValueError, match="No inputs given"):
+        model.generate(output_modalities=["LULC"], decode=False)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.generate(S2L2A=torch.randn(1, 12, 40, 32), output_modalities=["LULC"], decode=False)
+    with pytest.raises(ValueError, match="expected 12 channels"):
+        model.generate(S2L2A=torch.randn(1, 3, 32, 32), output_modalities=["LULC"], decode=False)
+    with pytest.raises(ValueError, match="codebook"):
+        model.generate(S2L2A=torch.randn(1, 12, 32, 32), input_tokens={"LULC": torch.full((1, 2, 2), 9999)},
+                       output_modalities=["DEM"], decode=False)  # fmt: skip
