@@ -220,6 +220,86 @@ class TerraMindGenerationMixin:
             result[name] = decoded
         return result
 
+    @torch.no_grad()
+    def generate_tiled(
+        self,
+        inputs: Mapping[str, torch.Tensor] | None = None,
+        output_modalities: Sequence[str] = ("S2L2A",),
+        tile_size: int = 224,
+        overlap: int = 64,
+        batch_size: int = 8,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        decode: bool = True,
+        progress: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Generate over scenes larger than one tile: overlapping tiles, batched, blended with a smooth window.
+
+        Inputs are (B, C, H, W) with H, W >= `tile_size` (multiples of 16); every tile goes through `generate`
+        (same keyword arguments). Decoded outputs are blended with a tapered window, so tiles meet without
+        seams; with `decode=False` each token comes from the tile whose centre is nearest. Outputs have the
+        input's size (token grids: H/16, W/16).
+        """
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        images = dict(inputs or {})
+        images.update({k: kwargs.pop(k) for k in list(kwargs) if k not in _GENERATE_OPTIONS})
+        if not images:
+            raise ValueError("No inputs given: pass at least one input modality (e.g. S2L2A=...).")
+        patch = self.config.patch_size
+        if tile_size % patch or not 0 <= overlap < tile_size or overlap % patch:
+            raise ValueError(f"tile_size and overlap must be multiples of {patch} with 0 <= overlap < tile_size.")
+        height, width = next(iter(images.values())).shape[-2:]
+        batch = next(iter(images.values())).shape[0]
+        if any(v.shape[-2:] != (height, width) or v.shape[0] != batch for v in images.values()):
+            raise ValueError("All inputs of a tiled generation must share batch and spatial size.")
+        if height < tile_size or width < tile_size or height % patch or width % patch:
+            raise ValueError(f"Tiled generation needs inputs of at least {tile_size}x{tile_size} in multiples of "
+                             f"{patch}, got {height}x{width}.")  # fmt: skip
+        stride = tile_size - overlap
+        tops = _tile_starts(height, tile_size, stride)
+        lefts = _tile_starts(width, tile_size, stride)
+        tiles = [(top, left) for top in tops for left in lefts]
+        scale = 1 if decode else patch
+        window = _blend_window(tile_size // scale, (overlap // scale) or 1).to(self.mask_token.device)
+        sums: dict[str, torch.Tensor] = {}
+        weights = torch.zeros(height // scale, width // scale, device=self.mask_token.device)
+        bar = tqdm(total=len(tiles), desc="TerraMind tiled generation", disable=not progress)
+        for start in range(0, len(tiles), batch_size):
+            chunk = tiles[start : start + batch_size]
+            crops = {name: torch.cat([v[..., t : t + tile_size, x : x + tile_size] for t, x in chunk])
+                     for name, v in images.items()}  # fmt: skip
+            out = self.generate(crops, output_modalities=output_modalities, generator=generator, decode=decode,
+                                **kwargs)  # fmt: skip
+            for name, value in out.items():
+                parts = value.split(batch) if value.shape[0] == batch * len(chunk) else [value]
+                for (top, left), part in zip(chunk, parts, strict=True):
+                    rows = slice(top // scale, (top + tile_size) // scale)
+                    cols = slice(left // scale, (left + tile_size) // scale)
+                    if decode:
+                        if name not in sums:
+                            sums[name] = torch.zeros(*part.shape[:-2], height, width, device=part.device)
+                        sums[name][..., rows, cols] += part.float() * window
+                    else:
+                        if name not in sums:
+                            sums[name] = torch.zeros(batch, height // patch, width // patch, dtype=part.dtype,
+                                                     device=part.device)  # fmt: skip
+                        better = window > weights[rows, cols]
+                        sums[name][..., rows, cols] = torch.where(better, part, sums[name][..., rows, cols])
+            for top, left in chunk:
+                rows = slice(top // scale, (top + tile_size) // scale)
+                cols = slice(left // scale, (left + tile_size) // scale)
+                if decode:
+                    weights[rows, cols] += window
+                else:
+                    weights[rows, cols] = torch.maximum(weights[rows, cols], window)
+            bar.update(len(chunk))
+        bar.close()
+        if decode:
+            return {name: value / weights for name, value in sums.items()}
+        return sums
+
     def prepare_generation_inputs(
         self,
         given: Mapping[str, torch.Tensor],
@@ -307,3 +387,25 @@ class TerraMindGenerationMixin:
                                  "converted or original tokenizer folder.") from None  # fmt: skip
             cache[name] = tokenizer.to(self.mask_token.device).eval().requires_grad_(False)
         return cache[name]
+
+
+_GENERATE_OPTIONS = {"decoding_steps", "temperature", "top_k", "top_p", "timesteps", "standardize", "input_tokens",
+                     "tokenizers"}  # fmt: skip
+
+
+def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Tile offsets covering [0, size): regular steps, the last tile flush with the edge."""
+    starts = list(range(0, size - tile + 1, stride))
+    if starts[-1] != size - tile:
+        starts.append(size - tile)
+    return starts
+
+
+def _blend_window(size: int, ramp: int) -> torch.Tensor:
+    """(size, size) weights: 1 in the middle, a linear ramp over `ramp` pixels to a small floor at the edges."""
+    ramp = max(1, min(ramp, size // 2))
+    profile = torch.ones(size)
+    edge = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp
+    profile[:ramp] = edge
+    profile[-ramp:] = edge.flip(0)
+    return profile[:, None] * profile[None, :]

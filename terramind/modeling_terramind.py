@@ -675,7 +675,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         inputs = self.collect_inputs(pixel_values, modalities)
         tim_tokens = self.think(inputs) if self.tim_generator is not None else None
         inputs = self.drop_modalities(inputs)
