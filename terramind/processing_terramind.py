@@ -120,8 +120,16 @@ class TerraMindProcessor(ProcessorMixin):
         return values
 
     def post_process_generation(self, outputs: Mapping[str, Any]) -> dict[str, Any]:
-        """Generated modalities in physical units; see [`TerraMindImageProcessor.post_process_generation`]."""
-        return self.image_processor.post_process_generation(outputs)
+        """
+        Generated modalities in physical units (see [`TerraMindImageProcessor.post_process_generation`]); generated
+        coordinate token ids become (B, 2) lon/lat when the tokenizer has `decode_coordinates`.
+        """
+        results = self.image_processor.post_process_generation(outputs)
+        coordinates = results.get(COORDINATES_KEY)
+        decode = getattr(self.tokenizer, "decode_coordinates", None)
+        if decode is not None and isinstance(coordinates, torch.Tensor) and not coordinates.is_floating_point():
+            results[COORDINATES_KEY] = decode(coordinates)
+        return results
 
     def batch_decode(self, *args, **kwargs):
         return self._require_tokenizer().batch_decode(*args, **kwargs)

