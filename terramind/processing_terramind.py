@@ -24,11 +24,12 @@ _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "l
 class TerraMindProcessor(ProcessorMixin):
     r"""
     Prepares all TerraMind inputs of a batch: image modalities through [`TerraMindImageProcessor`] and coordinates
-    passed through as `"Coordinates"`.
+    as `"Coordinates"`.
 
-    The coordinates tokenizer is optional: TerraMind reads (lon, lat) as numbers and tokenizes them in the model, so
-    the processor works without one; when given, it is saved and loaded with the processor (for decoding generated
-    coordinates with `batch_decode`).
+    Coordinates ((B, 2) longitude/latitude) pass through unchanged by default. The TerraMind encoder embeds coordinates
+    as token ids of the coordinates tokenizer: with a tokenizer that has `encode_coordinates`, `tokenize_coordinates=
+    True` returns those ids instead. The tokenizer is optional and, when given, saved and loaded with the processor
+    (it also decodes generated coordinates in `post_process_generation`).
 
     Args:
         image_processor ([`TerraMindImageProcessor`], *optional*):
@@ -78,13 +79,14 @@ class TerraMindProcessor(ProcessorMixin):
         self,
         images: Mapping[str, Any] | None = None,
         coordinates: Any = None,
+        tokenize_coordinates: bool = False,
         return_tensors: str | None = "pt",
         **kwargs,
     ) -> BatchFeature:
         """
         Process `images` (`{modality: array}`, see [`TerraMindImageProcessor.preprocess`], which takes the other
         keyword arguments) and pass `coordinates` ((B, 2) or (2,) longitude/latitude in degrees) through unchanged as
-        `"Coordinates"`.
+        `"Coordinates"`, or as the tokenizer's (B, L) token ids with `tokenize_coordinates=True`.
         """
         if images is None and coordinates is None:
             raise ValueError("Give `images` ({modality: array}), `coordinates` ((B, 2) lon/lat), or both.")
@@ -94,7 +96,10 @@ class TerraMindProcessor(ProcessorMixin):
         elif kwargs:
             raise ValueError(f"Arguments {sorted(kwargs)} need `images`.")
         if coordinates is not None:
-            data[COORDINATES_KEY] = self._check_coordinates(coordinates, data)
+            coordinates = self._check_coordinates(coordinates, data)
+            if tokenize_coordinates:
+                coordinates = self._require_tokenizer("encode_coordinates").encode_coordinates(coordinates)
+            data[COORDINATES_KEY] = coordinates
         if return_tensors == "np":
             data = {key: np.asarray(value) for key, value in data.items()}
         elif return_tensors not in ("pt", None):
@@ -132,14 +137,16 @@ class TerraMindProcessor(ProcessorMixin):
         return results
 
     def batch_decode(self, *args, **kwargs):
-        return self._require_tokenizer().batch_decode(*args, **kwargs)
+        return self._require_tokenizer("batch_decode").batch_decode(*args, **kwargs)
 
     def decode(self, *args, **kwargs):
-        return self._require_tokenizer().decode(*args, **kwargs)
+        return self._require_tokenizer("decode").decode(*args, **kwargs)
 
-    def _require_tokenizer(self) -> PreTrainedTokenizerBase:
-        if self.tokenizer is None:
-            raise ValueError("This TerraMindProcessor has no coordinates tokenizer; pass `tokenizer=` to decode.")
+    def _require_tokenizer(self, method: str) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None or not hasattr(self.tokenizer, method):
+            raise ValueError(
+                f"This TerraMindProcessor has no coordinates tokenizer with `{method}`; pass `tokenizer=` to use it."
+            )
         return self.tokenizer
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:

@@ -264,6 +264,8 @@ def test_processor_passes_coordinates_through():
         processor(coordinates=[[10.0, 95.0]])
     with pytest.raises(ValueError, match="no coordinates tokenizer"):
         processor.batch_decode([[1, 2]])
+    with pytest.raises(ValueError, match="no coordinates tokenizer with `encode_coordinates`"):
+        processor(coordinates=coordinates, tokenize_coordinates=True)
 
 
 def custom_processor() -> TerraMindProcessor:
@@ -306,11 +308,17 @@ def test_processor_with_coordinates_tokenizer_round_trip(tmp_path):
     loaded = TerraMindProcessor.from_pretrained(tmp_path)
     assert loaded.decode([1, 2]) == "lon=-47.25 lat=-25.50"
 
-    class CoordinatesTokenizer(PreTrainedTokenizerFast):  # stands in for the coordinates tokenizer's decoding
+    class CoordinatesTokenizer(PreTrainedTokenizerFast):  # stands in for the coordinates tokenizer
+        def encode_coordinates(self, lonlat):
+            texts = [f"lon={lon:.2f} lat={lat:.2f}" for lon, lat in lonlat.tolist()]
+            return torch.tensor([self.encode(text) for text in texts])
+
         def decode_coordinates(self, ids):
             return torch.tensor([[float(self.decode(row[:1])[4:]), float(self.decode(row[1:2])[4:])] for row in ids])
 
     processor = TerraMindProcessor(tokenizer=CoordinatesTokenizer(tokenizer_object=backend, unk_token="[UNK]"))
+    assert processor(coordinates=[-47.25, -25.5], tokenize_coordinates=True)["Coordinates"].tolist() == [[1, 2]]
+    assert processor(coordinates=[-47.25, -25.5])["Coordinates"].tolist() == [[-47.25, -25.5]]  # unchanged
     generated = processor.post_process_generation(
         {"Coordinates": torch.tensor([[1, 2]]), "DEM": torch.zeros(1, 1, 2, 2)}
     )
