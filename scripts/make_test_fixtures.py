@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+COORDS_ROWS = 2400  # the test vocabulary (tests/fixtures/coords_vocab.json) uses ids below this
 KEEP_TOKEN_EMBEDDINGS = {
     "encoder_embeddings": ("tok_lulc@224", "tok_dem@224"),  # TiM input, chained generation input
     "decoder_embeddings": ("tok_lulc@224", "tok_sen1grd@224", "tok_dem@224", "tok_ndvi@224"),
@@ -27,6 +28,8 @@ def keep(key: str) -> bool:
         return False  # tied to token_emb in the released files
     if key.endswith(".mod_emb") and modality in KEEP_TOKEN_EMBEDDINGS["decoder_embeddings"]:
         return True  # shared by encoder and decoder
+    if side == "encoder_embeddings" and modality == "coords":
+        return True  # token table trimmed to the rows the test vocabulary uses (tests pad it back)
     return modality in KEEP_TOKEN_EMBEDDINGS[side]
 
 
@@ -35,7 +38,11 @@ def main(source: str, target: str = "tests/fixtures") -> None:
     target_dir.mkdir(parents=True, exist_ok=True)
     for arch in ("tiny", "base"):
         state = torch.load(source_dir / f"terramind_{arch}_original.pt", weights_only=True)
-        torch.save({k: v.clone() for k, v in state.items() if keep(k)}, target_dir / f"terramind_{arch}_original.pt")
+        kept = {k: v.clone() for k, v in state.items() if keep(k)}
+        kept["encoder_embeddings.coords.token_emb.weight"] = kept["encoder_embeddings.coords.token_emb.weight"][
+            :COORDS_ROWS
+        ].clone()
+        torch.save(kept, target_dir / f"terramind_{arch}_original.pt")
         shutil.copy(source_dir / f"terramind_{arch}_cases.pt", target_dir)
     shutil.copy(source_dir / "manifest.json", target_dir)
 

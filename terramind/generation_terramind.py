@@ -307,86 +307,34 @@ class TerraMindGenerationMixin:
         standardize: bool,
         tokenizers: Mapping[str, Any] | None,
     ) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
-        """Validate inputs and map them to embedding keys: standardize, tokenize, check sizes."""
-        patch = self.config.patch_size
-        prepared: dict[str, torch.Tensor] = {}
-        grid = None
+        """Standardize (if asked) and map inputs to model-ready tensors with the encoder's own input handling
+        (validation, tokenization of LULC/NDVI images, coordinates), then the token grid size."""
+        for name, tokenizer in (tokenizers or {}).items():
+            self.terramind.set_tokenizer(name, tokenizer)
         device = self.mask_token.device
+        prepared = {}
         for name, value in given.items():
-            key = resolve_modality(name)
-            spec = MODALITIES[key]
-            if key not in self.terramind.modality_embeddings:
-                raise ValueError(f"Input {name!r} has no embedding in this model.")
             if not isinstance(value, torch.Tensor):
                 raise ValueError(f"Input {name} must be a torch.Tensor, got {type(value).__name__}.")
-            value = value.to(device)
-            if spec.kind == "sequence":
-                raise ValueError("Coordinates as a generation input need the coordinates tokenizer; pass them as "
-                                 "input_tokens={'Coordinates': ids} for now.")  # fmt: skip
-            if value.ndim == 3 and spec.kind == "image_tokens":
-                value = value.unsqueeze(1)  # class map (B, H, W)
-            if value.ndim != 4:
-                raise ValueError(f"Input {name} must be (B, C, H, W), got shape {tuple(value.shape)}.")
-            h, w = value.shape[-2:]
-            if h % patch or w % patch:
-                raise ValueError(f"Input {name} has spatial size {h}x{w}; expected multiples of {patch}.")
-            this_grid = (h // patch, w // patch)
-            if grid is not None and grid != this_grid:
-                raise ValueError(f"Input {name} is {h}x{w}; all inputs must share one spatial size.")
-            grid = this_grid
-            if standardize and key != "LULC":
-                mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in standardization(key))
-                value = (value.float() - mean) / std
-            if spec.kind == "image":
-                if value.shape[1] != spec.num_channels:
-                    raise ValueError(f"Input {name} expected {spec.num_channels} channels, got {value.shape[1]}.")
-                if not torch.isfinite(value).all():
-                    raise ValueError(f"Input {name} contains NaN or inf; fill nodata first.")
-                prepared[key] = value.float()
-            else:  # tokenized modality given as an image: tokenize first
-                tokenizer = self.get_tokenizer(spec.tokenizer_modality, tokenizers)
-                prepared[key] = tokenizer.encode(value).tokens.to(device)
-        for name, value in (input_tokens or {}).items():
             key = resolve_modality(name)
-            if MODALITIES[key].kind == "image" and f"{key}_TOKENS" in MODALITIES:
-                key = f"{key}_TOKENS"
-            spec = MODALITIES[key]
-            if spec.kind != "image_tokens":
-                raise ValueError(f"input_tokens takes token grids of tokenized modalities, not {name!r}.")
-            if value.ndim != 3 or value.dtype not in (torch.int32, torch.int64):
-                raise ValueError(f"input_tokens[{name!r}] must be an integer grid (B, h, w), got "
-                                 f"{value.dtype} {tuple(value.shape)}.")  # fmt: skip
-            if value.min() < 0 or value.max() >= spec.vocab_size:
-                raise ValueError(f"input_tokens[{name!r}] has ids outside the codebook [0, {spec.vocab_size}).")
-            if grid is not None and grid != tuple(value.shape[1:]):
-                raise ValueError(f"input_tokens[{name!r}] grid {tuple(value.shape[1:])} does not match {grid}.")
-            grid = tuple(value.shape[1:])
-            prepared[key] = value.long().to(device)
-        batches = {v.shape[0] for v in prepared.values()}
-        if len(batches) > 1:
-            raise ValueError(f"Inputs have different batch sizes {sorted(batches)}.")
-        return prepared, grid
+            value = value.to(device)
+            if standardize and MODALITIES[key].kind != "sequence" and key != "LULC":
+                mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in standardization(key))
+                if value.ndim != 4 or value.shape[1] != mean.shape[1]:
+                    raise ValueError(f"Input {name} must be (B, {mean.shape[1]}, H, W), got {tuple(value.shape)}.")
+                value = (value.float() - mean) / std
+            prepared[key] = value
+        tokens = {resolve_modality(k): v.to(device) for k, v in (input_tokens or {}).items()}
+        inputs = self.terramind.collect_inputs(None, prepared, tokens)
+        return inputs, self.terramind.patch_grid(inputs)
 
     def get_tokenizer(self, modality: str, tokenizers: Mapping[str, Any] | None = None):
-        """The tokenizer of an image modality: passed in, cached, or loaded from `config.tokenizer_paths`."""
+        """The tokenizer of a modality: passed in, or the encoder's (set or loaded from config.tokenizer_paths)."""
         name = resolve_output_modality(modality)
         for key, tokenizer in (tokenizers or {}).items():
             if resolve_output_modality(key) == name:
                 return tokenizer
-        cache = self.__dict__.setdefault("_tokenizers", {})
-        if name not in cache:
-            from .configuration_terramind import DEFAULT_TOKENIZER_REPOS
-            from .modeling_terramind_tokenizer import TerraMindTokenizerModel
-
-            path = (self.config.tokenizer_paths or {}).get(name) or DEFAULT_TOKENIZER_REPOS[name]
-            try:
-                tokenizer = TerraMindTokenizerModel.from_pretrained(path)
-            except OSError as error:
-                raise ValueError(f"The {name} tokenizer could not be loaded from {path!r} ({error}). Pass "
-                                 f"tokenizers={{'{name}': model}} or set config.tokenizer_paths['{name}'] to a "
-                                 "converted or original tokenizer folder.") from None  # fmt: skip
-            cache[name] = tokenizer.to(self.mask_token.device).eval().requires_grad_(False)
-        return cache[name]
+        return self.terramind.get_tokenizer(name)
 
 
 _GENERATE_OPTIONS = {"decoding_steps", "temperature", "top_k", "top_p", "timesteps", "standardize", "input_tokens",

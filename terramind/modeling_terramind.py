@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput, logging
 from .configuration_terramind import TerraMindConfig
 from .conversion import resolve_original_release
 from .generation_terramind import TerraMindGenerationMixin
-from .modalities import MODALITIES, token_modality
+from .modalities import MODALITIES, resolve_modality, token_modality
 
 logger = logging.get_logger(__name__)
 
@@ -540,8 +540,18 @@ class TerraMindModel(TerraMindPreTrainedModel):
         return (model, info) if want_info else model
 
     # ------------------------------------------------------------------ inputs
-    def collect_inputs(self, pixel_values: Any, modalities: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Gather tensor/dict/keyword inputs into embedding key -> tensor, in configured order, validated."""
+    def collect_inputs(
+        self,
+        pixel_values: Any,
+        modalities: dict[str, Any],
+        input_tokens: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Gather tensor/dict/keyword inputs into embedding key -> model-ready tensor, in configured order.
+
+        Raw images are validated; tokenized modalities given as images (or LULC class maps) go through their
+        tokenizer; `input_tokens` are ready token grids (B, H/16, W/16) that skip it; Coordinates (B, 2)
+        lon/lat become token ids through the coordinates tokenizer.
+        """
         given: dict[str, Any] = {}
         if isinstance(pixel_values, dict):
             given.update(pixel_values)
@@ -552,68 +562,145 @@ class TerraMindModel(TerraMindPreTrainedModel):
                 raise ValueError(f"Modality {name!r} was given twice.")
             given[name] = value
         masks = {k: given.pop(k) for k in list(given) if k.endswith(NODATA_MASK_SUFFIX)}
-        if not given:
+        if not given and not input_tokens:
             raise ValueError(f"No input given; expected one or more of {self._configured_names()}.")
-        by_key: dict[str, torch.Tensor] = {}
-        for name, value in given.items():
-            key = self._input_key(name)
-            if key in by_key:
-                raise ValueError(f"Modality {name!r} and another input both map to {key}; give it once.")
-            by_key[key] = value
+        by_key: dict[str, tuple[str, torch.Tensor, bool]] = {}
+        for is_tokens, source in ((False, given), (True, input_tokens or {})):
+            for name, value in source.items():
+                key = self._input_key(name, tokens=is_tokens)
+                if key in by_key:
+                    raise ValueError(f"Modality {name!r} and another input both map to {key}; give it once.")
+                if not isinstance(value, torch.Tensor):
+                    raise ValueError(f"Input {name} must be a torch.Tensor, got {type(value).__name__}.")
+                by_key[key] = (name, value, is_tokens)
         for name in masks:
             modality = name[: -len(NODATA_MASK_SUFFIX)]
             if self._input_key(modality) not in by_key:
                 raise ValueError(f"{name} given without its modality {modality}.")
-        ordered = {k: by_key[k] for k in self.modality_channels if k in by_key}
-        self._validate_inputs(ordered)
+        ordered = {k: self._prepare_input(k, *by_key[k]) for k in self.modality_channels if k in by_key}
+        self._check_shared_shapes(ordered)
         return ordered
 
     def _configured_names(self) -> str:
         return ", ".join(self.config.modality_aliases().values())
 
-    def _input_key(self, name: str) -> str:
+    def _input_key(self, name: str, tokens: bool = False) -> str:
         try:
             key = self.config.modality_key(name)
         except ValueError:
             key = None
+        if tokens and key in MODALITIES and f"{key}_TOKENS" in self.modality_channels:
+            key = f"{key}_TOKENS"  # input_tokens={"S2L2A": grid} means the tokenized S2L2A modality
         if key not in self.modality_channels:
             raise ValueError(f"Unknown input modality {name!r}: this model is configured for "
                              f"{self._configured_names()}. Configure it in `modalities` to use it.")  # fmt: skip
+        if tokens and (key not in MODALITIES or MODALITIES[key].kind != "image_tokens"):
+            raise ValueError(f"input_tokens takes token grids of tokenized modalities (LULC, NDVI, S2L2A_TOKENS, "
+                             f"...), not {name!r}.")  # fmt: skip
         return key
 
-    def _validate_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
-        batch, grid = None, None
+    def _prepare_input(self, key: str, name: str, value: torch.Tensor, is_tokens: bool) -> torch.Tensor:
+        spec = MODALITIES.get(key)
+        if spec is None or spec.kind == "image":
+            return self._check_image(key, name, value)
+        if spec.kind == "sequence":
+            tokenizer = self.get_tokenizer("Coordinates")
+            return tokenizer.encode_coordinates(value).to(value.device)
+        if not is_tokens:  # an image of a tokenized modality: tokenize it (frozen tokenizer)
+            tokenizer = self.get_tokenizer(spec.tokenizer_modality)
+            with torch.no_grad():
+                value = tokenizer.encode(value.to(tokenizer.device)).tokens.to(value.device)
+        if value.ndim != 3 or value.is_floating_point():
+            raise ValueError(f"Token grid {name} must be an integer tensor (B, h, w), got {value.dtype} "
+                             f"{tuple(value.shape)}.")  # fmt: skip
+        if value.numel() and (value.min() < 0 or value.max() >= spec.vocab_size):
+            raise ValueError(f"Token grid {name} has ids outside the codebook [0, {spec.vocab_size}).")
+        return value.long()
+
+    def _check_image(self, key: str, name: str, value: torch.Tensor) -> torch.Tensor:
+        channels = self.modality_channels[key]
+        patch = self.config.patch_size
+        if value.ndim != 4:
+            raise ValueError(f"Input {name} must be (B, C, H, W), got shape {tuple(value.shape)}.")
+        if value.shape[1] != channels:
+            raise ValueError(f"Input {name} expected {channels} channels, got {value.shape[1]} "
+                             f"(shape {tuple(value.shape)}).")  # fmt: skip
+        h, w = value.shape[-2:]
+        if h % patch or w % patch:
+            raise ValueError(f"Input {name} has spatial size {h}x{w}; expected multiples of {patch}.")
+        if not value.is_floating_point():
+            raise ValueError(f"Input {name} must be a floating point tensor, got {value.dtype}.")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"Input {name} contains NaN or inf; fill nodata first (e.g. with "
+                             f"TerraMindImageProcessor, which fills and reports it).")  # fmt: skip
+        return value
+
+    def _check_shared_shapes(self, inputs: dict[str, torch.Tensor]) -> None:
+        """One batch size, and one patch grid for all image modalities (merges stack them)."""
+        batch, grid, first = None, None, None
         patch = self.config.patch_size
         for key, value in inputs.items():
             name = self.config.modality_aliases().get(key, key)
-            if not isinstance(value, torch.Tensor):
-                raise ValueError(f"Input {name} must be a torch.Tensor, got {type(value).__name__}.")
-            channels = self.modality_channels[key]
-            if channels is not None:  # raw image
-                if value.ndim != 4:
-                    raise ValueError(f"Input {name} must be (B, C, H, W), got shape {tuple(value.shape)}.")
-                if value.shape[1] != channels:
-                    raise ValueError(f"Input {name} expected {channels} channels, got {value.shape[1]} "
-                                     f"(shape {tuple(value.shape)}).")  # fmt: skip
-                h, w = value.shape[-2:]
-                if h % patch or w % patch:
-                    raise ValueError(f"Input {name} has spatial size {h}x{w}; expected multiples of {patch}.")
-                if not value.is_floating_point():
-                    raise ValueError(f"Input {name} must be a floating point tensor, got {value.dtype}.")
-                if not torch.isfinite(value).all():
-                    raise ValueError(f"Input {name} contains NaN or inf; fill nodata first (e.g. with "
-                                     f"TerraMindImageProcessor, which fills and reports it).")  # fmt: skip
-                this_grid = (h // patch, w // patch)
-            else:
-                this_grid = None
             if batch is not None and value.shape[0] != batch:
-                raise ValueError(f"Input {name} has batch size {value.shape[0]}, other inputs have {batch}.")
-            batch = value.shape[0]
-            if this_grid is not None:
-                if grid is not None and this_grid != grid:
-                    raise ValueError(f"Input {name} has a {this_grid} patch grid, other inputs {grid}; image "
-                                     f"modalities must share one spatial size.")  # fmt: skip
-                grid = this_grid
+                raise ValueError(f"Input {name} has batch size {value.shape[0]}, {first} has {batch}.")
+            batch, first = value.shape[0], first or name
+            if self.modality_channels.get(key) is not None or key not in MODALITIES:
+                this_grid = (value.shape[-2] // patch, value.shape[-1] // patch)
+            elif MODALITIES[key].kind == "image_tokens":
+                this_grid = tuple(value.shape[-2:])
+            else:
+                continue
+            if grid is not None and this_grid != grid:
+                raise ValueError(f"Input {name} has a {this_grid} patch grid, other inputs {grid}; image "
+                                 f"modalities must share one spatial size.")  # fmt: skip
+            grid = this_grid
+
+    def patch_grid(self, inputs: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """(h, w) token grid of prepared inputs."""
+        for key, value in inputs.items():
+            if self.modality_channels.get(key) is not None or key not in MODALITIES:
+                return value.shape[-2] // self.config.patch_size, value.shape[-1] // self.config.patch_size
+            if MODALITIES[key].kind == "image_tokens":
+                return tuple(value.shape[-2:])
+        raise ValueError("At least one image modality is needed to know the spatial size.")
+
+    # ------------------------------------------------------------------ tokenizers
+    def get_tokenizer(self, modality: str):
+        """Tokenizer of a modality (S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI or Coordinates): set with
+        `set_tokenizer`, or loaded once, frozen, from `config.tokenizer_paths` (defaults: the official repos).
+        Tokenizers are not part of this model's weights."""
+        name = resolve_modality(modality).removesuffix("_TOKENS")
+        cache = self.__dict__.setdefault("_tokenizers", {})
+        if name not in cache:
+            from .configuration_terramind import DEFAULT_TOKENIZER_REPOS
+
+            path = (self.config.tokenizer_paths or {}).get(name) or DEFAULT_TOKENIZER_REPOS.get(name)
+            try:
+                if name == "Coordinates":
+                    from .tokenization_terramind_coords import TerraMindCoordsTokenizer
+
+                    tokenizer = TerraMindCoordsTokenizer.from_pretrained(path)
+                else:
+                    from .modeling_terramind_tokenizer import TerraMindTokenizerModel
+
+                    tokenizer = TerraMindTokenizerModel.from_pretrained(path).eval().requires_grad_(False)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"The {name} tokenizer could not be loaded from {path!r} ({error}). Pass it with "
+                                 f"`set_tokenizer('{name}', tokenizer)` (generate: tokenizers={{'{name}': ...}}) or "
+                                 f"set config.tokenizer_paths['{name}'] to a converted or original tokenizer "
+                                 "folder.") from None  # fmt: skip
+            cache[name] = tokenizer
+        tokenizer = cache[name]
+        if isinstance(tokenizer, nn.Module) and tokenizer.device != self.device:
+            cache[name] = tokenizer = tokenizer.to(self.device)
+        return tokenizer
+
+    def set_tokenizer(self, modality: str, tokenizer: Any) -> None:
+        """Use `tokenizer` for `modality` (frozen; kept outside the model's weights)."""
+        name = resolve_modality(modality).removesuffix("_TOKENS")
+        if isinstance(tokenizer, nn.Module):
+            tokenizer = tokenizer.eval().requires_grad_(False)
+        self.__dict__.setdefault("_tokenizers", {})[name] = tokenizer
 
     def embed(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, int]]:
         """Token embeddings (+ positions, + modality) of every input, concatenated: (B, N, D) and counts."""
@@ -664,19 +751,22 @@ class TerraMindModel(TerraMindPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
+        input_tokens: dict[str, torch.Tensor] | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **modalities: torch.Tensor,
     ) -> TerraMindModelOutput | tuple:
         r"""
         pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
-        modalities: further inputs by modality name, e.g. `S2L2A=x, S1GRD=y`.
+        input_tokens: token grids (B, H/16, W/16) of tokenized modalities (LULC, NDVI, ...), used as they are.
+        modalities: further inputs by modality name, e.g. `S2L2A=x, S1GRD=y`; tokenized modalities (LULC, NDVI)
+            as images or class maps (tokenized first, by their frozen tokenizer); `Coordinates` as (B, 2) lon/lat.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        inputs = self.collect_inputs(pixel_values, modalities)
+        inputs = self.collect_inputs(pixel_values, modalities, input_tokens)
         tim_tokens = self.think(inputs) if self.tim_generator is not None else None
         inputs = self.drop_modalities(inputs)
         if tim_tokens:
@@ -699,9 +789,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
         targets = [k for k in self.tim_targets if k not in inputs]
         if not targets:
             return {}
-        value = next(v for k, v in inputs.items() if self.modality_channels.get(k) is not None or v.ndim == 3)
-        patch = self.config.patch_size
-        grid = (value.shape[-2] // patch, value.shape[-1] // patch) if value.ndim == 4 else tuple(value.shape[1:])
+        grid = self.patch_grid(inputs)
         config = self.config
         return self.tim_generator.generate_tokens(
             inputs, targets, grid, decoding_steps=config.tim_decoding_steps, temperature=config.tim_temperature,

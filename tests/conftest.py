@@ -44,10 +44,22 @@ def converted(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for arch in ARCHITECTURES:
         target = tmp_path_factory.mktemp(f"converted_{arch}")
-        convert_checkpoint(FIXTURES / f"terramind_{arch}_original.pt", target,
+        convert_checkpoint(fixture_checkpoint(arch, tmp_path_factory.mktemp("original")), target,
                            config_overrides={"num_attention_heads": 2})  # fmt: skip
         out[arch] = target
     return out
+
+
+def fixture_checkpoint(arch: str, folder: Path) -> Path:
+    """The trimmed golden checkpoint with its coordinates token table padded back to the full 30000 rows
+    (only the rows of the test vocabulary were kept; the others are never looked up)."""
+    state = torch.load(FIXTURES / f"terramind_{arch}_original.pt", weights_only=True)
+    key = "encoder_embeddings.coords.token_emb.weight"
+    table = state[key]
+    state[key] = torch.cat([table, torch.zeros(30000 - table.shape[0], table.shape[1])])
+    path = folder / f"terramind_{arch}_original.pt"
+    torch.save(state, path)
+    return path
 
 
 def tiny_config(**kwargs):
@@ -58,3 +70,31 @@ def tiny_config(**kwargs):
                   image_size=64, modalities=["S2L2A", "S1GRD"])  # fmt: skip
     params.update(kwargs)
     return TerraMindConfig(**params)
+
+
+# The narrow tokenizer architectures of the golden files (fixtures/manifest.json, "tokenizers").
+MINI_TOKENIZER = dict(image_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+MINI_VIT_DECODER = dict(decoder_type="vit", decoder_patch_size=16, fsq_levels=[7, 5, 5, 5, 5])
+MINI_DIFFUSION_DECODER = dict(decoder_type="patched_unet", decoder_patch_size=4, unet_model_channels=32,
+                              unet_num_res_blocks=1, unet_attention_resolutions=[2], unet_channel_mult=[1, 2],
+                              unet_num_heads=1, fsq_levels=[8, 8, 8, 6, 5])  # fmt: skip
+
+
+def mini_tokenizer(modality: str, seed: int = 0):
+    """A tiny random tokenizer with the codebook of the v1 `modality` tokenizer (LULC: ViT decoder, 10 classes)."""
+    from terramind.configuration_terramind_tokenizer import TerraMindTokenizerConfig
+    from terramind.modalities import MODALITIES
+    from terramind.modeling_terramind_tokenizer import TerraMindTokenizerModel
+
+    torch.manual_seed(seed)
+    if modality == "LULC":
+        params = dict(MINI_TOKENIZER, num_channels=10, num_classes=10, **MINI_VIT_DECODER)
+    else:
+        params = dict(MINI_TOKENIZER, num_channels=MODALITIES[modality].num_channels, **MINI_DIFFUSION_DECODER)
+    return TerraMindTokenizerModel(TerraMindTokenizerConfig(modality=modality, **params)).eval()
+
+
+def coords_tokenizer():
+    from terramind.tokenization_terramind_coords import TerraMindCoordsTokenizer
+
+    return TerraMindCoordsTokenizer.from_vocabulary_file(FIXTURES / "coords_vocab.json")

@@ -218,3 +218,82 @@ def test_remote_code_load_without_package(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)  # fmt: skip
     assert "REMOTE_OK TerraMindModel" in result.stdout, result.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- tokenized inputs and coordinates
+def token_case_inputs(case: dict) -> tuple[dict, dict]:
+    import numpy as np
+
+    images, tokens = {}, {}
+    for name, spec in case["inputs"].items():
+        if name.endswith("_tokens"):
+            seed, shape, vocab = spec
+            tokens[name.removesuffix("_tokens")] = torch.from_numpy(np.random.default_rng(seed).integers(0, vocab, shape))
+        elif isinstance(spec, torch.Tensor):
+            images[name] = spec
+        else:
+            images[name] = reference_input(spec)
+    return images, tokens
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_token_and_coordinate_inputs_parity(converted, arch):
+    """LULC token grids and Coordinates as encoder inputs, against cases made with the original."""
+    from conftest import FIXTURES, coords_tokenizer
+
+    cases = [c for c in torch.load(FIXTURES / "terramind_token_input_cases.pt", weights_only=True) if c["arch"] == arch]
+    assert len(cases) == 4
+    for case in cases:
+        build = case["build"]
+        model = TerraMindModel.from_pretrained(converted[arch], **build).eval()
+        model.set_tokenizer("Coordinates", coords_tokenizer())
+        images, tokens = token_case_inputs(case)
+        with torch.no_grad():
+            output = model(**images, input_tokens=tokens or None, output_hidden_states=True)
+        reference = case["outputs"]
+        ours = list(output.hidden_states[1 : len(reference)]) + [output.last_hidden_state]
+        errors = [relative_error(a, r) for a, r in zip(ours, reference, strict=True)]
+        assert max(errors) < TOLERANCE, (case["name"], errors)
+        if build["merge_method"] == "dict" and "Coordinates" in build["modalities"]:
+            assert output.last_hidden_state["Coordinates"].shape[1] == 3  # lat, lon, [EOS]
+
+
+def test_class_map_is_tokenized_and_token_grid_skips_tokenizer(converted):
+    from conftest import mini_tokenizer
+
+    model = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A", "LULC"]).eval()
+    tokenizer = mini_tokenizer("LULC")
+    calls = []
+    encode = tokenizer.encode
+    tokenizer.encode = lambda x, **kw: calls.append(x.shape) or encode(x, **kw)
+    model.set_tokenizer("LULC", tokenizer)
+    s2 = torch.randn(2, 12, 64, 64)
+    class_map = torch.randint(0, 10, (2, 64, 64))
+    with torch.no_grad():
+        from_map = model(S2L2A=s2, LULC=class_map).last_hidden_state
+        assert calls == [(2, 64, 64)]
+        grid = encode(class_map).tokens
+        from_tokens = model(S2L2A=s2, input_tokens={"LULC": grid}).last_hidden_state
+    assert calls == [(2, 64, 64)], "a token grid must not go through the tokenizer"
+    torch.testing.assert_close(from_map, from_tokens)
+
+
+def test_tokenized_input_errors(converted, monkeypatch, tmp_path):
+    model = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A", "LULC", "Coordinates"],
+                                           tokenizer_paths={"LULC": str(tmp_path / "none")}).eval()  # fmt: skip
+    s2 = torch.randn(1, 12, 32, 32)
+    with pytest.raises(ValueError, match="LULC tokenizer could not be loaded"):
+        model(S2L2A=s2, LULC=torch.randint(0, 10, (1, 32, 32)))
+    with pytest.raises(ValueError, match="outside the codebook"):
+        model(S2L2A=s2, input_tokens={"LULC": torch.full((1, 2, 2), 5000)})
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(S2L2A=s2, input_tokens={"LULC": torch.zeros(1, 2, 2)})
+    with pytest.raises(ValueError, match="input_tokens takes token grids"):
+        model(input_tokens={"S2L2A": torch.zeros(1, 2, 2, dtype=torch.long)})
+    from conftest import coords_tokenizer
+
+    model.set_tokenizer("Coordinates", coords_tokenizer())
+    with pytest.raises(ValueError, match="lon"):
+        model(S2L2A=s2, Coordinates=torch.tensor([[200.0, 10.0]]))
+    with pytest.raises(ValueError, match=r"\(B, 2\)|\[batch, 2\]|shape"):
+        model(S2L2A=s2, Coordinates=torch.tensor([1.0, 2.0, 3.0]))
