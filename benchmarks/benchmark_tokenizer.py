@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"TerraMind tokenizer decode benchmark: {args.modality}, {args.image_size}x{args.image_size} tiles, "
           f"{name}, torch {torch.__version__}")  # fmt: skip
     torch.set_grad_enabled(False)
-    print(f"{'model':<14}{'dtype':<10}{'batch':>6}{'evals':>7}{'decode s':>11}{'ms/tile/step':>14}{'encode ms/tile':>16}")
+    header = f"{'model':<14}{'dtype':<10}{'batch':>6}{'evals':>7}{'decode s':>11}{'ms/tile/step':>14}"
+    print(header + f"{'encode ms/tile':>16}")
     for dtype_name in args.dtypes:
         diffusion_rows(build(args.modality, DTYPES[dtype_name]), args, device, dtype_name)
         if not args.skip_lulc:

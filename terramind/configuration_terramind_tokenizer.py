@@ -34,7 +34,8 @@ TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
     "DEM": dict(num_channels=1, **_V1_DIFFUSION),
     "NDVI": dict(num_channels=1, **_V1_DIFFUSION),
     # LULC: 10 ESRI classes in (one-hot), ViT-B decoder out (class logits), smaller FSQ codebook.
-    "LULC": dict(num_channels=10, num_classes=10, decoder_type="vit", decoder_patch_size=16, fsq_levels=[7, 5, 5, 5, 5]),
+    "LULC": dict(num_channels=10, num_classes=10, decoder_type="vit", decoder_patch_size=16,
+                 fsq_levels=[7, 5, 5, 5, 5]),
 }
 
 
@@ -215,7 +216,8 @@ class TerraMindTokenizerConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
 
         for name in ("num_channels", "image_size", "patch_size", "hidden_size", "num_hidden_layers",
-                     "num_attention_heads", "decoder_patch_size", "num_train_timesteps", "num_inference_steps"):  # fmt: skip
+                     "num_attention_heads", "decoder_patch_size", "num_train_timesteps",
+                     "num_inference_steps"):  # fmt: skip
             positive(name)
         if self.num_classes is not None:
             positive("num_classes")
@@ -224,8 +226,9 @@ class TerraMindTokenizerConfig(PretrainedConfig):
                                  f"({self.num_channels}): class maps are one-hot encoded for the encoder.")  # fmt: skip
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size}).")
-        for prefix, dim, heads in (("", self.hidden_size, self.num_attention_heads),
-                                   ("decoder_", self.decoder_hidden_size, self.decoder_num_attention_heads)):  # fmt: skip
+        encoder = ("", self.hidden_size, self.num_attention_heads)
+        decoder = ("decoder_", self.decoder_hidden_size, self.decoder_num_attention_heads)
+        for prefix, dim, heads in (encoder, decoder):
             if dim % heads:
                 raise ValueError(f"{prefix}hidden_size ({dim}) must be divisible by {prefix}num_attention_heads "
                                  f"({heads}).")  # fmt: skip

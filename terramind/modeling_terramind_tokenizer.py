@@ -541,11 +541,8 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
 
     @property
     def noise_scheduler(self) -> TerraMindDDIMSampler:
-        """The DDIM sampler of the diffusion decoder (rebuilt when the config object changes)."""
-        sampler = self.__dict__.get("_sampler")
-        if sampler is None or sampler.config is not self.config:
-            sampler = self.__dict__["_sampler"] = TerraMindDDIMSampler(self.config)
-        return sampler
+        """The DDIM sampler of the diffusion decoder, from the current config (cheap: a 1000-step schedule)."""
+        return TerraMindDDIMSampler(self.config)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
@@ -671,8 +668,9 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
         size = grid if image_size is None else _pair(image_size)
         if not config.is_diffusion:
             if size != grid:
-                raise ValueError(f"The ViT decoder renders {config.patch_size} pixels per token: a {quantized.shape[2]}"
-                                 f"x{quantized.shape[3]} token grid decodes to {grid}, not image_size={size}.")  # fmt: skip
+                raise ValueError(f"The ViT decoder renders {config.patch_size} pixels per token: a "
+                                 f"{quantized.shape[2]}x{quantized.shape[3]} token grid decodes to {grid}, not "
+                                 f"image_size={size}.")  # fmt: skip
             return self.decoder(self.post_quant_proj(quantized.to(self.dtype)))
         return self._sample(quantized, timesteps, generator, size)
 

@@ -62,7 +62,8 @@ class TerraMindCoordsTokenizer(PreTrainedTokenizerFast):
         hub = {k: kwargs[k] for k in ("cache_dir", "token", "revision", "local_files_only") if k in kwargs}
         original = _original_vocabulary(pretrained_model_name_or_path, **hub)
         if original is not None:
-            extra = {k: v for k, v in kwargs.items() if k not in hub and k not in ("force_download", "trust_remote_code")}
+            ignored = set(hub) | {"force_download", "trust_remote_code"}
+            extra = {k: v for k, v in kwargs.items() if k not in ignored}
             tokenizer = cls.from_vocabulary_file(original, **extra)
             tokenizer.name_or_path = str(pretrained_model_name_or_path)
             return tokenizer
