@@ -1,25 +1,40 @@
 """TerraMind (IBM/ESA) as a Hugging Face Transformers model."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
 from .configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
+from .geotiff import read_geotiff, read_sample, write_geotiff
+from .image_processing_terramind import NODATA_MASK_SUFFIX, TerraMindImageProcessor, nodata_mask_key
 from .modalities import MODALITIES, resolve_modality
 from .modeling_terramind import TerraMindForGeneration, TerraMindModel, TerraMindModelOutput, TerraMindPreTrainedModel
+from .processing_terramind import TerraMindProcessor, register_processors
 
 AutoConfig.register("terramind", TerraMindConfig, exist_ok=True)
 AutoModel.register(TerraMindConfig, TerraMindModel, exist_ok=True)
+register_processors()
 # save_pretrained writes `auto_map` and the code files, so saved folders also load with trust_remote_code=True
 # where this package is not installed.
 TerraMindConfig.register_for_auto_class()
 TerraMindModel.register_for_auto_class("AutoModel")
+TerraMindImageProcessor.register_for_auto_class("AutoImageProcessor")
+TerraMindProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "AutoImageProcessor",
+    "AutoProcessor",
     "MODALITIES",
+    "NODATA_MASK_SUFFIX",
     "TERRAMIND_VARIANTS",
     "TerraMindConfig",
     "TerraMindForGeneration",
+    "TerraMindImageProcessor",
     "TerraMindModel",
     "TerraMindModelOutput",
     "TerraMindPreTrainedModel",
+    "TerraMindProcessor",
+    "nodata_mask_key",
+    "read_geotiff",
+    "read_sample",
     "resolve_modality",
+    "write_geotiff",
 ]

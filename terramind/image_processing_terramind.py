@@ -20,11 +20,10 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging
 
-from .modalities import MODALITIES, resolve_modality
+from .modalities import MODALITIES, NODATA_MASK_SUFFIX, resolve_modality
 
 logger = logging.get_logger(__name__)
 
-NODATA_MASK_SUFFIX = "_nodata_mask"
 # Image-like modalities a user gives as pixels: raw image modalities plus the tokenized-only LULC and NDVI maps.
 PIXEL_MODALITIES = tuple(
     name for name, spec in MODALITIES.items() if spec.kind == "image" or spec.tokenizer_modality == name

@@ -104,6 +104,9 @@ GENERATABLE_MODALITIES = ("S2L2A", "S1GRD", "S1RTC", "DEM", "LULC", "NDVI", "Coo
 # The image modality each tokenizer reads (tokenizer repos are named after it).
 TOKENIZER_MODALITIES = ("S2L2A", "S1GRD", "S1RTC", "DEM", "LULC", "NDVI")
 
+# Extra inputs the processor can add next to a modality (`S2L2A_nodata_mask`); every TerraMind model accepts them.
+NODATA_MASK_SUFFIX = "_nodata_mask"
+
 _ALLOWED = "S2L1C, S2L2A, RGB, S1GRD, S1RTC, DEM, LULC, NDVI, Coordinates (or S2L2A_TOKENS, S1GRD_TOKENS, ...)"
 
 

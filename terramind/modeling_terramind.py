@@ -29,11 +29,9 @@ from transformers.utils import ModelOutput, logging
 from .configuration_terramind import TerraMindConfig
 from .conversion import resolve_original_release
 from .generation_terramind import TerraMindGenerationMixin
-from .modalities import MODALITIES, resolve_modality, token_modality
+from .modalities import MODALITIES, NODATA_MASK_SUFFIX, resolve_modality, token_modality
 
 logger = logging.get_logger(__name__)
-
-NODATA_MASK_SUFFIX = "_nodata_mask"
 
 
 # ----------------------------------------------------------------------------- positional embeddings
