@@ -267,7 +267,16 @@ class TerraMindTokenizerConfig(PretrainedConfig):
                              f"({self.num_train_timesteps}).")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(super().to_dict())
+        output = copy.deepcopy(super().to_dict())
+        # Transformers writes `auto_map` entries of classes whose name contains "Tokenizer" as (slow, fast) tokenizer
+        # pairs; this config and its model are not text tokenizers, so keep plain "module.Class" references that
+        # AutoConfig / AutoModel with trust_remote_code can read.
+        auto_map = output.get("auto_map")
+        if isinstance(auto_map, dict):
+            for key, value in auto_map.items():
+                if key != "AutoTokenizer" and isinstance(value, (list, tuple)):
+                    auto_map[key] = next((v for v in value if v), None)
+        return output
 
 
 def canonical_tokenizer_modality(name: str) -> str:

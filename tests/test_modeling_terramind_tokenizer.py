@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -155,18 +158,20 @@ def test_vit_decoder_batched_and_sizes(models):
     torch.testing.assert_close(both, single, rtol=1e-5, atol=1e-6)
 
 
+def bf16_copy(model: TerraMindTokenizerModel) -> TerraMindTokenizerModel:
+    copy = TerraMindTokenizerModel(model.config)
+    copy.load_state_dict(model.state_dict())
+    return copy.to(torch.bfloat16).eval()
+
+
 def test_bf16_encode_and_decode(models):
     fp32 = models["s1grd_divae"]
-    model = TerraMindTokenizerModel(fp32.config)
-    model.load_state_dict(fp32.state_dict())
-    model = model.to(torch.bfloat16).eval()
+    model = bf16_copy(fp32)
     pixels = reference_input([3, [2, 2, 64, 64]])
     with torch.no_grad():
         reference = fp32(pixels, timesteps=2, generator=torch.Generator().manual_seed(0))
         out = model(pixels, timesteps=2, generator=torch.Generator().manual_seed(0))
-        lulc = models["lulc_vqvae"].to(torch.bfloat16)
-        logits = lulc.decode_tokens(torch.randint(0, 4375, (2, 4, 4)))
-        models["lulc_vqvae"].to(torch.float32)
+        logits = bf16_copy(models["lulc_vqvae"]).decode_tokens(torch.randint(0, 4375, (2, 4, 4)))
     assert out.tokens.dtype == torch.int64 and out.quantized.dtype == torch.float32
     assert (out.tokens == reference.tokens).float().mean() > 0.9
     assert torch.isfinite(out.reconstruction).all()
@@ -287,6 +292,37 @@ def test_conversion_errors(mini_presets, tmp_path):
         load_original_tokenizer(checkpoint, config=TerraMindTokenizerConfig(**{**MINI_S1GRD, "num_channels": 3}))
     with pytest.raises(ConversionError, match="not a TerraMind tokenizer"):
         load_original_tokenizer({"weight": torch.zeros(1)}, "S1GRD")
+
+
+def test_remote_code_load_without_package(models, tmp_path):
+    """A saved tokenizer loads with AutoModel + trust_remote_code where `terramind` is not importable."""
+    TerraMindTokenizerConfig.register_for_auto_class()
+    TerraMindTokenizerModel.register_for_auto_class("AutoModel")
+    model = models["lulc_vqvae"]
+    model.save_pretrained(tmp_path / "model")
+    auto_map = json.loads((tmp_path / "model" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_terramind_tokenizer.TerraMindTokenizerModel"  # a string, not a pair
+    tokens = torch.randint(0, 4375, (1, 4, 4))
+    with torch.no_grad():
+        torch.save({"tokens": tokens, "decoded": model.decode_tokens(tokens)}, tmp_path / "io.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path = [p for p in sys.path if p not in ("", ".") and "/work/main" not in p]
+        try:
+            import terramind
+            raise SystemExit("terramind should not be importable here")
+        except ImportError:
+            pass
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        torch.testing.assert_close(model.decode_tokens(io["tokens"]), io["decoded"])
+        print("REMOTE_OK", type(model).__name__)
+    """)
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert "REMOTE_OK TerraMindTokenizerModel" in result.stdout, result.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- configuration and bad input
