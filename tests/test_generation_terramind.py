@@ -139,3 +139,38 @@ def test_generation_bad_inputs(generators):
     with pytest.raises(ValueError, match="codebook"):
         model.generate(S2L2A=torch.randn(1, 12, 32, 32), input_tokens={"LULC": torch.full((1, 2, 2), 9999)},
                        output_modalities=["DEM"], decode=False)  # fmt: skip
+
+
+def test_decode_end_to_end_with_tiny_tokenizers(generators):
+    from conftest import mini_tokenizer
+
+    model = generators["tiny"]
+    tokenizers = {"S1GRD": mini_tokenizer("S1GRD"), "LULC": mini_tokenizer("LULC")}
+    x = torch.randn(2, 12, 64, 64)
+    out = model.generate(S2L2A=x, output_modalities=["LULC", "S1GRD"], temperature=0.0, timesteps=2,
+                         tokenizers=tokenizers, seed=0)  # fmt: skip
+    assert out["LULC"].shape == (2, 10, 64, 64)  # class logits
+    assert out["S1GRD"].shape == (2, 2, 64, 64)
+    assert out["S1GRD"].abs().max() <= 1.0 + 1e-5  # the diffusion decoder clips standardized samples to [-1, 1]
+    physical = model.generate(S2L2A=x * 2000 + 1500, output_modalities=["S1GRD"], temperature=0.0, timesteps=2,
+                              tokenizers=tokenizers, seed=0, standardize=True)["S1GRD"]  # fmt: skip
+    assert physical.mean() < -5  # back in dB (VV mean -12.6, VH -20.3 in pre-training)
+
+
+def test_tiled_generation_448_without_seams(generators):
+    from conftest import mini_tokenizer
+
+    model = generators["tiny"]
+    tokenizers = {"LULC": mini_tokenizer("LULC")}
+    x = torch.full((1, 12, 448, 448), 0.5)
+    out = model.generate_tiled(S2L2A=x, output_modalities=["LULC"], temperature=0.0, tokenizers=tokenizers,
+                               tile_size=224, overlap=64, batch_size=4)["LULC"]  # fmt: skip
+    assert out.shape == (1, 10, 448, 448)
+    assert torch.isfinite(out).all()
+    # blending: jumps between neighbouring pixels at tile borders stay within those inside tiles
+    steps = (out[..., :, 1:] - out[..., :, :-1]).abs().amax(dim=(0, 1, 2))
+    borders = [t + 224 - 1 for t in (0, 160)]  # right edges of the first tiles
+    inside = torch.cat([steps[:150], steps[300:]])
+    assert max(steps[b] for b in borders) <= 1.5 * inside.max() + 1e-4
+    tokens = model.generate_tiled(S2L2A=x, output_modalities=["LULC"], temperature=0.0, decode=False)["LULC"]
+    assert tokens.shape == (1, 28, 28)
