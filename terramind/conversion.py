@@ -184,7 +184,11 @@ def convert_checkpoint(
             config = infer_config(state, None, **overrides)
     converted = convert_state_dict(state)
     model = TerraMindForGeneration(config)
-    missing, unexpected = model.load_state_dict(converted, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(converted, strict=False)
+    except RuntimeError as error:
+        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error))
+        raise ConversionError(f"The checkpoint does not fit a TerraMind v1 model: {detail}") from None
     missing = [k for k in missing if not _is_tied(model, k)]
     absent_embeddings = sorted({k.split(".")[-3] if ".token_emb." in k else k.split(".")[-2] for k in missing
                                 if "embeddings." in k})  # fmt: skip

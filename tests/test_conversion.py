@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import FIXTURES, fixture_checkpoint
 
 from terramind import TerraMindForGeneration, TerraMindModel
 from terramind.conversion import ConversionError, convert_checkpoint, convert_state_dict, infer_config
@@ -86,8 +86,9 @@ def test_from_pretrained_on_original_release_folder(tmp_path, monkeypatch, caplo
 
 def test_conversion_script(tmp_path):
     out = tmp_path / "converted"
+    checkpoint = fixture_checkpoint("base", tmp_path)
     command = [sys.executable, str(ROOT / "scripts" / "convert_terramind_original_to_hf.py"),
-               "--checkpoint", str(FIXTURES / "terramind_base_original.pt"), "--output", str(out), "--num-heads", "2"]  # fmt: skip
+               "--checkpoint", str(checkpoint), "--output", str(out), "--num-heads", "2"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
@@ -96,3 +97,6 @@ def test_conversion_script(tmp_path):
                          text=True, timeout=300)  # fmt: skip
     assert bad.returncode != 0
     assert bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
+    trimmed = subprocess.run(command[:3] + [str(FIXTURES / "terramind_base_original.pt"), "--output", str(out),
+                                            "--num-heads", "2"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert trimmed.returncode == 2 and "size mismatch" in trimmed.stderr and "Traceback" not in trimmed.stderr
