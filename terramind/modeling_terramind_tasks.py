@@ -1,0 +1,751 @@
+"""TerraMind for downstream tasks: a Transformers backbone and task heads trained with `Trainer` (and PEFT).
+
+Follows the original TerraTorch fine-tuning recipe (EncoderDecoderFactory): the encoder's token outputs of a few
+blocks are selected (`SelectIndices`), reshaped to feature maps (`ReshapeTokensToImage`), optionally turned into a
+learned 4x/2x/1x/0.5x pyramid (`LearnedInterpolateToPyramidal`) and decoded by UperNet, a UNet or an FCN.
+
+Stage indices. `out_indices` index `TerraMindModel`'s `hidden_states`: 0 is the embedding output ("stem"), i is the
+output of block i ("stage{i}"), and the last stage (`num_hidden_layers`) is the *normed* final output, as in the
+original, where the backbone returns the block outputs with the encoder norm applied to the last one. TerraTorch's
+`SelectIndices` count blocks from 0, so its defaults map as: base [2, 5, 8, 11] -> `out_indices=[3, 6, 9, 12]`,
+large [5, 11, 17, 23] -> `[6, 12, 18, 24]` (original index i < last is block i+1; the last is the normed output).
+
+Task settings are TerraMindConfig keyword arguments (`TerraMindConfig(..., num_labels=10, decode_head="unet")` or
+`from_pretrained(path, num_labels=10)`):
+
+- `out_indices` / `out_features`: stages fed to the decoder (defaults: 4 evenly spaced stages ending with the last
+  one, e.g. [3, 6, 9, 12]; the FCN head takes the last stage only).
+- `use_feature_pyramid`: learned 4x/2x/1x/0.5x pyramid from 4 stages (default: on for UperNet and UNet, off for FCN
+  and for `TerraMindBackbone`).
+- `decode_head`: "upernet" (default, transformers' `UperNetHead`), "unet" or "fcn" (transformers' `UperNetFCNHead`).
+- `decoder_hidden_size` (UperNet/FCN channels, 256), `pool_scales` ((1, 2, 3, 6)), `unet_channels`
+  ([512, 256, 128, 64]), `fcn_num_convs` (2).
+- `ignore_index` (-100), `class_weights` (one weight per class) for segmentation.
+- `num_regression_outputs` (1), `regression_loss` ("mse", "l1", "huber") for pixel regression; non-finite labels
+  are ignored.
+- `classifier_dropout` (0.0) and `problem_type` for classification.
+- `freeze_backbone` (False): the encoder gets no gradients (the heads also offer `freeze_backbone()`).
+
+Inputs are the same as `TerraMindModel`'s (dict, keyword arguments per modality, or one tensor), plus `labels`.
+Dense heads need merged spatial tokens: `merge_method` "mean" (default), "max" or "concat".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput, SemanticSegmenterOutput
+from transformers.models.upernet.modeling_upernet import UperNetConvModule, UperNetFCNHead, UperNetHead
+from transformers.utils import ModelOutput
+
+from .configuration_terramind import TerraMindConfig
+from .modeling_terramind import (
+    TerraMindForGeneration,
+    TerraMindModel,
+    TerraMindModelOutput,
+    TerraMindPreTrainedModel,
+    checkpoint_has_prefix,
+    tim_generator_config,
+)
+
+DECODE_HEADS = ("upernet", "unet", "fcn")
+REGRESSION_LOSSES = ("mse", "l1", "huber")
+SPATIAL_MERGE_METHODS = ("mean", "max", "concat")
+# Weights of a full TerraMind checkpoint (generator, TiM) that a task model does not use.
+_UNUSED_CHECKPOINT_KEYS = [r"^decoder", r"(^|\.)mask_token", r"encoder_embeddings\."]
+# Task settings stored in TerraMindConfig (as extra attributes) and their defaults.
+TASK_CONFIG_DEFAULTS: dict[str, Any] = {
+    "out_indices": None,
+    "out_features": None,
+    "use_feature_pyramid": None,
+    "decode_head": "upernet",
+    "decoder_hidden_size": 256,
+    "pool_scales": [1, 2, 3, 6],
+    "unet_channels": [512, 256, 128, 64],
+    "fcn_num_convs": 2,
+    "fcn_concat_input": False,
+    "ignore_index": -100,
+    "class_weights": None,
+    "num_regression_outputs": 1,
+    "regression_loss": "mse",
+    "classifier_dropout": 0.0,
+    "freeze_backbone": False,
+}
+
+
+def task_setting(config: TerraMindConfig, name: str) -> Any:
+    """A task setting of the config, or its default."""
+    return getattr(config, name, TASK_CONFIG_DEFAULTS[name])
+
+
+def apply_task_kwargs(config: TerraMindConfig, kwargs: dict[str, Any]) -> None:
+    """Store task settings given to a model constructor (`from_pretrained(path, decode_head="unet")`) in its config.
+
+    `from_pretrained` only sets config attributes that already exist and hands the others to the model; task models
+    take the known task settings here and reject anything else.
+    """
+    unknown = sorted(set(kwargs) - set(TASK_CONFIG_DEFAULTS))
+    if unknown:
+        raise TypeError(f"Unexpected arguments {unknown}; task settings are {', '.join(TASK_CONFIG_DEFAULTS)}.")
+    for name, value in kwargs.items():
+        setattr(config, name, value)
+
+
+# ----------------------------------------------------------------------------- stage selection
+def stage_names(config: TerraMindConfig) -> list[str]:
+    """ "stem" (embedding output) and "stage1".."stageL" (block outputs; the last one normed)."""
+    return ["stem"] + [f"stage{i}" for i in range(1, config.num_hidden_layers + 1)]
+
+
+def default_out_indices(num_layers: int) -> list[int]:
+    """Four evenly spaced stages ending with the last: 12 layers -> [3, 6, 9, 12], 24 -> [6, 12, 18, 24]."""
+    if num_layers < 4:
+        return list(range(1, num_layers + 1))
+    return [num_layers * k // 4 for k in range(1, 5)]
+
+
+def resolve_out_indices(config: TerraMindConfig, default: list[int] | None = None) -> tuple[list[int], list[str]]:
+    """`out_indices`/`out_features` of the config (either, both or none) as checked (indices, names)."""
+    names = stage_names(config)
+    indices = task_setting(config, "out_indices")
+    features = task_setting(config, "out_features")
+    if indices is not None:
+        if isinstance(indices, int) or not all(isinstance(i, int) for i in indices):
+            raise ValueError(f"out_indices must be a list of ints, got {indices!r}.")
+        bad = [i for i in indices if not -len(names) <= i < len(names)]
+        if bad:
+            raise ValueError(f"out_indices {bad} out of range: this model has stages 0..{len(names) - 1} "
+                             f"(0 = embeddings, {len(names) - 1} = normed final output).")  # fmt: skip
+        indices = [i % len(names) for i in indices]
+    if features is not None:
+        unknown = [f for f in features if f not in names]
+        if unknown:
+            raise ValueError(f"out_features {unknown} are not stages of this model; stages are stem, stage1.."
+                             f"stage{len(names) - 1}.")  # fmt: skip
+        from_features = [names.index(f) for f in features]
+        if indices is not None and from_features != indices:
+            raise ValueError(f"out_features {features} and out_indices {indices} name different stages.")
+        indices = from_features
+    if indices is None:
+        indices = list(default or default_out_indices(config.num_hidden_layers))
+    if not indices:
+        raise ValueError("out_indices must name at least one stage.")
+    if indices != sorted(set(indices)):
+        raise ValueError(f"out_indices must be increasing and without duplicates, got {indices}.")
+    return indices, [names[i] for i in indices]
+
+
+def feature_channels(config: TerraMindConfig, model: TerraMindModel) -> int:
+    """Channels of the merged tokens: hidden_size, times the image modalities (TiM ones included) for "concat"."""
+    if config.merge_method == "concat":
+        return config.hidden_size * len(model.image_modalities)
+    return config.hidden_size
+
+
+def _check_spatial_merge(config: TerraMindConfig, what: str) -> None:
+    if config.merge_method not in SPATIAL_MERGE_METHODS:
+        raise ValueError(f"{what} needs spatial feature maps, i.e. merge_method 'mean', 'max' or 'concat'; got "
+                         f"{config.merge_method!r}.")  # fmt: skip
+
+
+def _spatial_grid(inputs: list[Any], patch_size: int, num_tokens: int) -> tuple[int, int]:
+    """(h, w) patch grid of `num_tokens` merged tokens, from the shapes of the raw inputs (tensors or dicts).
+
+    Images (B, C, H, W) give (H/p, W/p); 3-D inputs are class maps (B, H, W) or token grids (B, h, w): the candidate
+    whose size matches the tokens wins. Without image inputs the grid is square.
+    """
+    candidates = []
+    stack = list(inputs)
+    while stack:
+        value = stack.pop(0)
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, torch.Tensor) and value.ndim in (3, 4):
+            height, width = value.shape[-2:]
+            candidates.append((height // patch_size, width // patch_size))
+            if value.ndim == 3:
+                candidates.append((height, width))
+    for grid in candidates:
+        if grid[0] * grid[1] == num_tokens:
+            return grid
+    side = int(round(num_tokens**0.5))
+    if side * side != num_tokens:
+        raise ValueError(f"Cannot infer the patch grid of {num_tokens} tokens from the input shapes.")
+    return side, side
+
+
+def tokens_to_image(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h*w, C) row-major patch tokens -> (B, C, h, w) feature map."""
+    batch, length, channels = tokens.shape
+    if length != grid[0] * grid[1]:
+        raise ValueError(f"{length} tokens do not form a {grid[0]}x{grid[1]} grid.")
+    return tokens.transpose(1, 2).reshape(batch, channels, grid[0], grid[1])
+
+
+class TerraMindFeaturePyramid(nn.Module):
+    """Learned pyramid from 4 same-size maps (the original's LearnedInterpolateToPyramidal): 4x, 2x, 1x, 0.5x.
+
+    Channels become [C0/4, C1/2, C2, C3] (transposed convolutions halve them per 2x upsampling).
+    """
+
+    def __init__(self, channels: list[int]):
+        super().__init__()
+        if len(channels) != 4:
+            raise ValueError(f"The feature pyramid needs exactly 4 stages (out_indices), got {len(channels)}.")
+        c0, c1 = channels[0], channels[1]
+        self.upsample_4x = nn.Sequential(
+            nn.ConvTranspose2d(c0, c0 // 2, kernel_size=2, stride=2),
+            nn.BatchNorm2d(c0 // 2),
+            nn.GELU(),
+            nn.ConvTranspose2d(c0 // 2, c0 // 4, kernel_size=2, stride=2),
+        )
+        self.upsample_2x = nn.ConvTranspose2d(c1, c1 // 2, kernel_size=2, stride=2)
+        self.downsample_2x = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)  # 1-patch-wide grids work
+        self.out_channels = [c0 // 4, c1 // 2, channels[2], channels[3]]
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.upsample_4x(features[0]), self.upsample_2x(features[1]), features[2],
+                self.downsample_2x(features[3])]  # fmt: skip
+
+
+class TerraMindNeck(nn.Module):
+    """Encoder outputs -> feature maps: select stages, reshape tokens to (B, C, H/16, W/16), optional pyramid."""
+
+    def __init__(self, config: TerraMindConfig, channels: int, out_indices: list[int], pyramid: bool):
+        super().__init__()
+        self.out_indices = list(out_indices)
+        self.last_stage = config.num_hidden_layers
+        self.patch_size = config.patch_size
+        self.pyramid = TerraMindFeaturePyramid([channels] * len(out_indices)) if pyramid else None
+        use_single_value_safe_batch_norm(self)
+        self.out_channels = self.pyramid.out_channels if pyramid else [channels] * len(out_indices)
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        """Whether a stage other than the (normed) last one is used."""
+        return any(index != self.last_stage for index in self.out_indices)
+
+    def forward(self, outputs: TerraMindModelOutput, grid: tuple[int, int]) -> list[torch.Tensor]:
+        maps = []
+        for index in self.out_indices:
+            tokens = outputs.last_hidden_state if index == self.last_stage else outputs.hidden_states[index]
+            maps.append(tokens_to_image(tokens, grid))
+        return self.pyramid(maps) if self.pyramid is not None else maps
+
+
+# ----------------------------------------------------------------------------- decoders
+class TerraMindBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that uses its running statistics when a training batch has a single value per channel.
+
+    That happens for a batch of one on a 1x1 map (UperNet's global pooling branch, the 0.5x pyramid level of tiny
+    inputs), where plain BatchNorm raises; the weights are those of nn.BatchNorm2d.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.training and hidden_states[:, 0].numel() == 1:
+            return F.batch_norm(hidden_states, self.running_mean, self.running_var, self.weight, self.bias,
+                                training=False, eps=self.eps)  # fmt: skip
+        return super().forward(hidden_states)
+
+
+def use_single_value_safe_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every nn.BatchNorm2d below `module` by TerraMindBatchNorm2d (same parameters and buffers)."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            safe = TerraMindBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                        child.track_running_stats)  # fmt: skip
+            safe.load_state_dict(child.state_dict())
+            setattr(module, name, safe)
+        else:
+            use_single_value_safe_batch_norm(child)
+    return module
+
+
+class TerraMindUNetHead(nn.Module):
+    """Light UNet decoder over a coarse-to-fine list of maps: upsample, concatenate the skip, two conv blocks."""
+
+    def __init__(self, in_channels: list[int], channels: list[int], num_outputs: int):
+        super().__init__()
+        if len(channels) != len(in_channels):
+            raise ValueError(f"unet_channels needs one width per stage ({len(in_channels)}), got {channels}.")
+        self.stem = UperNetConvModule(in_channels[-1], channels[0], kernel_size=3, padding=1)
+        self.blocks = nn.ModuleList()
+        skips = list(reversed(in_channels[:-1]))
+        for i, skip in enumerate(skips):
+            self.blocks.append(nn.Sequential(
+                UperNetConvModule(channels[i] + skip, channels[i + 1], kernel_size=3, padding=1),
+                UperNetConvModule(channels[i + 1], channels[i + 1], kernel_size=3, padding=1),
+            ))  # fmt: skip
+        self.classifier = nn.Conv2d(channels[-1], num_outputs, kernel_size=1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        hidden = self.stem(features[-1])
+        for block, skip in zip(self.blocks, reversed(features[:-1]), strict=True):
+            hidden = F.interpolate(hidden, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            hidden = block(torch.cat([hidden, skip], dim=1))
+        return self.classifier(hidden)
+
+
+def build_decode_head(config: TerraMindConfig, in_channels: list[int], num_outputs: int, head: str) -> nn.Module:
+    """UperNet (transformers' `UperNetHead`), UNet or FCN (transformers' `UperNetFCNHead`) over the neck outputs."""
+    width = task_setting(config, "decoder_hidden_size")
+    if head == "upernet":
+        settings = SimpleNamespace(pool_scales=tuple(task_setting(config, "pool_scales")), hidden_size=width,
+                                   num_labels=num_outputs)  # fmt: skip
+        decoder = UperNetHead(settings, in_channels=list(in_channels))
+    elif head == "unet":
+        channels = list(task_setting(config, "unet_channels") or TASK_CONFIG_DEFAULTS["unet_channels"])
+        decoder = TerraMindUNetHead(list(in_channels), channels[: len(in_channels)], num_outputs)
+    else:
+        settings = SimpleNamespace(auxiliary_in_channels=None, auxiliary_channels=width, num_labels=num_outputs,
+                                   auxiliary_num_convs=task_setting(config, "fcn_num_convs"),
+                                   auxiliary_concat_input=task_setting(config, "fcn_concat_input"))  # fmt: skip
+        decoder = UperNetFCNHead(settings, in_channels=list(in_channels), in_index=-1)
+    return use_single_value_safe_batch_norm(decoder)
+
+
+# ----------------------------------------------------------------------------- base classes
+class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
+    """TerraMind models with convolutional necks/heads: adds their init and the backbone freezing option."""
+
+    _keys_to_ignore_on_load_unexpected = _UNUSED_CHECKPOINT_KEYS
+    # `**modalities` is not `**loss_kwargs`: Trainer must not pass `num_items_in_batch` as an input.
+    accepts_loss_kwargs = False
+    # Modules a task adds on top of the encoder: trained from scratch, `modules_to_save` for PEFT.
+    task_modules: tuple[str, ...] = ()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+
+    def freeze_backbone(self, freeze: bool = True) -> None:
+        """Stop (or resume) training the TerraMind encoder; heads and necks stay trainable (the frozen generator of
+        Thinking-in-Modalities models stays frozen)."""
+        for name, parameter in self.terramind.named_parameters():
+            if not name.startswith("tim_generator."):
+                parameter.requires_grad_(not freeze)
+
+    def _encode(
+        self, pixel_values: Any, modalities: dict[str, Any], output_hidden_states: bool = True
+    ) -> tuple[TerraMindModelOutput, tuple[int, int]]:
+        """Run the encoder; returns its output (with every block's hidden states) and the patch grid."""
+        outputs = self.terramind(pixel_values, output_hidden_states=output_hidden_states, return_dict=True,
+                                 **modalities)  # fmt: skip
+        tokens = outputs.last_hidden_state.shape[1]
+        return outputs, _spatial_grid([pixel_values, modalities], self.config.patch_size, tokens)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
+        """Standard loading (a TerraMindModel, TerraMindForGeneration, converted or original release, or a saved task
+        model); new task modules are initialized. Also fills the frozen TiM generator when the checkpoint does not
+        hold it, and applies `freeze_backbone` (loading hands out fresh Parameters)."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              **kwargs)  # fmt: skip
+        generator = getattr(model.terramind, "tim_generator", None)
+        if generator is not None:
+            source = model.config._name_or_path
+            prefixes = ("tim_generator.", "terramind.tim_generator.")
+            if not any(checkpoint_has_prefix(source, prefix, **kwargs) for prefix in prefixes):
+                weights = TerraMindForGeneration.from_pretrained(
+                    source, modalities=list(generator.terramind.modality_channels),
+                    config=tim_generator_config(model.config), dtype=model.dtype,
+                )  # fmt: skip
+                generator.load_state_dict(weights.state_dict())
+                info["missing_keys"] = {k for k in info["missing_keys"] if "tim_generator." not in k}
+            generator.requires_grad_(False).eval()
+        model._apply_freezing()
+        return (model, info) if want_info else model
+
+    def _apply_freezing(self) -> None:
+        if task_setting(self.config, "freeze_backbone"):
+            self.freeze_backbone(True)
+
+
+# ----------------------------------------------------------------------------- backbone
+class TerraMindBackbone(BackboneMixin, TerraMindTaskPreTrainedModel):
+    """TerraMind encoder as a Transformers backbone: feature maps (B, C, H/16, W/16) of the `out_indices` stages.
+
+    Stages are "stem" (embeddings) and "stage1".."stageL"; the last stage is the normed final output, as in the
+    original (TerraTorch's SelectIndices [2, 5, 8, 11] = `out_indices=[3, 6, 9, 12]`). `use_feature_pyramid=True`
+    (with 4 stages) returns a learned 4x/2x/1x/0.5x pyramid for hierarchical decoders instead. Takes the inputs of
+    `TerraMindModel` (dict, per-modality keyword arguments or one tensor); C is `hidden_size`, times the number of
+    image modalities with `merge_method="concat"`.
+    """
+
+    has_attentions = False
+    task_modules = ("feature_neck",)
+
+    def __init__(self, config: TerraMindConfig, **kwargs: Any):
+        apply_task_kwargs(config, kwargs)
+        super().__init__(config)
+        _check_spatial_merge(config, "TerraMindBackbone")
+        self.terramind = TerraMindModel(config)
+        channels = feature_channels(config, self.terramind)
+        self.num_features = [channels] * len(self.stage_names)
+        pyramid = bool(task_setting(config, "use_feature_pyramid"))
+        self.feature_neck = TerraMindNeck(config, channels, self._out_indices, pyramid)
+        self.post_init()
+        self._apply_freezing()
+
+    def _init_transformers_backbone(self) -> None:
+        self.stage_names = stage_names(self.config)
+        self._out_indices, self._out_features = resolve_out_indices(self.config)
+        self.config.out_indices, self.config.out_features = list(self._out_indices), list(self._out_features)
+        self.num_features = None
+
+    @property
+    def out_indices(self) -> list[int]:
+        return list(self._out_indices)
+
+    @out_indices.setter
+    def out_indices(self, out_indices: list[int]) -> None:
+        raise AttributeError("Set out_indices in the config (TerraMindBackbone.from_pretrained(..., out_indices=...)); "
+                             "the neck is built for them.")  # fmt: skip
+
+    @property
+    def out_features(self) -> list[str]:
+        return list(self._out_features)
+
+    @out_features.setter
+    def out_features(self, out_features: list[str]) -> None:
+        raise AttributeError("Set out_features in the config; the neck is built for them.")
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels of each returned feature map (pyramid widths when the pyramid is on)."""
+        return list(self.feature_neck.out_channels)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **modalities: torch.Tensor,
+    ) -> BackboneOutput | tuple:
+        r"""
+        pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
+        modalities: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`.
+        """
+        if output_attentions:
+            raise ValueError("TerraMindBackbone does not return attentions.")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        keep_states = bool(output_hidden_states) or self.feature_neck.needs_hidden_states
+        outputs, grid = self._encode(pixel_values, modalities, output_hidden_states=keep_states)
+        feature_maps = tuple(self.feature_neck(outputs, grid))
+        hidden_states = outputs.hidden_states if output_hidden_states else None
+        if not return_dict:
+            return (feature_maps,) + ((hidden_states,) if hidden_states is not None else ())
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=None)
+
+
+# ----------------------------------------------------------------------------- dense heads
+@dataclass
+class TerraMindPixelRegressionOutput(ModelOutput):
+    """Output of TerraMindForPixelRegression.
+
+    Args:
+        loss: regression loss over finite label pixels, when `labels` are given.
+        logits: predictions (B, num_regression_outputs, H, W) at the input size.
+        hidden_states: with `output_hidden_states=True`, the encoder's merged hidden states.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
+    """Encoder + neck + decode head producing per-pixel outputs at the input resolution."""
+
+    task_modules = ("feature_neck", "decode_head")
+
+    def __init__(self, config: TerraMindConfig, num_outputs: int):
+        super().__init__(config)
+        name = type(self).__name__
+        _check_spatial_merge(config, name)
+        head = task_setting(config, "decode_head")
+        if head not in DECODE_HEADS:
+            raise ValueError(f"decode_head must be one of {', '.join(DECODE_HEADS)}, got {head!r}.")
+        self.terramind = TerraMindModel(config)
+        default = [config.num_hidden_layers] if head == "fcn" else None
+        out_indices, _ = resolve_out_indices(config, default)
+        pyramid = task_setting(config, "use_feature_pyramid")
+        if pyramid is None:
+            pyramid = head != "fcn" and len(out_indices) == 4
+        channels = feature_channels(config, self.terramind)
+        self.feature_neck = TerraMindNeck(config, channels, out_indices, bool(pyramid))
+        self.decode_head = build_decode_head(config, self.feature_neck.out_channels, num_outputs, head)
+        self.post_init()
+        self._apply_freezing()
+
+    def _dense_forward(
+        self, pixel_values: Any, modalities: dict[str, Any], output_hidden_states: bool | None
+    ) -> tuple[torch.Tensor, TerraMindModelOutput]:
+        keep_states = bool(output_hidden_states) or self.feature_neck.needs_hidden_states
+        outputs, grid = self._encode(pixel_values, modalities, output_hidden_states=keep_states)
+        logits = self.decode_head(self.feature_neck(outputs, grid))
+        size = (grid[0] * self.config.patch_size, grid[1] * self.config.patch_size)
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits, outputs
+
+
+class TerraMindForSemanticSegmentation(TerraMindDenseModel):
+    """TerraMind with a segmentation decoder (UperNet by default, UNet or FCN): logits (B, num_labels, H, W).
+
+    `labels` (B, H, W) class ids in [0, num_labels) or `ignore_index` give a cross-entropy loss (with
+    `class_weights` if configured).
+    """
+
+    def __init__(self, config: TerraMindConfig, **kwargs: Any):
+        apply_task_kwargs(config, kwargs)
+        if config.num_labels < 2:
+            raise ValueError(f"Semantic segmentation needs num_labels >= 2, got {config.num_labels}.")
+        weights = task_setting(config, "class_weights")
+        if weights is not None and len(weights) != config.num_labels:
+            raise ValueError(f"class_weights has {len(weights)} values for num_labels={config.num_labels}.")
+        super().__init__(config, config.num_labels)
+
+    @property
+    def ignore_index(self) -> int:
+        return int(task_setting(self.config, "ignore_index"))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **modalities: torch.Tensor,
+    ) -> SemanticSegmenterOutput | tuple:
+        r"""
+        pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
+        labels: (B, H, W) (or (B, 1, H, W)) class ids; `ignore_index` pixels do not count.
+        modalities: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        logits, outputs = self._dense_forward(pixel_values, modalities, output_hidden_states)
+        loss = None
+        if labels is not None:
+            labels = check_segmentation_labels(labels, logits, self.config.num_labels, self.ignore_index)
+            weights = task_setting(self.config, "class_weights")
+            weight = torch.tensor(weights, dtype=logits.dtype, device=logits.device) if weights is not None else None
+            loss = F.cross_entropy(logits, labels, weight=weight, ignore_index=self.ignore_index)
+        hidden_states = outputs.hidden_states if output_hidden_states else None
+        if not return_dict:
+            output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+
+class TerraMindForPixelRegression(TerraMindDenseModel):
+    """TerraMind with a dense regression decoder: predictions (B, num_regression_outputs, H, W).
+
+    `labels` (B, H, W) or (B, num_regression_outputs, H, W) give an MSE (or `regression_loss` "l1"/"huber") loss
+    over finite label pixels (NaN marks nodata).
+    """
+
+    def __init__(self, config: TerraMindConfig, **kwargs: Any):
+        apply_task_kwargs(config, kwargs)
+        loss = task_setting(config, "regression_loss")
+        if loss not in REGRESSION_LOSSES:
+            raise ValueError(f"regression_loss must be one of {', '.join(REGRESSION_LOSSES)}, got {loss!r}.")
+        super().__init__(config, int(task_setting(config, "num_regression_outputs")))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **modalities: torch.Tensor,
+    ) -> TerraMindPixelRegressionOutput | tuple:
+        r"""
+        pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
+        labels: (B, H, W) targets (one output) or (B, num_regression_outputs, H, W); NaN pixels do not count.
+        modalities: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        logits, outputs = self._dense_forward(pixel_values, modalities, output_hidden_states)
+        loss = None
+        if labels is not None:
+            labels = check_regression_labels(labels, logits)
+            valid = torch.isfinite(labels)
+            if not valid.any():
+                raise ValueError("All label pixels of the batch are NaN/inf; there is nothing to learn from.")
+            prediction, target = logits[valid], labels[valid].to(logits.dtype)
+            kind = task_setting(self.config, "regression_loss")
+            loss = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}[kind](prediction, target)
+        hidden_states = outputs.hidden_states if output_hidden_states else None
+        if not return_dict:
+            output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return TerraMindPixelRegressionOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+
+# ----------------------------------------------------------------------------- classification
+class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
+    """TerraMind with a linear classifier on the mean of the final (normed, merged) tokens: logits (B, num_labels).
+
+    Losses follow Transformers: `problem_type` "single_label_classification" (int labels), "multi_label_classification"
+    (float multi-hot labels) or "regression" (num_labels == 1).
+    """
+
+    task_modules = ("classifier",)
+
+    def __init__(self, config: TerraMindConfig, **kwargs: Any):
+        apply_task_kwargs(config, kwargs)
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.terramind = TerraMindModel(config)
+        channels = feature_channels(config, self.terramind)
+        self.dropout = nn.Dropout(task_setting(config, "classifier_dropout") or 0.0)
+        self.classifier = nn.Linear(channels, config.num_labels)
+        self.post_init()
+        self._apply_freezing()
+
+    @staticmethod
+    def pool(last_hidden_state: Any, num_register_tokens: int = 0) -> torch.Tensor:
+        """Mean over tokens; for "dict" outputs the mean of the per-modality means (registers excluded)."""
+        if isinstance(last_hidden_state, dict):
+            parts = [v.mean(dim=1) for k, v in last_hidden_state.items() if k != "register_tokens"]
+            return torch.stack(parts, dim=1).mean(dim=1)
+        return last_hidden_state[:, num_register_tokens:].mean(dim=1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **modalities: torch.Tensor,
+    ) -> ImageClassifierOutput | tuple:
+        r"""
+        pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
+        labels: (B,) class ids, (B, num_labels) multi-hot floats, or (B,) floats for regression.
+        modalities: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        outputs = self.terramind(pixel_values, output_hidden_states=output_hidden_states, return_dict=True,
+                                 **modalities)  # fmt: skip
+        registers = self.config.num_register_tokens if self.config.merge_method is None else 0
+        logits = self.classifier(self.dropout(self.pool(outputs.last_hidden_state, registers)))
+        loss = None
+        if labels is not None:
+            loss = self._classification_loss(logits, labels)
+        hidden_states = outputs.hidden_states if output_hidden_states else None
+        if not return_dict:
+            output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+    def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(logits.device)
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            labels = labels.reshape(-1)
+            ignore = int(task_setting(self.config, "ignore_index"))
+            bad = labels[(labels != ignore) & ((labels < 0) | (labels >= self.num_labels))]
+            if bad.numel():
+                raise ValueError(f"Class ids {sorted(set(bad.tolist()))[:10]} are out of range for num_labels="
+                                 f"{self.num_labels} (valid: 0..{self.num_labels - 1} or ignore_index="
+                                 f"{ignore}).")  # fmt: skip
+            return F.cross_entropy(logits, labels.long(), ignore_index=ignore)
+        if labels.shape != logits.shape:
+            raise ValueError(f"Multi-label labels must be (B, num_labels)={tuple(logits.shape)}, got "
+                             f"{tuple(labels.shape)}.")  # fmt: skip
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+# ----------------------------------------------------------------------------- label checks
+def check_segmentation_labels(
+    labels: torch.Tensor, logits: torch.Tensor, num_labels: int, ignore_index: int
+) -> torch.Tensor:
+    """(B, H, W) int64 class ids matching the logits, or a ValueError saying what is wrong."""
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}.")
+    if labels.ndim == 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    expected = (logits.shape[0], *logits.shape[-2:])
+    if tuple(labels.shape) != expected:
+        raise ValueError(f"labels must be (B, H, W) = {expected} class ids matching the input, got shape "
+                         f"{tuple(labels.shape)}.")  # fmt: skip
+    labels = labels.to(logits.device)
+    if labels.is_floating_point():
+        if not torch.equal(labels, labels.round()):
+            raise ValueError("labels must be integer class ids, got fractional values (a regression target?).")
+        labels = labels.long()
+    elif labels.dtype != torch.long:
+        labels = labels.long()
+    valid = labels[labels != ignore_index]
+    if valid.numel() and (valid.min() < 0 or valid.max() >= num_labels):
+        bad = torch.unique(valid[(valid < 0) | (valid >= num_labels)]).tolist()
+        raise ValueError(f"labels hold class ids {bad[:10]} outside 0..{num_labels - 1} (num_labels={num_labels}); "
+                         f"mark unlabeled pixels with ignore_index={ignore_index} or raise num_labels.")  # fmt: skip
+    return labels
+
+
+def check_regression_labels(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Regression targets shaped like the predictions, or a ValueError."""
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}.")
+    if labels.ndim == 3 and logits.shape[1] == 1:
+        labels = labels[:, None]
+    if labels.shape != logits.shape:
+        raise ValueError(f"labels must be (B, H, W) or (B, C, H, W) = {tuple(logits.shape)} matching the input, got "
+                         f"shape {tuple(labels.shape)}.")  # fmt: skip
+    return labels.to(logits.device)
+
+
+__all__ = [
+    "TerraMindBackbone",
+    "TerraMindFeaturePyramid",
+    "TerraMindForImageClassification",
+    "TerraMindForPixelRegression",
+    "TerraMindForSemanticSegmentation",
+    "TerraMindPixelRegressionOutput",
+    "TerraMindTaskPreTrainedModel",
+    "default_out_indices",
+    "resolve_out_indices",
+]

@@ -1,0 +1,263 @@
+"""Task models: TerraMindBackbone, segmentation (UperNet/UNet/FCN), classification, pixel regression."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoBackbone, UperNetConfig, UperNetForSemanticSegmentation
+
+from terramind import TerraMindConfig, TerraMindModel
+from terramind.modeling_terramind_tasks import (
+    TerraMindBackbone,
+    TerraMindForImageClassification,
+    TerraMindForPixelRegression,
+    TerraMindForSemanticSegmentation,
+    default_out_indices,
+)
+
+SMALL_HEAD = dict(decoder_hidden_size=16, unet_channels=[32, 16, 16, 8])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest (and least disturbed by other jobs) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(**kwargs) -> TerraMindConfig:
+    params = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, num_decoder_layers=1, hidden_act="gelu",
+                  gated_mlp=False, modalities=["S2L2A", "S1RTC"], num_labels=5)  # fmt: skip
+    params.update(kwargs)
+    return TerraMindConfig(**params)
+
+
+def inputs(batch: int = 2, height: int = 64, width: int = 64) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {"S2L2A": torch.randn(batch, 12, height, width, generator=generator),
+            "S1RTC": torch.randn(batch, 2, height, width, generator=generator)}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- segmentation heads
+@pytest.mark.parametrize("head", ["upernet", "unet", "fcn"])
+@pytest.mark.parametrize("size", [(224, 224), (224, 160), (48, 96)])
+def test_segmentation_logits_at_input_size(head, size):
+    model = TerraMindForSemanticSegmentation(config(decode_head=head, **SMALL_HEAD))
+    labels = torch.randint(0, 5, (2, *size))
+    output = model(**inputs(2, *size), labels=labels)
+    assert output.logits.shape == (2, 5, *size)
+    assert torch.isfinite(output.loss)
+    output.loss.backward()
+    assert model.decode_head.classifier.weight.grad is not None
+
+
+def test_segmentation_input_forms_agree():
+    model = TerraMindForSemanticSegmentation(config(**SMALL_HEAD)).eval()
+    x = inputs()
+    with torch.no_grad():
+        by_kwargs = model(**x).logits
+        by_dict = model(x).logits
+        by_tensor = TerraMindForSemanticSegmentation(config(modalities=["S2L2A"], **SMALL_HEAD)).eval()(x["S2L2A"])
+    torch.testing.assert_close(by_kwargs, by_dict)
+    assert by_tensor.logits.shape == (2, 5, 64, 64)
+    with torch.no_grad():  # a subset of the configured modalities works (mean over the given ones)
+        assert model(S2L2A=x["S2L2A"]).logits.shape == (2, 5, 64, 64)
+
+
+def test_segmentation_loss_ignore_index_and_class_weights():
+    model = TerraMindForSemanticSegmentation(config(ignore_index=255, **SMALL_HEAD)).eval()
+    x = inputs()
+    labels = torch.randint(0, 5, (2, 64, 64))
+    labels[:, :32] = 255
+    with torch.no_grad():
+        output = model(**x, labels=labels)
+        expected = F.cross_entropy(output.logits, labels, ignore_index=255)
+        torch.testing.assert_close(output.loss, expected)
+        # ignored pixels do not count: changing the logits there leaves the loss unchanged
+        all_ignored = model(**x, labels=torch.full_like(labels, 255)).loss
+    assert torch.isnan(all_ignored) or all_ignored == 0
+    weights = [1.0, 2.0, 0.5, 1.0, 3.0]
+    weighted = TerraMindForSemanticSegmentation(config(ignore_index=255, class_weights=weights, **SMALL_HEAD)).eval()
+    weighted.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        loss = weighted(**x, labels=labels).loss
+    torch.testing.assert_close(loss, F.cross_entropy(output.logits, labels, weight=torch.tensor(weights),
+                                                     ignore_index=255))  # fmt: skip
+
+
+def test_segmentation_label_errors():
+    model = TerraMindForSemanticSegmentation(config(**SMALL_HEAD))
+    x = inputs()
+    with pytest.raises(ValueError, match=r"labels must be \(B, H, W\)"):
+        model(**x, labels=torch.zeros(2, 32, 32, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"class ids \[7\] outside 0..4"):
+        model(**x, labels=torch.full((2, 64, 64), 7))
+    with pytest.raises(ValueError, match="integer class ids"):
+        model(**x, labels=torch.full((2, 64, 64), 0.5))
+    with pytest.raises(ValueError, match="num_labels >= 2"):
+        TerraMindForSemanticSegmentation(config(num_labels=1))
+    with pytest.raises(ValueError, match="class_weights has 2 values"):
+        TerraMindForSemanticSegmentation(config(class_weights=[1.0, 2.0]))
+    with pytest.raises(ValueError, match="decode_head must be one of"):
+        TerraMindForSemanticSegmentation(config(decode_head="segformer"))
+    with pytest.raises(ValueError, match="merge_method 'mean', 'max' or 'concat'"):
+        TerraMindForSemanticSegmentation(config(merge_method="dict"))
+    # (B, 1, H, W) and float class ids are accepted
+    assert torch.isfinite(model(**x, labels=torch.ones(2, 1, 64, 64)).loss)
+
+
+def test_batch_of_one_trains():
+    """UperNet's 1x1 pooling branch cannot use batch statistics of one value; it falls back to running ones."""
+    model = TerraMindForSemanticSegmentation(config(**SMALL_HEAD)).train()
+    loss = model(**inputs(1, 32, 32), labels=torch.randint(0, 5, (1, 32, 32))).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_freezing_and_gradient_checkpointing():
+    model = TerraMindForSemanticSegmentation(config(freeze_backbone=True, **SMALL_HEAD))
+    assert not any(p.requires_grad for p in model.terramind.parameters())
+    assert all(p.requires_grad for p in model.decode_head.parameters())
+    model.freeze_backbone(False)
+    assert all(p.requires_grad for p in model.terramind.parameters())
+    model.activation_checkpointing_enable()
+    model.train()
+    model(**inputs(), labels=torch.randint(0, 5, (2, 64, 64))).loss.backward()
+    assert model.terramind.encoder.layer[0].attention.qkv.weight.grad is not None
+
+
+def test_save_load_and_task_settings_through_from_pretrained(tmp_path):
+    base = TerraMindModel(config())
+    base.save_pretrained(tmp_path / "base")
+    model = TerraMindForSemanticSegmentation.from_pretrained(tmp_path / "base", num_labels=3, decode_head="unet",
+                                                             freeze_backbone=True, **SMALL_HEAD)  # fmt: skip
+    assert model.config.decode_head == "unet" and model.config.num_labels == 3
+    assert not any(p.requires_grad for p in model.terramind.parameters())  # survives loading
+    torch.testing.assert_close(model.terramind.encoder.layer[1].mlp.fc1.weight, base.encoder.layer[1].mlp.fc1.weight)
+    model.save_pretrained(tmp_path / "seg")
+    again = TerraMindForSemanticSegmentation.from_pretrained(tmp_path / "seg")
+    model.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**inputs()).logits, model(**inputs()).logits)
+    with pytest.raises(TypeError, match="decoder_width"):
+        TerraMindForSemanticSegmentation.from_pretrained(tmp_path / "base", decoder_width=3)
+
+
+def test_heads_load_converted_original_checkpoint(converted):
+    """A converted release (generator weights and all) loads into the heads; the encoder equals TerraMindModel's."""
+    model = TerraMindForSemanticSegmentation.from_pretrained(converted["tiny"], modalities=["S2L2A"], num_labels=3,
+                                                             **SMALL_HEAD)  # fmt: skip
+    encoder = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A"])
+    reference = encoder.state_dict()
+    for name, value in model.terramind.state_dict().items():
+        torch.testing.assert_close(value, reference[name], rtol=0, atol=0)
+    assert model(S2L2A=torch.randn(1, 12, 32, 48)).logits.shape == (1, 3, 32, 48)
+
+
+def test_thinking_in_modalities_head_loads_its_generator(converted):
+    """A TiM head from a converted release: the frozen generator gets the release's weights, the head is new."""
+    from terramind import TerraMindForGeneration
+
+    model = TerraMindForSemanticSegmentation.from_pretrained(converted["tiny"], modalities=["S2L2A"], num_labels=3,
+                                                             tim_modalities=["LULC"], **SMALL_HEAD)  # fmt: skip
+    generator = TerraMindForGeneration.from_pretrained(converted["tiny"]).state_dict()
+    loaded = model.terramind.tim_generator.state_dict()
+    assert loaded and set(loaded) <= set(generator)
+    assert all(torch.equal(value, generator[name]) for name, value in loaded.items())
+    assert not any(p.requires_grad for p in model.terramind.tim_generator.parameters())
+    assert model(S2L2A=torch.randn(1, 12, 32, 32)).logits.shape == (1, 3, 32, 32)
+
+
+def test_thinking_in_modalities_as_backbone():
+    model = TerraMindForSemanticSegmentation(config(tim_modalities=["LULC"], merge_method="concat", **SMALL_HEAD))
+    generator = model.terramind.tim_generator
+    assert not any(p.requires_grad for p in generator.parameters())
+    model.freeze_backbone(False)
+    assert not any(p.requires_grad for p in generator.parameters())  # the TiM generator stays frozen
+    assert model.feature_neck.out_channels[-1] == 32 * 3  # S2L2A, S1RTC and the generated LULC, concatenated
+    output = model(**inputs(1, 32, 32), labels=torch.randint(0, 5, (1, 32, 32)))
+    assert output.logits.shape == (1, 5, 32, 32)
+
+
+# ----------------------------------------------------------------------------- backbone
+def test_default_out_indices_match_terratorch_select_indices():
+    # TerraTorch SelectIndices base [2, 5, 8, 11] / large [5, 11, 17, 23] -> hidden_states indices (+1)
+    assert default_out_indices(12) == [3, 6, 9, 12]
+    assert default_out_indices(24) == [6, 12, 18, 24]
+
+
+def test_backbone_stages_are_hidden_states_with_normed_last():
+    backbone = TerraMindBackbone(config(out_indices=[0, 2, 4])).eval()
+    assert backbone.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
+    assert backbone.out_features == ["stem", "stage2", "stage4"]
+    x = inputs(2, 64, 96)
+    with torch.no_grad():
+        maps = backbone(**x).feature_maps
+        reference = backbone.terramind(**x, output_hidden_states=True)
+    grid = (4, 6)
+    assert [tuple(m.shape) for m in maps] == [(2, 32, *grid)] * 3
+    expected = [reference.hidden_states[0], reference.hidden_states[2], reference.last_hidden_state]
+    for feature_map, tokens in zip(maps, expected, strict=True):
+        torch.testing.assert_close(feature_map, tokens.transpose(1, 2).reshape(2, 32, *grid))
+    assert not torch.allclose(maps[-1].flatten(2).transpose(1, 2), reference.hidden_states[4])  # normed
+    assert backbone.channels == [32, 32, 32]
+
+
+def test_backbone_out_features_pyramid_concat_and_auto():
+    backbone = TerraMindBackbone(config(out_features=["stage1", "stage2", "stage3", "stage4"], merge_method="concat",
+                                        use_feature_pyramid=True))  # fmt: skip
+    maps = backbone(inputs(1, 64, 32)).feature_maps
+    assert backbone.out_indices == [1, 2, 3, 4]
+    assert backbone.channels == [16, 32, 64, 64]  # concat of 2 modalities: 64 channels, then /4, /2
+    assert [tuple(m.shape[1:]) for m in maps] == [(16, 16, 8), (32, 8, 4), (64, 4, 2), (64, 2, 1)]
+    AutoBackbone.register(TerraMindConfig, TerraMindBackbone, exist_ok=True)
+    assert isinstance(AutoBackbone.from_config(config(out_indices=[-1])), TerraMindBackbone)
+    with pytest.raises(ValueError, match="out of range"):
+        TerraMindBackbone(config(out_indices=[5]))
+    with pytest.raises(ValueError, match="exactly 4 stages"):
+        TerraMindBackbone(config(out_indices=[1, 2], use_feature_pyramid=True))
+    with pytest.raises(ValueError, match="name different stages"):
+        TerraMindBackbone(config(out_indices=[1], out_features=["stage2"]))
+
+
+def test_backbone_in_transformers_upernet():
+    """TerraMindBackbone plugs into transformers' UperNetForSemanticSegmentation through `backbone_config`."""
+    AutoBackbone.register(TerraMindConfig, TerraMindBackbone, exist_ok=True)
+    backbone_config = config(modalities=["S2L2A"], out_indices=[1, 2, 3, 4], use_feature_pyramid=True)
+    model = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone_config, hidden_size=16,
+                                                         auxiliary_channels=8, num_labels=3))  # fmt: skip
+    assert model(torch.randn(2, 12, 64, 64)).logits.shape == (2, 3, 64, 64)
+
+
+# ----------------------------------------------------------------------------- classification, regression
+def test_image_classification_losses():
+    model = TerraMindForImageClassification(config(num_labels=4))
+    output = model(**inputs(), labels=torch.tensor([0, 3]))
+    assert output.logits.shape == (2, 4)
+    torch.testing.assert_close(output.loss, F.cross_entropy(output.logits, torch.tensor([0, 3])))
+    multi = TerraMindForImageClassification(config(num_labels=4, problem_type="multi_label_classification"))
+    assert torch.isfinite(multi(**inputs(), labels=torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]])).loss)
+    regression = TerraMindForImageClassification(config(num_labels=1))
+    assert torch.isfinite(regression(**inputs(), labels=torch.tensor([0.5, 2.0])).loss)
+    with pytest.raises(ValueError, match="out of range"):
+        model(**inputs(), labels=torch.tensor([0, 4]))
+    as_dict = TerraMindForImageClassification(config(num_labels=4, merge_method="dict"))
+    assert as_dict(**inputs()).logits.shape == (2, 4)
+
+
+def test_pixel_regression_ignores_nan_labels():
+    model = TerraMindForPixelRegression(config(decode_head="fcn", **SMALL_HEAD)).eval()
+    labels = torch.randn(2, 64, 64)
+    labels[0, :10] = float("nan")
+    with torch.no_grad():
+        output = model(**inputs(), labels=labels)
+    assert output.logits.shape == (2, 1, 64, 64)
+    valid = torch.isfinite(labels)
+    torch.testing.assert_close(output.loss, F.mse_loss(output.logits[:, 0][valid], labels[valid]))
+    two = TerraMindForPixelRegression(config(num_regression_outputs=2, regression_loss="l1", **SMALL_HEAD))
+    assert two(**inputs(), labels=torch.zeros(2, 2, 64, 64)).logits.shape == (2, 2, 64, 64)
+    with pytest.raises(ValueError, match="labels must be"):
+        two(**inputs(), labels=torch.zeros(2, 64, 64))
