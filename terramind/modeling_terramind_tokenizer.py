@@ -580,11 +580,8 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
 
     def _class_input(self, values: torch.Tensor) -> torch.Tensor:
         classes = self.config.num_classes
-        if values.ndim == 4 and values.shape[1] == classes:
-            if not values.is_floating_point():
-                raise ValueError(f"A (B, {classes}, H, W) input is read as one-hot / class probabilities and must be "
-                                 f"floating point, got {values.dtype}.")  # fmt: skip
-            return values
+        if values.ndim == 4 and values.shape[1] == classes:  # one-hot or class probabilities
+            return values if values.is_floating_point() else values.float()
         if values.ndim == 4 and values.shape[1] == 1:
             values = values[:, 0]
         if values.ndim != 3:
@@ -674,8 +671,10 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
             return self.decoder(self.post_quant_proj(quantized.to(self.dtype)))
         return self._sample(quantized, timesteps, generator, size)
 
+    @torch.no_grad()
     def _sample(self, quantized: torch.Tensor, timesteps: int | None, generator: torch.Generator | None,
                 size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+        """DDIM sampling without gradients, as the original pipeline (train the UNet through `self.decoder`)."""
         config = self.config
         steps = config.num_inference_steps if timesteps is None else timesteps
         if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= config.num_train_timesteps:

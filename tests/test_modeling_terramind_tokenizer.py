@@ -123,7 +123,7 @@ def test_lulc_input_forms_agree(models, cases):
     one_hot = torch.nn.functional.one_hot(classes[:, 0], 10).permute(0, 3, 1, 2).float()
     with torch.no_grad():
         reference = model.encode(classes).tokens
-        for variant in (classes[:, 0], classes.float(), one_hot, classes.int()):
+        for variant in (classes[:, 0], classes.float(), one_hot, one_hot.bool(), classes.int()):
             assert torch.equal(model.encode(variant).tokens, reference)
 
 
