@@ -1,16 +1,37 @@
 """TerraMind (IBM/ESA) as a Hugging Face Transformers model."""
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
+    AutoProcessor,
+)
 
 from .configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
+from .configuration_terramind_tokenizer import TerraMindTokenizerConfig
 from .geotiff import read_geotiff, read_sample, write_geotiff
 from .image_processing_terramind import NODATA_MASK_SUFFIX, TerraMindImageProcessor, nodata_mask_key
 from .modalities import MODALITIES, resolve_modality
 from .modeling_terramind import TerraMindForGeneration, TerraMindModel, TerraMindModelOutput, TerraMindPreTrainedModel
+from .modeling_terramind_tasks import (
+    TerraMindBackbone,
+    TerraMindForImageClassification,
+    TerraMindForPixelRegression,
+    TerraMindForSemanticSegmentation,
+    TerraMindPixelRegressionOutput,
+)
+from .modeling_terramind_tokenizer import TerraMindTokenizerModel
 from .processing_terramind import TerraMindProcessor, register_processors
+from .tokenization_terramind_coords import TerraMindCoordsTokenizer
 
 AutoConfig.register("terramind", TerraMindConfig, exist_ok=True)
 AutoModel.register(TerraMindConfig, TerraMindModel, exist_ok=True)
+AutoBackbone.register(TerraMindConfig, TerraMindBackbone, exist_ok=True)
+AutoModelForSemanticSegmentation.register(TerraMindConfig, TerraMindForSemanticSegmentation, exist_ok=True)
+AutoModelForImageClassification.register(TerraMindConfig, TerraMindForImageClassification, exist_ok=True)
 register_processors()
 # save_pretrained writes `auto_map` and the code files, so saved folders also load with trust_remote_code=True
 # where this package is not installed.
@@ -18,6 +39,9 @@ TerraMindConfig.register_for_auto_class()
 TerraMindModel.register_for_auto_class("AutoModel")
 TerraMindImageProcessor.register_for_auto_class("AutoImageProcessor")
 TerraMindProcessor.register_for_auto_class("AutoProcessor")
+TerraMindBackbone.register_for_auto_class("AutoBackbone")
+TerraMindForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+TerraMindForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
     "AutoImageProcessor",
@@ -25,13 +49,21 @@ __all__ = [
     "MODALITIES",
     "NODATA_MASK_SUFFIX",
     "TERRAMIND_VARIANTS",
+    "TerraMindBackbone",
     "TerraMindConfig",
+    "TerraMindCoordsTokenizer",
+    "TerraMindForImageClassification",
+    "TerraMindForPixelRegression",
+    "TerraMindForSemanticSegmentation",
     "TerraMindForGeneration",
     "TerraMindImageProcessor",
     "TerraMindModel",
     "TerraMindModelOutput",
+    "TerraMindPixelRegressionOutput",
     "TerraMindPreTrainedModel",
     "TerraMindProcessor",
+    "TerraMindTokenizerConfig",
+    "TerraMindTokenizerModel",
     "nodata_mask_key",
     "read_geotiff",
     "read_sample",

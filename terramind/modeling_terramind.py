@@ -403,7 +403,32 @@ class TerraMindPreTrainedModel(PreTrainedModel):
             converted = resolve_original_release(pretrained_model_name_or_path, **hub)
             if converted is not None:
                 pretrained_model_name_or_path = converted
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              **kwargs)  # fmt: skip
+        model._fill_tim_generators(info, **kwargs)
+        model._after_loading()
+        return (model, info) if want_info else model
+
+    def _fill_tim_generators(self, info: dict, **kwargs: Any) -> None:
+        """Load frozen TiM generators from the same folder when it does not hold them itself (a converted release
+        holds the generator's weights under their plain names), and keep them frozen (loading hands out fresh
+        Parameters)."""
+        source = self.config._name_or_path
+        for module in self.modules():
+            if not isinstance(module, TerraMindModel) or module.tim_generator is None:
+                continue
+            if not checkpoint_has_key(source, "tim_generator.", **kwargs):
+                weights = TerraMindForGeneration.from_pretrained(
+                    source, modalities=list(module.tim_generator.terramind.modality_channels),
+                    config=tim_generator_config(module.config), dtype=module.dtype,
+                )  # fmt: skip
+                module.tim_generator.load_state_dict(weights.state_dict())
+                info["missing_keys"] = {k for k in info["missing_keys"] if "tim_generator." not in k}
+            module.tim_generator.requires_grad_(False).eval()
+
+    def _after_loading(self) -> None:
+        """Hook for subclasses to restore state that loading resets (e.g. frozen parts)."""
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -517,25 +542,6 @@ class TerraMindModel(TerraMindPreTrainedModel):
         if self.tim_generator is not None:
             self.tim_generator.eval()  # the TiM generator is frozen, also in training
         return self
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
-        """Also fills the frozen TiM generator from the same folder when it is not saved there itself (a
-        converted release holds the generator's weights under their plain names)."""
-        want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
-                                              **kwargs)  # fmt: skip
-        source = model.config._name_or_path
-        if model.tim_generator is not None and not checkpoint_has_prefix(source, "tim_generator.", **kwargs):
-            generator = TerraMindForGeneration.from_pretrained(
-                source, modalities=list(model.tim_generator.terramind.modality_channels),
-                config=tim_generator_config(model.config), dtype=model.dtype,
-            )  # fmt: skip
-            model.tim_generator.load_state_dict(generator.state_dict())
-            info["missing_keys"] = {k for k in info["missing_keys"] if not k.startswith("tim_generator.")}
-        if model.tim_generator is not None:
-            model.tim_generator.requires_grad_(False).eval()  # loading may hand out fresh Parameters
-        return (model, info) if want_info else model
 
     # ------------------------------------------------------------------ inputs
     def collect_inputs(
@@ -840,8 +846,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
                                   "TerraMindModel (or `model.terramind`).")  # fmt: skip
 
 
-def checkpoint_has_prefix(name_or_path: str, prefix: str, **kwargs: Any) -> bool:
-    """Whether the safetensors weights of a saved model hold keys starting with `prefix`."""
+def checkpoint_has_key(name_or_path: str, part: str, **kwargs: Any) -> bool:
+    """Whether the safetensors weights of a saved model hold a key containing `part`."""
     from safetensors import safe_open
     from transformers.utils import cached_file
 
@@ -850,12 +856,12 @@ def checkpoint_has_prefix(name_or_path: str, prefix: str, **kwargs: Any) -> bool
                         **hub)  # fmt: skip
     if index is not None:
         with open(index) as handle:
-            return any(k.startswith(prefix) for k in json.load(handle)["weight_map"])
+            return any(part in k for k in json.load(handle)["weight_map"])
     weights = cached_file(name_or_path, "model.safetensors", _raise_exceptions_for_missing_entries=False, **hub)
     if weights is None:
         return False
     with safe_open(weights, "pt") as handle:
-        return any(k.startswith(prefix) for k in handle.keys())
+        return any(part in k for k in handle.keys())
 
 
 def tim_generator_config(config: TerraMindConfig) -> TerraMindConfig:

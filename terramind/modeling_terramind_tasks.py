@@ -32,7 +32,6 @@ Dense heads need merged spatial tokens: `merge_method` "mean" (default), "max" o
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -48,12 +47,9 @@ from transformers.utils import ModelOutput
 
 from .configuration_terramind import TerraMindConfig
 from .modeling_terramind import (
-    TerraMindForGeneration,
     TerraMindModel,
     TerraMindModelOutput,
     TerraMindPreTrainedModel,
-    checkpoint_has_prefix,
-    tim_generator_config,
 )
 
 DECODE_HEADS = ("upernet", "unet", "fcn")
@@ -352,28 +348,8 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
         tokens = outputs.last_hidden_state.shape[1]
         return outputs, _spatial_grid([pixel_values, modalities], self.config.patch_size, tokens)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
-        """Standard loading (a TerraMindModel, TerraMindForGeneration, converted or original release, or a saved task
-        model); new task modules are initialized. Also fills the frozen TiM generator when the checkpoint does not
-        hold it, and applies `freeze_backbone` (loading hands out fresh Parameters)."""
-        want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
-                                              **kwargs)  # fmt: skip
-        generator = getattr(model.terramind, "tim_generator", None)
-        if generator is not None:
-            source = model.config._name_or_path
-            prefixes = ("tim_generator.", "terramind.tim_generator.")
-            if not any(checkpoint_has_prefix(source, prefix, **kwargs) for prefix in prefixes):
-                weights = TerraMindForGeneration.from_pretrained(
-                    source, modalities=list(generator.terramind.modality_channels),
-                    config=tim_generator_config(model.config), dtype=model.dtype,
-                )  # fmt: skip
-                generator.load_state_dict(weights.state_dict())
-                info["missing_keys"] = {k for k in info["missing_keys"] if "tim_generator." not in k}
-            generator.requires_grad_(False).eval()
-        model._apply_freezing()
-        return (model, info) if want_info else model
+    def _after_loading(self) -> None:
+        self._apply_freezing()  # loading hands out fresh Parameters
 
     def _apply_freezing(self) -> None:
         if task_setting(self.config, "freeze_backbone"):
