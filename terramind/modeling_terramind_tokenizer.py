@@ -230,7 +230,15 @@ class TerraMindUNetTimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(features)))
 
 
-class TerraMindUNetResBlock(nn.Module):
+class TerraMindUNetBlock(nn.Module):
+    """A UNet stage module: `forward(hidden, emb)`, with the timestep embedding `emb` used by residual blocks only
+    (the original's `TimestepBlock`), so that the UNet runs every stage the same way."""
+
+    def forward(self, hidden: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TerraMindUNetResBlock(TerraMindUNetBlock):
     """Residual block: GN-SiLU-conv, + projected timestep embedding, GN-SiLU-dropout-conv; 1x1 skip on width change."""
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int, config: TerraMindTokenizerConfig):
@@ -253,7 +261,7 @@ class TerraMindUNetResBlock(nn.Module):
         return skip + out
 
 
-class TerraMindUNetAttentionBlock(nn.Module):
+class TerraMindUNetAttentionBlock(TerraMindUNetBlock):
     """Self-attention over the positions of a feature map (GN, then the shared TerraMind attention), residual."""
 
     def __init__(self, channels: int, config: TerraMindTokenizerConfig):
@@ -270,7 +278,7 @@ class TerraMindUNetAttentionBlock(nn.Module):
         return hidden + attended
 
 
-class TerraMindUNetDownsample(nn.Module):
+class TerraMindUNetDownsample(TerraMindUNetBlock):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
@@ -279,7 +287,7 @@ class TerraMindUNetDownsample(nn.Module):
         return self.conv(hidden)
 
 
-class TerraMindUNetUpsample(nn.Module):
+class TerraMindUNetUpsample(TerraMindUNetBlock):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)

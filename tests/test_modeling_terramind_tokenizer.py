@@ -179,6 +179,19 @@ def test_bf16_encode_and_decode(models):
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
 
 
+def test_eager_attention_matches_sdpa(cases):
+    file, params = CHECKPOINTS["s1grd_divae"]
+    model = load_original_tokenizer(FIXTURES / file, config=TerraMindTokenizerConfig(**params))
+    pixels = case_input(cases["s1grd_divae"])
+    with torch.no_grad():
+        sdpa = model(pixels, timesteps=2, generator=torch.Generator().manual_seed(0))
+        model.set_attn_implementation("eager")
+        assert model.decoder.middle_block[1].attention.config._attn_implementation == "eager"
+        eager = model(pixels, timesteps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(eager.tokens, sdpa.tokens)
+    assert relative_error(eager.reconstruction, sdpa.reconstruction) < 1e-4
+
+
 def test_token_codebook_round_trip(models):
     model = models["s1grd_divae"]
     tokens = torch.arange(15360).reshape(1, 120, 128)
