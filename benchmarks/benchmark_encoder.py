@@ -85,9 +85,9 @@ def main() -> None:
             if reference_out is not None:
                 row["max_rel_err_fp32"] = float((ours_out - reference_out).abs().max() / reference_out.abs().max())
                 row["max_rel_err_bf16"] = float((bf16_out.float() - reference_out).abs().max() / reference_out.abs().max())
-                row["original_fp32_img_s"] = batch / timed(lambda: original(dict(x)), args.repeats)
-            row["ours_fp32_img_s"] = batch / timed(lambda: ours(**x), args.repeats)
-            row["ours_bf16_img_s"] = batch / timed(lambda: ours_bf16(**x), args.repeats)
+                row["original_fp32_img_s"] = batch / timed(lambda x=x: original(dict(x)), args.repeats)
+            row["ours_fp32_img_s"] = batch / timed(lambda x=x: ours(**x), args.repeats)
+            row["ours_bf16_img_s"] = batch / timed(lambda x=x: ours_bf16(**x), args.repeats)
         gc.collect()
         rows.append(row)
         print(json.dumps(row))

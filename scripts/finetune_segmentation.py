@@ -23,33 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import HfArgumentParser, TrainingArguments  # noqa: E402
-from transformers.utils import logging  # noqa: E402
-
-from terramind.finetuning import FinetuningArguments, finetune  # noqa: E402
-
-logger = logging.get_logger("terramind.finetune_segmentation")
-
-
-def main(argv: list[str] | None = None):
-    """Parse the arguments (or a JSON file of them), fine-tune, and return the `FinetuningResult`."""
-    parser = HfArgumentParser((FinetuningArguments, TrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        args, training_args = parser.parse_json_file(argv[0])
-    else:
-        args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if args.task != "segmentation":
-        parser.error("This script fine-tunes segmentation; use terramind.finetuning.finetune for other tasks.")
-    result = finetune(args, training_args)
-    if result.trainer.is_world_process_zero():
-        losses = [entry["loss"] for entry in result.trainer.state.log_history if "loss" in entry]
-        if losses:
-            logger.warning(f"training loss {losses[0]:.4f} -> {losses[-1]:.4f}")
-        logger.warning(f"evaluation mIoU {result.eval_metrics.get('eval_mIoU', float('nan')):.4f}, "
-                       f"accuracy {result.eval_metrics.get('eval_accuracy', float('nan')):.4f}")  # fmt: skip
-    return result
-
+from terramind.finetuning import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -252,18 +252,38 @@ def _band_names(name: str, count: int) -> list[str] | None:
     return list(bands) if len(bands) == count else None
 
 
+# ----------------------------------------------------------------------------- finetune
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("finetune", add_help=False,
+                            help="fine-tune for segmentation on a GeoTIFF folder (scripts/finetune_segmentation.py)")  # fmt: skip
+    parser.add_argument("arguments", nargs=argparse.REMAINDER,
+                        help="the fine-tuning and TrainingArguments options; `terramind finetune --help` lists them")  # fmt: skip
+    parser.set_defaults(run=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> None:
+    from .finetuning import main as finetune_main
+
+    finetune_main(args.arguments)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="terramind", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
     _add_embed(sub)
     _add_generate(sub)
+    _add_finetune(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "finetune":  # its options belong to the fine-tuning script (HfArgumentParser)
+        args.arguments = [*extra, *args.arguments]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from .conversion import ConversionError
 
     try:

@@ -252,3 +252,28 @@ __all__ = [
     "lora_target_modules",
     "weights_digest",
 ]
+
+
+def main(argv: list[str] | None = None) -> FinetuningResult:
+    """Command-line fine-tuning for segmentation (`terramind finetune`, scripts/finetune_segmentation.py): parse the
+    arguments (or a JSON file of them), fine-tune, log loss and mIoU, and return the `FinetuningResult`."""
+    import sys
+
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((FinetuningArguments, TrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        args, training_args = parser.parse_json_file(argv[0])
+    else:
+        args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if args.task != "segmentation":
+        parser.error("This command fine-tunes segmentation; use terramind.finetuning.finetune for other tasks.")
+    result = finetune(args, training_args)
+    if result.trainer.is_world_process_zero():
+        losses = [entry["loss"] for entry in result.trainer.state.log_history if "loss" in entry]
+        if losses:
+            logger.warning(f"training loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+        logger.warning(f"evaluation mIoU {result.eval_metrics.get('eval_mIoU', float('nan')):.4f}, "
+                       f"accuracy {result.eval_metrics.get('eval_accuracy', float('nan')):.4f}")  # fmt: skip
+    return result

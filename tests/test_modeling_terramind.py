@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ARCHITECTURES, load_cases, reference_input, relative_error, tiny_config
 
-from terramind import TerraMindConfig, TerraMindForGeneration, TerraMindModel
+from terramind import TerraMindForGeneration, TerraMindModel
 
 TOLERANCE = 1e-4
 

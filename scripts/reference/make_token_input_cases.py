@@ -40,7 +40,7 @@ def coords_vocabulary(path: Path) -> None:
 
 
 def main(source: str, target: str) -> None:
-    r = reference()
+    reference()  # registers the original package modules
     vit_module = sys.modules["terratorch.models.backbones.terramind.model.terramind_vit"]
     tm_utils = sys.modules["terratorch.models.backbones.terramind.model.tm_utils"]
     text = __import__("terratorch.models.backbones.terramind.tokenizer.text.text_tokenizer", fromlist=["x"])
