@@ -105,3 +105,17 @@ def test_console_entry_point_exits_non_zero(tmp_path):
     result = subprocess.run([sys.executable, "-m", "terramind.cli", "embed", "--input", "S2L2A=nope.tif",
                              "--output", "e.tif"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_finetune_wraps_the_finetuning_script(tmp_path):
+    import json
+
+    overrides = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_decoder_layers": 1,
+                 "decoder_hidden_size": 16}  # fmt: skip
+    code = main(["finetune", "--data_root", str(SCENE), "--modalities", "S2L2A", "S1RTC", "--label_dir", "LULC",
+                 "--num_labels", "11", "--variant", "tiny", "--config_overrides", json.dumps(overrides),
+                 "--crop_size", "64", "--output_dir", str(tmp_path), "--max_steps", "2",
+                 "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "--save_strategy", "no",
+                 "--disable_tqdm", "true"])  # fmt: skip
+    assert code == 0
+    assert (tmp_path / "model.safetensors").exists()
