@@ -319,8 +319,15 @@ def test_remote_code_load_without_package(models, tmp_path):
     with torch.no_grad():
         torch.save({"tokens": tokens, "decoded": model.decode_tokens(tokens)}, tmp_path / "io.pt")
     script = textwrap.dedent(f"""
-        import sys, torch
-        sys.path = [p for p in sys.path if p not in ("", ".") and "/work/main" not in p]
+        import importlib.abc, sys, torch
+
+        class NoTerramind(importlib.abc.MetaPathFinder):  # hide the package even when installed (editable)
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "terramind":
+                    raise ImportError("terramind is hidden in this test")
+
+        sys.meta_path.insert(0, NoTerramind())
+        sys.path = [p for p in sys.path if p not in ("", ".")]
         try:
             import terramind
             raise SystemExit("terramind should not be importable here")
