@@ -93,6 +93,11 @@ def test_conversion_script(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
     assert config["gated_mlp"] is True and config["hidden_act"] == "silu" and config["num_decoder_layers"] == 2
+    from transformers import AutoProcessor
+
+    from terramind import TerraMindProcessor
+
+    assert isinstance(AutoProcessor.from_pretrained(out), TerraMindProcessor)  # written next to the model
     bad = subprocess.run(command[:3] + [str(tmp_path / "missing.pt"), "--output", str(out)], capture_output=True,
                          text=True, timeout=300)  # fmt: skip
     assert bad.returncode != 0
