@@ -8,6 +8,7 @@ from transformers import (
     AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
     AutoProcessor,
+    AutoTokenizer,
 )
 
 from .configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
@@ -32,11 +33,16 @@ AutoModel.register(TerraMindConfig, TerraMindModel, exist_ok=True)
 AutoBackbone.register(TerraMindConfig, TerraMindBackbone, exist_ok=True)
 AutoModelForSemanticSegmentation.register(TerraMindConfig, TerraMindForSemanticSegmentation, exist_ok=True)
 AutoModelForImageClassification.register(TerraMindConfig, TerraMindForImageClassification, exist_ok=True)
+AutoConfig.register("terramind_tokenizer", TerraMindTokenizerConfig, exist_ok=True)
+AutoModel.register(TerraMindTokenizerConfig, TerraMindTokenizerModel, exist_ok=True)
+AutoTokenizer.register(TerraMindConfig, fast_tokenizer_class=TerraMindCoordsTokenizer, exist_ok=True)
 register_processors()
 # save_pretrained writes `auto_map` and the code files, so saved folders also load with trust_remote_code=True
 # where this package is not installed.
 TerraMindConfig.register_for_auto_class()
 TerraMindModel.register_for_auto_class("AutoModel")
+TerraMindTokenizerConfig.register_for_auto_class()
+TerraMindTokenizerModel.register_for_auto_class("AutoModel")
 TerraMindImageProcessor.register_for_auto_class("AutoImageProcessor")
 TerraMindProcessor.register_for_auto_class("AutoProcessor")
 TerraMindBackbone.register_for_auto_class("AutoBackbone")

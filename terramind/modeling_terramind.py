@@ -133,10 +133,8 @@ class TerraMindAttention(nn.Module):
         else:
             qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
             query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        attention_interface: Callable = eager_attention_forward
         implementation = getattr(self.config, "_attn_implementation", None) or "sdpa"
-        if implementation != "eager":
-            attention_interface = ALL_ATTENTION_FUNCTIONS[implementation]
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, _ = attention_interface(
             self,
             query,
