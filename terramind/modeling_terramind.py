@@ -379,6 +379,35 @@ class TerraMindModelOutput(ModelOutput):
 
 
 # ----------------------------------------------------------------------------- models
+@torch.no_grad()
+def init_transformer_weights(module: nn.Module, std: float) -> bool:
+    """The original's (MAE) init of the transformer parts: fused q/k/v projections uniform per part, other linears
+    xavier with zero bias, norms to identity, token embeddings N(0, std). Returns whether `module` was one of them
+    (shared by the TerraMind models and tokenizers)."""
+    if isinstance(module, TerraMindAttention):
+        for name, parts in (("qkv", 3), ("kv", 2), ("q", 1)):
+            linear = getattr(module, name, None)
+            if linear is not None:
+                bound = math.sqrt(6.0 / float(linear.weight.shape[0] // parts + linear.weight.shape[1]))
+                init.uniform_(linear.weight, -bound, bound)
+                if linear.bias is not None:
+                    init.zeros_(linear.bias)
+    elif isinstance(module, nn.Linear):
+        init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+        if module.weight is not None:
+            init.ones_(module.weight)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        init.normal_(module.weight, std=std)
+    else:
+        return False
+    return True
+
+
 class TerraMindPreTrainedModel(PreTrainedModel):
     config_class = TerraMindConfig
     config: TerraMindConfig
@@ -430,27 +459,9 @@ class TerraMindPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """MAE-style init as the original: fused projections per part, xavier elsewhere, N(0, 0.02) tokens."""
+        """MAE-style init as the original (see `init_transformer_weights`), plus modality and register tokens."""
         std = self.config.initializer_range
-        if isinstance(module, TerraMindAttention):
-            for name in ("qkv", "kv", "q"):
-                linear = getattr(module, name, None)
-                if linear is not None:
-                    parts = {"qkv": 3, "kv": 2, "q": 1}[name]
-                    bound = math.sqrt(6.0 / float(linear.weight.shape[0] // parts + linear.weight.shape[1]))
-                    init.uniform_(linear.weight, -bound, bound)
-                    if linear.bias is not None:
-                        init.zeros_(linear.bias)
-        elif isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=std)
+        init_transformer_weights(module, std)
         if isinstance(module, (TerraMindPatchEmbedding, TerraMindImageTokenEmbedding)):
             init.normal_(module.mod_emb, std=std)
             grid = self.config.image_size // self.config.patch_size

@@ -30,6 +30,7 @@ from .modeling_terramind import (
     TerraMindAttention,
     TerraMindLayer,
     TerraMindMLP,
+    init_transformer_weights,
     interpolate_pos_embed,
     layer_norm,
     sincos_pos_embed_2d,
@@ -491,21 +492,8 @@ class TerraMindTokenizerPreTrainedModel(PreTrainedModel):
             init.zeros_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, TerraMindAttention):
-            linear = module.qkv
-            bound = math.sqrt(6.0 / float(linear.weight.shape[0] // 3 + linear.weight.shape[1]))
-            init.uniform_(linear.weight, -bound, bound)
-            if linear.bias is not None:
-                init.zeros_(linear.bias)
-        elif isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
-            if module.weight is not None:
-                init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+        elif init_transformer_weights(module, getattr(self.config, "initializer_range", 0.02)):
+            pass
         elif isinstance(module, nn.Conv2d):
             fan_in = module.weight[0].numel()
             if module.kernel_size == module.stride and module.kernel_size != (1, 1):  # patch embedding (MAE)
