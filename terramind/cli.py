@@ -229,6 +229,8 @@ def _run_generate(args: argparse.Namespace) -> None:
                    top_k=args.top_k, top_p=args.top_p, timesteps=args.timesteps, progress=not args.no_progress)  # fmt: skip
     generator = torch.Generator().manual_seed(args.seed)
     tile = min(args.tile_size, padded_h, padded_w)
+    if "Coordinates" in outputs and (padded_h, padded_w) != (tile, tile):
+        raise UsageError("Coordinates are generated for one tile; give a scene of one tile (--tile-size).")
     if (padded_h, padded_w) == (tile, tile):
         generated = model.generate(inputs, generator=generator, **options)
     else:
@@ -236,6 +238,12 @@ def _run_generate(args: argparse.Namespace) -> None:
                                          batch_size=args.batch_size, generator=generator, **options)  # fmt: skip
     physical = processor.post_process_generation(generated)
     out_dir = Path(args.output_dir)
+    if "Coordinates" in physical:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lon, lat = (float(v) for v in physical.pop("Coordinates")[0])
+        (out_dir / "Coordinates.json").write_text(json.dumps({"lon": lon, "lat": lat}))
+        print(f"Wrote {out_dir / 'Coordinates.json'} (lon {lon:.2f}, lat {lat:.2f})")
+        outputs = [name for name in outputs if name != "Coordinates"]
     for name in outputs:
         values = physical[name][0, :, :height, :width].float().numpy() if name != "LULC" else \
             physical[name][0, :, :height, :width].numpy()  # fmt: skip

@@ -121,8 +121,11 @@ class TerraMindGenerationMixin:
         schedule = linear_token_schedule(decoding_steps, num_tokens)
         bar = tqdm(total=len(targets) * len(schedule), desc="TerraMind generation", disable=not progress)
         for target in targets:
-            if MODALITIES[target].kind != "image_tokens":
-                raise ValueError(f"{target} is not an image token modality.")
+            if MODALITIES[target].kind == "sequence":
+                out[target] = self._generate_sequence(target, pieces, temperature, top_k, top_p, generator)
+                pieces.append(self.terramind.modality_embeddings[target](out[target]))
+                bar.update(len(schedule))
+                continue
             tokens = torch.zeros(batch, num_tokens, dtype=torch.long, device=device)
             order = torch.randperm(num_tokens, generator=generator, device="cpu").to(device)
             done = 0
@@ -144,6 +147,42 @@ class TerraMindGenerationMixin:
         bar.close()
         return out
 
+    def _generate_sequence(
+        self,
+        target: str,
+        pieces: list[tuple[torch.Tensor, torch.Tensor]],
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Autoregressive decoding of a sequence modality (coordinates), as the original: start from the sentinel
+        [S_1], causal self-attention, stop when every sequence has the closing sentinel [S_2] or at the maximum
+        length. Returns the tokens between the sentinels (B, L), padded with 0 ([PAD])."""
+        from .modeling_terramind import additive_attention_mask  # (modeling_terramind imports this module)
+
+        start, stop = _sentinel_ids(self.terramind.get_tokenizer(target) if target == "Coordinates" else None)
+        context = self._encode_context(pieces)
+        batch = context.shape[0]
+        embedding = self.decoder_embeddings[target]
+        length = MODALITIES[target].max_length - 1  # targets of the original's empty sequence: 3 of 4 positions
+        positions = embedding.positional(batch, length).to(context.dtype)
+        out = torch.full((batch, 1), start, dtype=torch.long, device=context.device)
+        for _ in range(length):
+            size = out.shape[1]
+            hidden = embedding.token_emb(out) + positions[:, :size]
+            causal = torch.ones(size, size, dtype=torch.bool, device=context.device).tril().expand(batch, -1, -1)
+            mask = additive_attention_mask(causal, hidden.dtype)
+            for layer in self.decoder.layer:
+                hidden = layer(hidden, context, self_attention_mask=mask)
+            logits = embedding.to_logits(self.decoder_layernorm(hidden[:, -1]))
+            out = torch.cat([out, sample_tokens(logits, temperature, top_k, top_p, generator)[:, None]], dim=1)
+            if (out == stop).any(dim=1).all():
+                break
+        tokens = out[:, 1:]
+        ended = (tokens == stop).cumsum(dim=1) > 0
+        return tokens.masked_fill(ended, 0)
+
     # ------------------------------------------------------------------ user level
     @torch.no_grad()
     def generate(
@@ -164,7 +203,7 @@ class TerraMindGenerationMixin:
         progress: bool = False,
         **modalities: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """Generate `output_modalities` (S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI) from any available inputs.
+        """Generate `output_modalities` (S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI, Coordinates) from any inputs.
 
         Args:
             inputs / **modalities: input modality -> tensor. Raw modalities (S2L1C, S2L2A, RGB, S1GRD, S1RTC, DEM)
@@ -185,7 +224,8 @@ class TerraMindGenerationMixin:
                 `config.tokenizer_paths` (defaults to the official repos), only those needed.
 
         Returns:
-            dict output modality -> images (B, C, H, W) (LULC: class logits), or token grids with decode=False.
+            dict output modality -> images (B, C, H, W) (LULC: class logits), Coordinates (B, 2) lon/lat; with
+            decode=False the token grids (B, H/16, W/16) and coordinate token ids (B, L).
         """
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
@@ -200,10 +240,8 @@ class TerraMindGenerationMixin:
             output_modalities = [output_modalities]
         outputs = [resolve_output_modality(name) for name in output_modalities]
         if not outputs:
-            raise ValueError("output_modalities is empty; name at least one of S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI.")
-        if "Coordinates" in outputs:
-            raise ValueError("Generating Coordinates is not supported yet; generate image modalities "
-                             "(S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI).")  # fmt: skip
+            raise ValueError("output_modalities is empty; name at least one of S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI, "
+                             "Coordinates.")  # fmt: skip
         model_inputs, grid = self.prepare_generation_inputs(given, input_tokens, standardize, tokenizers)
         targets = [token_modality(name) for name in outputs]
         tokens = self.generate_tokens(model_inputs, targets, grid, decoding_steps, temperature, top_k, top_p,
@@ -213,6 +251,9 @@ class TerraMindGenerationMixin:
             return result
         for name in outputs:
             tokenizer = self.get_tokenizer(name, tokenizers)
+            if name == "Coordinates":
+                result[name] = tokenizer.decode_coordinates(result[name])  # (B, 2) lon, lat; NaN if unparseable
+                continue
             decoded = tokenizer.decode_tokens(result[name], timesteps=timesteps, generator=generator)
             if standardize and name != "LULC":
                 mean, std = (torch.tensor(v, device=decoded.device).view(1, -1, 1, 1) for v in standardization(name))
@@ -247,6 +288,8 @@ class TerraMindGenerationMixin:
         images.update({k: kwargs.pop(k) for k in list(kwargs) if k not in _GENERATE_OPTIONS})
         if not images:
             raise ValueError("No inputs given: pass at least one input modality (e.g. S2L2A=...).")
+        if any(resolve_output_modality(name) == "Coordinates" for name in output_modalities):
+            raise ValueError("Coordinates are generated per tile, not for a scene: use `generate` on one tile.")
         patch = self.config.patch_size
         if tile_size % patch or not 0 <= overlap < tile_size or overlap % patch:
             raise ValueError(f"tile_size and overlap must be multiples of {patch} with 0 <= overlap < tile_size.")
@@ -335,6 +378,15 @@ class TerraMindGenerationMixin:
             if resolve_output_modality(key) == name:
                 return tokenizer
         return self.terramind.get_tokenizer(name)
+
+
+def _sentinel_ids(tokenizer: Any) -> tuple[int, int]:
+    """Ids of [S_1] and [S_2]: from the coordinates tokenizer, else the original's fixed 5 and 6."""
+    if tokenizer is not None:
+        ids = tokenizer.convert_tokens_to_ids(["[S_1]", "[S_2]"])
+        if None not in ids and tokenizer.unk_token_id not in ids:
+            return ids[0], ids[1]
+    return 5, 6
 
 
 _GENERATE_OPTIONS = {"decoding_steps", "temperature", "top_k", "top_p", "timesteps", "standardize", "input_tokens",

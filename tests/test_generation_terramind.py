@@ -174,3 +174,20 @@ def test_tiled_generation_448_without_seams(generators):
     assert max(steps[b] for b in borders) <= 1.5 * inside.max() + 1e-4
     tokens = model.generate_tiled(S2L2A=x, output_modalities=["LULC"], temperature=0.0, decode=False)["LULC"]
     assert tokens.shape == (1, 28, 28)
+
+
+def test_coordinates_generation_parity(generators):
+    """Greedy autoregressive Coordinates generation gives the original's token ids (tiny architecture)."""
+    from conftest import FIXTURES, coords_tokenizer
+
+    (case,) = torch.load(FIXTURES / "terramind_coords_generation_cases.pt", weights_only=True)
+    model = generators["tiny"]
+    inputs = {name: reference_input(spec) for name, spec in case["inputs"].items()}
+    tokenizers = {"Coordinates": coords_tokenizer()}
+    tokens = model.generate(inputs, output_modalities=["Coordinates"], temperature=0.0, decode=False,
+                            tokenizers=tokenizers)["Coordinates"]  # fmt: skip
+    assert torch.equal(tokens, case["tokens"])
+    with pytest.warns(UserWarning):  # random weights generate no parseable "lat=.. lon=.." text
+        coordinates = model.generate(inputs, output_modalities=["Coordinates"], temperature=0.0,
+                                     tokenizers=tokenizers)["Coordinates"]  # fmt: skip
+    assert coordinates.shape == (2, 2) and torch.isnan(coordinates).all() and torch.isnan(case["coordinates"]).all()
