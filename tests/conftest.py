@@ -98,3 +98,33 @@ def coords_tokenizer():
     from terramind.tokenization_terramind_coords import TerraMindCoordsTokenizer
 
     return TerraMindCoordsTokenizer.from_vocabulary_file(FIXTURES / "coords_vocab.json")
+
+
+def run_without_package(body: str, workdir: Path) -> str:
+    """Run Python `body` in a fresh interpreter where `terramind` cannot be imported (even when installed),
+    offline; returns stdout. For remote-code (trust_remote_code) checks."""
+    import subprocess
+    import sys
+    import textwrap
+
+    prelude = textwrap.dedent("""
+        import importlib.abc, sys
+
+        class NoTerramind(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "terramind":
+                    raise ImportError("terramind is hidden in this test")
+
+        sys.meta_path.insert(0, NoTerramind())
+        sys.path = [p for p in sys.path if p not in ("", ".")]
+        try:
+            import terramind
+            raise SystemExit("terramind should not be importable here")
+        except ImportError:
+            pass
+    """)
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(workdir / "hf")}
+    result = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(body)], cwd=workdir, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
