@@ -7,9 +7,13 @@ read with `torch.load(..., weights_only=True)` only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -210,46 +214,91 @@ def _is_tied(model: torch.nn.Module, key: str) -> bool:
     return key in (getattr(model, "_tied_weights_keys", None) or {})
 
 
-def find_original_checkpoint(folder: str | os.PathLike) -> Path | None:
+def find_release_file(folder: str | os.PathLike, pattern: re.Pattern) -> Path | None:
+    """The original checkpoint (file name matching `pattern`) of a release folder without config.json, else None."""
     folder = Path(folder)
     if not folder.is_dir() or (folder / "config.json").exists():
         return None
-    for candidate in sorted(folder.iterdir()):
-        if ORIGINAL_MODEL_FILE.match(candidate.name):
-            return candidate
-    return None
+    return next((c for c in sorted(folder.iterdir()) if pattern.match(c.name)), None)
 
 
-def resolve_original_release(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str | None:
-    """If `name_or_path` is an original release (folder or Hub repo with `TerraMind_v1_*.pt` and no
-    config.json), convert it once into the cache and return the converted folder; else None."""
+def resolve_release(
+    name_or_path: str | os.PathLike,
+    pattern: re.Pattern,
+    convert: Callable[[Path, Path], Any],
+    guess_file: Callable[[str], str | None] = lambda repo_id: None,
+    **hub_kwargs: Any,
+) -> str | None:
+    """If `name_or_path` is an original release — a checkpoint file matching `pattern`, or a folder or Hub repo
+    holding one and no config.json — convert it once into the cache (atomically; keyed by file and version) and
+    return the converted folder. Anything else gives None and is left to Transformers."""
     path = Path(name_or_path)
-    checkpoint = find_original_checkpoint(path) if path.exists() else None
-    if checkpoint is None and not path.exists():
-        checkpoint = _download_original(str(name_or_path), **hub_kwargs)
+    if path.is_file():
+        checkpoint = path if pattern.match(path.name) else None
+    elif path.exists():
+        checkpoint = find_release_file(path, pattern)
+    else:
+        checkpoint = _download_release_file(str(name_or_path), pattern, guess_file, **hub_kwargs)
     if checkpoint is None:
         return None
-    target = default_cache_dir() / "converted" / checkpoint.stem
+    checkpoint = checkpoint.resolve()
+    stat = checkpoint.stat()
+    digest = hashlib.sha256(f"{checkpoint}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = default_cache_dir() / "converted" / f"{checkpoint.stem}-{digest}"
     if not (target / "config.json").exists():
-        convert_checkpoint(checkpoint, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{checkpoint.stem}-", dir=target.parent))
+        try:
+            convert(checkpoint, staging)
+            try:
+                os.replace(staging, target)
+            except OSError:  # converted meanwhile by another process
+                if not (target / "config.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return str(target)
 
 
-def _download_original(repo_id: str, **hub_kwargs: Any) -> Path | None:
+def _download_release_file(
+    repo_id: str, pattern: re.Pattern, guess_file: Callable[[str], str | None], **hub_kwargs: Any
+) -> Path | None:
+    """Download the original checkpoint of a Hub repo without config.json; offline, use the Hub cache."""
     if repo_id.count("/") != 1:
         return None
-    try:
-        from huggingface_hub import hf_hub_download, list_repo_files
+    from huggingface_hub import hf_hub_download, list_repo_files
 
-        files = list_repo_files(repo_id, token=hub_kwargs.get("token"), revision=hub_kwargs.get("revision"))
-    except Exception:  # noqa: BLE001 - offline or not a repo: let transformers report as usual
-        return None
-    if "config.json" in files:
-        return None
-    names = [f for f in files if ORIGINAL_MODEL_FILE.match(f)]
-    if not names:
-        return None
-    return Path(hf_hub_download(repo_id, names[0], token=hub_kwargs.get("token"), revision=hub_kwargs.get("revision")))
+    download = {k: hub_kwargs[k] for k in ("token", "revision", "cache_dir") if hub_kwargs.get(k) is not None}
+    name = None
+    try:
+        if hub_kwargs.get("local_files_only"):
+            raise OSError("offline")
+        files = list_repo_files(repo_id, token=download.get("token"), revision=download.get("revision"))
+        if "config.json" in files:
+            return None
+        name = next((f for f in files if pattern.match(f)), None)
+        return Path(hf_hub_download(repo_id, name, **download)) if name else None
+    except Exception:  # noqa: BLE001 - offline or not a repo: try the cache, else let transformers report
+        name = name or guess_file(repo_id)
+        if name is None:
+            return None
+        try:
+            return Path(hf_hub_download(repo_id, name, local_files_only=True, **download))
+        except Exception:  # noqa: BLE001
+            return None
+
+
+_HUB_MODEL_VARIANT = re.compile(r"TerraMind-1\.0-(tiny|small|base|large)$")
+
+
+def resolve_original_release(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str | None:
+    """An original model release (`TerraMind_v1_*.pt`) converted once into the cache, else None."""
+
+    def guess(repo_id: str) -> str | None:
+        match = _HUB_MODEL_VARIANT.search(repo_id)
+        return f"TerraMind_v1_{match.group(1)}.pt" if match else None
+
+    return resolve_release(name_or_path, ORIGINAL_MODEL_FILE, convert_checkpoint, guess, **hub_kwargs)
 
 
 def read_config_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -8,18 +8,15 @@ with `torch.load(..., weights_only=True)` only.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .configuration_terramind_tokenizer import TerraMindTokenizerConfig, canonical_tokenizer_modality
-from .conversion import ConversionError, default_cache_dir, load_original_state_dict
+from .conversion import ConversionError, find_release_file, load_original_state_dict, resolve_release
 
 ORIGINAL_TOKENIZER_FILE = re.compile(r"^TerraMind_Tokenizer_(S2L2A|S1GRD|S1RTC|DEM|LULC|NDVI)\.pt$")
 _HUB_REPO_MODALITY = re.compile(r"Tokenizer-(S2L2A|S1GRD|S1RTC|DEM|LULC|NDVI)$")
@@ -202,76 +199,19 @@ def convert_tokenizer_checkpoint(
 
 def find_original_tokenizer_checkpoint(folder: str | os.PathLike) -> Path | None:
     """The `TerraMind_Tokenizer_*.pt` of an original release folder (one without config.json), else None."""
-    folder = Path(folder)
-    if not folder.is_dir() or (folder / "config.json").exists():
-        return None
-    for candidate in sorted(folder.iterdir()):
-        if ORIGINAL_TOKENIZER_FILE.match(candidate.name):
-            return candidate
-    return None
+    return find_release_file(folder, ORIGINAL_TOKENIZER_FILE)
 
 
 def resolve_original_tokenizer_release(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str | None:
     """If `name_or_path` is an original tokenizer release (a folder or Hub repo holding `TerraMind_Tokenizer_*.pt`
     and no config.json, or such a file itself), convert it once into the cache and return the converted folder;
     otherwise None (a converted folder or repo is left to Transformers)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        checkpoint = path if ORIGINAL_TOKENIZER_FILE.match(path.name) else None
-    elif path.exists():
-        checkpoint = find_original_tokenizer_checkpoint(path)
-    else:
-        checkpoint = _download_original_tokenizer(str(name_or_path), **hub_kwargs)
-    if checkpoint is None:
-        return None
-    checkpoint = checkpoint.resolve()
-    stat = checkpoint.stat()
-    digest = hashlib.sha256(f"{checkpoint}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = default_cache_dir() / "converted" / f"{checkpoint.stem}-{digest}"
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{checkpoint.stem}-", dir=target.parent))
-        try:
-            convert_tokenizer_checkpoint(checkpoint, staging)
-            try:
-                os.replace(staging, target)
-            except OSError:  # converted meanwhile by another process
-                if not (target / "config.json").exists():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return str(target)
 
+    def guess(repo_id: str) -> str | None:
+        match = _HUB_REPO_MODALITY.search(repo_id)
+        return f"TerraMind_Tokenizer_{match.group(1)}.pt" if match else None
 
-def _download_original_tokenizer(repo_id: str, **hub_kwargs: Any) -> Path | None:
-    if repo_id.count("/") != 1:
-        return None
-    try:
-        from huggingface_hub import hf_hub_download, list_repo_files
-    except ImportError:
-        return None
-    download = {k: hub_kwargs[k] for k in ("token", "revision", "cache_dir") if hub_kwargs.get(k) is not None}
-    name = None
-    try:
-        if hub_kwargs.get("local_files_only"):
-            raise OSError("offline")
-        files = list_repo_files(repo_id, token=download.get("token"), revision=download.get("revision"))
-        if "config.json" in files:
-            return None
-        name = next((f for f in files if ORIGINAL_TOKENIZER_FILE.match(f)), None)
-        if name is None:
-            return None
-        return Path(hf_hub_download(repo_id, name, **download))
-    except Exception:  # noqa: BLE001 - offline or not a repo: try the cache, else let transformers report
-        if name is None:
-            match = _HUB_REPO_MODALITY.search(repo_id)
-            name = f"TerraMind_Tokenizer_{match.group(1)}.pt" if match else None
-        if name is None:
-            return None
-        try:
-            return Path(hf_hub_download(repo_id, name, local_files_only=True, **download))
-        except Exception:  # noqa: BLE001
-            return None
+    return resolve_release(name_or_path, ORIGINAL_TOKENIZER_FILE, convert_tokenizer_checkpoint, guess, **hub_kwargs)
 
 
 __all__ = [
