@@ -16,6 +16,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 ARCHITECTURES = ("tiny", "base")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest (and least disturbed by other jobs) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def reference_input(spec: list) -> torch.Tensor:
     """Inputs of the golden cases: [seed, shape] -> default_rng(seed).standard_normal(shape) as float32."""
     seed, shape = spec[0], spec[1]

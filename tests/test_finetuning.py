@@ -36,12 +36,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_deco
 HEAD = dict(decoder_hidden_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
 
 def tiny_config(**kwargs) -> TerraMindConfig:

@@ -19,13 +19,7 @@ from terramind.modeling_terramind_tasks import (
 SMALL_HEAD = dict(decoder_hidden_size=16, unet_channels=[32, 16, 16, 8])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and least disturbed by other jobs) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
 
 def config(**kwargs) -> TerraMindConfig:
