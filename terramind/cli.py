@@ -20,9 +20,11 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--tokenizer-checkpoint", help="original tokenizer file, e.g. TerraMind_Tokenizer_S2L2A.pt")
     parser.add_argument("--output", required=True, help="folder to write (config + safetensors)")
     parser.add_argument("--variant", choices=["tiny", "small", "base", "large"], help="released architecture")
-    parser.add_argument("--modality", help="tokenizer modality (S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI)")
+    parser.add_argument("--modality", help="tokenizer modality (S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI); default: "
+                        "from the file name")  # fmt: skip
     parser.add_argument("--num-heads", type=int, help="attention heads, for checkpoints of no released variant")
-    parser.add_argument("--config", help="JSON of TerraMindConfig overrides, e.g. '{\"hidden_act\": \"gelu\"}'")
+    parser.add_argument("--config", help="JSON of config overrides (TerraMindConfig, or TerraMindTokenizerConfig with "
+                        "--tokenizer-checkpoint), e.g. '{\"hidden_act\": \"gelu\"}'")  # fmt: skip
     parser.add_argument("--push-to-hub", metavar="REPO", help="also push the converted folder to this Hub repo")
     parser.set_defaults(run=_run_convert)
 
@@ -30,20 +32,18 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _run_convert(args: argparse.Namespace) -> None:
     from .conversion import convert_checkpoint
 
+    overrides = {}
+    if args.config:
+        try:
+            overrides = json.loads(args.config)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--config is not valid JSON: {error}") from None
     if args.tokenizer_checkpoint:
-        if not args.modality:
-            raise UsageError("--tokenizer-checkpoint needs --modality (S2L2A, S1GRD, S1RTC, DEM, LULC or NDVI).")
         from .tokenizer_conversion import convert_tokenizer_checkpoint
 
         out = convert_tokenizer_checkpoint(args.tokenizer_checkpoint, args.output, args.modality,
-                                           push_to_hub=args.push_to_hub)  # fmt: skip
+                                           push_to_hub=args.push_to_hub, config_overrides=overrides or None)  # fmt: skip
     else:
-        overrides = {}
-        if args.config:
-            try:
-                overrides = json.loads(args.config)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"--config is not valid JSON: {error}") from None
         if args.num_heads:
             overrides["num_attention_heads"] = args.num_heads
         out = convert_checkpoint(args.checkpoint, args.output, variant=args.variant, config_overrides=overrides,

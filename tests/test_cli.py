@@ -119,3 +119,23 @@ def test_finetune_wraps_the_finetuning_script(tmp_path):
                  "--disable_tqdm", "true"])  # fmt: skip
     assert code == 0
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_convert_a_tokenizer_checkpoint(tmp_path):
+    """`terramind convert --tokenizer-checkpoint` gives a folder with the original's tokens (golden LULC case)."""
+    import json
+
+    import torch
+    from conftest import FIXTURES, MINI_TOKENIZER, MINI_VIT_DECODER
+
+    from terramind import TerraMindTokenizerModel
+
+    overrides = dict(MINI_TOKENIZER, num_channels=10, num_classes=10, **MINI_VIT_DECODER)
+    code = main(["convert", "--tokenizer-checkpoint", str(FIXTURES / "tokenizer_lulc_vqvae_original.pt"),
+                 "--modality", "LULC", "--config", json.dumps(overrides), "--output", str(tmp_path / "lulc")])  # fmt: skip
+    assert code == 0
+    tokenizer = TerraMindTokenizerModel.from_pretrained(tmp_path / "lulc")
+    case = torch.load(FIXTURES / "tokenizer_cases.pt", weights_only=True)["lulc_vqvae"]
+    seed, shape, classes = case["input"]["classes"]
+    class_map = torch.from_numpy(np.random.default_rng(seed).integers(0, classes, size=shape))
+    assert torch.equal(tokenizer.encode(class_map).tokens, case["tokens"])
