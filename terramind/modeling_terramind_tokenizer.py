@@ -142,59 +142,61 @@ def _grid_pos_embed(config: TerraMindTokenizerConfig, hidden_size: int) -> torch
     return sincos_pos_embed_2d(grid, grid, hidden_size)
 
 
-class TerraMindTokenizerEncoder(nn.Module):
-    """ViT encoder: conv patch embedding, fixed sin-cos positions, pre-norm blocks, residual post-MLP."""
+class TerraMindTokenizerViT(nn.Module):
+    """The trunk shared by the tokenizer's ViT encoder and decoder: fixed sin-cos positions (interpolated for
+    other grids), pre-norm blocks, residual post-MLP."""
 
-    def __init__(self, config: TerraMindTokenizerConfig):
+    def __init__(self, config: TerraMindTokenizerConfig, dim: int, num_heads: int, depth: int):
         super().__init__()
-        dim = config.hidden_size
-        block_config = vit_block_config(config, dim, config.num_attention_heads)
-        self.patch_embed = nn.Conv2d(config.num_channels, dim, kernel_size=config.patch_size, stride=config.patch_size)
+        block_config = vit_block_config(config, dim, num_heads)
         # A buffer, saved with the model: the original stores its (frozen) grid in the checkpoint.
         self.register_buffer("position_embeddings", _grid_pos_embed(config, dim), persistent=True)
-        self.layer = nn.ModuleList([TerraMindLayer(block_config) for _ in range(config.num_hidden_layers)])
+        self.layer = nn.ModuleList([TerraMindLayer(block_config) for _ in range(depth)])
         self.post_mlp_norm = layer_norm(block_config) if config.post_mlp else None
         self.post_mlp = TerraMindMLP(post_mlp_config(config, dim)) if config.post_mlp else None
         self.gradient_checkpointing = False
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, hidden, H / patch, W / patch)."""
-        hidden = self.patch_embed(pixel_values)
-        batch, dim, grid_h, grid_w = hidden.shape
-        hidden = hidden.flatten(2).transpose(1, 2)
+    def transform(self, grid: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) feature grid -> (B, h * w, D) tokens after positions, blocks and post-MLP."""
+        grid_h, grid_w = grid.shape[-2:]
+        hidden = grid.flatten(2).transpose(1, 2)
         hidden = hidden + interpolate_pos_embed(self.position_embeddings, grid_h, grid_w).to(hidden.dtype)
         for layer in self.layer:
             hidden = layer(hidden)
         if self.post_mlp is not None:
             hidden = hidden + self.post_mlp(self.post_mlp_norm(hidden))
-        return hidden.transpose(1, 2).reshape(batch, dim, grid_h, grid_w)
+        return hidden
 
 
-class TerraMindTokenizerViTDecoder(nn.Module):
-    """ViT decoder: tokens -> pre-norm blocks -> residual post-MLP -> per-token linear map to a pixel patch."""
+class TerraMindTokenizerEncoder(TerraMindTokenizerViT):
+    """ViT encoder: conv patch embedding, then the shared trunk."""
 
     def __init__(self, config: TerraMindTokenizerConfig):
-        super().__init__()
+        super().__init__(config, config.hidden_size, config.num_attention_heads, config.num_hidden_layers)
+        self.patch_embed = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=config.patch_size,
+                                     stride=config.patch_size)  # fmt: skip
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, hidden, H / patch, W / patch)."""
+        grid = self.patch_embed(pixel_values)
+        batch, dim, grid_h, grid_w = grid.shape
+        return self.transform(grid).transpose(1, 2).reshape(batch, dim, grid_h, grid_w)
+
+
+class TerraMindTokenizerViTDecoder(TerraMindTokenizerViT):
+    """ViT decoder: the shared trunk, then a per-token linear map to a pixel patch."""
+
+    def __init__(self, config: TerraMindTokenizerConfig):
         dim = config.decoder_hidden_size
-        block_config = vit_block_config(config, dim, config.decoder_num_attention_heads)
+        super().__init__(config, dim, config.decoder_num_attention_heads, config.decoder_num_hidden_layers)
         self.out_channels = config.output_channels
         self.patch_size = config.decoder_patch_size
-        self.register_buffer("position_embeddings", _grid_pos_embed(config, dim), persistent=True)
-        self.layer = nn.ModuleList([TerraMindLayer(block_config) for _ in range(config.decoder_num_hidden_layers)])
-        self.post_mlp_norm = layer_norm(block_config) if config.post_mlp else None
-        self.post_mlp = TerraMindMLP(post_mlp_config(config, dim)) if config.post_mlp else None
         self.out_proj = nn.Linear(dim, self.out_channels * self.patch_size**2)
-        self.gradient_checkpointing = False
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, hidden, h, w) -> (B, C, h * patch, w * patch); patches unpacked in (channel, row, column) order."""
         batch, _, grid_h, grid_w = hidden.shape
-        hidden = hidden.flatten(2).transpose(1, 2)
-        hidden = hidden + interpolate_pos_embed(self.position_embeddings, grid_h, grid_w).to(hidden.dtype)
-        for layer in self.layer:
-            hidden = layer(hidden)
-        if self.post_mlp is not None:
-            hidden = hidden + self.post_mlp(self.post_mlp_norm(hidden))
+        hidden = self.transform(hidden)
         p, c = self.patch_size, self.out_channels
         patches = self.out_proj(hidden).reshape(batch, grid_h, grid_w, c, p, p)
         return patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, c, grid_h * p, grid_w * p)
@@ -503,7 +505,7 @@ class TerraMindTokenizerPreTrainedModel(PreTrainedModel):
             init.uniform_(module.weight, -bound, bound)
             if module.bias is not None:
                 init.uniform_(module.bias, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
-        if isinstance(module, (TerraMindTokenizerEncoder, TerraMindTokenizerViTDecoder)):
+        if isinstance(module, TerraMindTokenizerViT):
             init.copy_(module.position_embeddings, _grid_pos_embed(self.config, module.position_embeddings.shape[-1]))
         elif isinstance(module, TerraMindFiniteScalarQuantizer):
             init.copy_(module.levels, torch.tensor(module.num_levels, dtype=torch.long))
