@@ -8,7 +8,6 @@ read with `torch.load(..., weights_only=True)` only.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -299,8 +298,3 @@ def resolve_original_release(name_or_path: str | os.PathLike, **hub_kwargs: Any)
         return f"TerraMind_v1_{match.group(1)}.pt" if match else None
 
     return resolve_release(name_or_path, ORIGINAL_MODEL_FILE, convert_checkpoint, guess, **hub_kwargs)
-
-
-def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
-    with open(path) as handle:
-        return json.load(handle)

@@ -256,7 +256,7 @@ class TerraMindGenerationMixin:
                 continue
             decoded = tokenizer.decode_tokens(result[name], timesteps=timesteps, generator=generator)
             if standardize and name != "LULC":
-                mean, std = (torch.tensor(v, device=decoded.device).view(1, -1, 1, 1) for v in standardization(name))
+                mean, std = _statistics(name, decoded.device)
                 decoded = decoded * std + mean
             result[name] = decoded
         return result
@@ -362,7 +362,7 @@ class TerraMindGenerationMixin:
             key = resolve_modality(name)
             value = value.to(device)
             if standardize and MODALITIES[key].kind != "sequence" and key != "LULC":
-                mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in standardization(key))
+                mean, std = _statistics(key, device)
                 if value.ndim != 4 or value.shape[1] != mean.shape[1]:
                     raise ValueError(f"Input {name} must be (B, {mean.shape[1]}, H, W), got {tuple(value.shape)}.")
                 value = (value.float() - mean) / std
@@ -378,6 +378,11 @@ class TerraMindGenerationMixin:
             if resolve_output_modality(key) == name:
                 return tokenizer
         return self.terramind.get_tokenizer(name)
+
+
+def _statistics(modality: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """v1 pre-training mean and std of a modality as (1, C, 1, 1) tensors."""
+    return tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in standardization(modality))
 
 
 def _sentinel_ids(tokenizer: Any) -> tuple[int, int]:

@@ -98,7 +98,6 @@ MODALITIES: dict[str, ModalitySpec] = {
 
 ORIGINAL_KEY_TO_NAME = {spec.original_key: name for name, spec in MODALITIES.items()}
 RAW_IMAGE_MODALITIES = tuple(n for n, s in MODALITIES.items() if s.kind == "image")
-TOKEN_MODALITIES = tuple(n for n, s in MODALITIES.items() if s.kind == "image_tokens")
 # Modalities the v1 decoder can generate, by their user-facing output names.
 GENERATABLE_MODALITIES = ("S2L2A", "S1GRD", "S1RTC", "DEM", "LULC", "NDVI", "Coordinates")
 # The image modality each tokenizer reads (tokenizer repos are named after it).
