@@ -11,12 +11,20 @@ from transformers import (
     AutoTokenizer,
 )
 
-from .configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
+from .configuration_terramind import TERRAMIND_VARIANTS, TERRATORCH_OUT_INDICES, TerraMindConfig
 from .configuration_terramind_tokenizer import TerraMindTokenizerConfig
+from .conversion import resolve_original_release
+from .generation_terramind import TerraMindGenerationConfig
 from .geotiff import read_geotiff, read_sample, write_geotiff
 from .image_processing_terramind import NODATA_MASK_SUFFIX, TerraMindImageProcessor, nodata_mask_key
 from .modalities import MODALITIES, resolve_modality
-from .modeling_terramind import TerraMindForGeneration, TerraMindModel, TerraMindModelOutput, TerraMindPreTrainedModel
+from .modeling_terramind import (
+    TerraMindForGeneration,
+    TerraMindGenerationOutput,
+    TerraMindModel,
+    TerraMindModelOutput,
+    TerraMindPreTrainedModel,
+)
 from .modeling_terramind_tasks import (
     TerraMindBackbone,
     TerraMindForImageClassification,
@@ -27,6 +35,12 @@ from .modeling_terramind_tasks import (
 from .modeling_terramind_tokenizer import TerraMindTokenizerModel
 from .processing_terramind import TerraMindProcessor, register_processors
 from .tokenization_terramind_coords import TerraMindCoordsTokenizer
+from .tokenizer_conversion import resolve_original_tokenizer_release
+
+# Original (terratorch) releases convert on the fly when loaded with the package; the model code itself, which
+# saved folders carry as remote code, never imports the converters.
+TerraMindPreTrainedModel.original_release_resolver = staticmethod(resolve_original_release)
+TerraMindTokenizerModel.original_release_resolver = staticmethod(resolve_original_tokenizer_release)
 
 AutoConfig.register("terramind", TerraMindConfig, exist_ok=True)
 AutoModel.register(TerraMindConfig, TerraMindModel, exist_ok=True)
@@ -41,6 +55,7 @@ register_processors()
 # where this package is not installed.
 TerraMindConfig.register_for_auto_class()
 TerraMindModel.register_for_auto_class("AutoModel")
+TerraMindForGeneration.register_for_auto_class("AutoModel")
 TerraMindTokenizerConfig.register_for_auto_class()
 TerraMindTokenizerModel.register_for_auto_class("AutoModel")
 TerraMindImageProcessor.register_for_auto_class("AutoImageProcessor")
@@ -55,6 +70,7 @@ __all__ = [
     "MODALITIES",
     "NODATA_MASK_SUFFIX",
     "TERRAMIND_VARIANTS",
+    "TERRATORCH_OUT_INDICES",
     "TerraMindBackbone",
     "TerraMindConfig",
     "TerraMindCoordsTokenizer",
@@ -62,6 +78,8 @@ __all__ = [
     "TerraMindForPixelRegression",
     "TerraMindForSemanticSegmentation",
     "TerraMindForGeneration",
+    "TerraMindGenerationConfig",
+    "TerraMindGenerationOutput",
     "TerraMindImageProcessor",
     "TerraMindModel",
     "TerraMindModelOutput",

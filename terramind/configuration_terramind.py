@@ -1,11 +1,11 @@
 """Configuration of TerraMind (IBM/ESA any-to-any Earth-observation foundation model)."""
 
-from __future__ import annotations
-
 import copy
-from typing import Any
+from typing import Any, Literal
 
-from transformers import PretrainedConfig
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 from .modalities import MODALITIES, RAW_IMAGE_MODALITIES, TOKENIZER_MODALITIES, resolve_modality
 
@@ -22,11 +22,19 @@ TERRAMIND_VARIANTS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 MERGE_METHODS = ("mean", "max", "concat", "dict", None)
+# TerraTorch's default stages for dense decoders (its SelectIndices [2, 5, 8, 11] / [5, 11, 17, 23], counted here
+# as "stageN" with the last one normed): the task heads' default, and a preset for `TerraMindBackbone`.
+TERRATORCH_OUT_INDICES: dict[str, list[int]] = {
+    "tiny": [3, 6, 9, 12], "small": [3, 6, 9, 12], "base": [3, 6, 9, 12], "large": [6, 12, 18, 24]
+}  # fmt: skip
+# Config keys of earlier versions: TiM sampling now lives in the frozen generator's generation config.
+LEGACY_TIM_SAMPLING = ("tim_decoding_steps", "tim_temperature", "tim_top_p", "tim_top_k")
 DEFAULT_TOKENIZER_REPOS = {m: f"ibm-esa-geospatial/TerraMind-1.0-Tokenizer-{m}" for m in TOKENIZER_MODALITIES}
 DEFAULT_TOKENIZER_REPOS["Coordinates"] = "ibm-esa-geospatial/TerraMind-1.0-Tokenizer-Coords"
 
 
-class TerraMindConfig(PretrainedConfig):
+@strict
+class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of a TerraMind v1 model (encoder, and the decoder used for generation and TiM).
 
     Args:
@@ -57,99 +65,110 @@ class TerraMindConfig(PretrainedConfig):
         attention_dropout, hidden_dropout: dropout rates of attention probabilities and block outputs.
         tim_modalities: Thinking-in-Modalities: modalities the model generates for itself and appends to its
             input (the original `_tim` models default to ["LULC"]). Empty disables TiM.
-        tim_decoding_steps, tim_temperature, tim_top_p, tim_top_k: sampling of the TiM modalities.
+            Their sampling (steps, temperature, top-k, top-p) is the frozen generator's generation config
+            (`generation_config.json` of the folder, or `tim_generation_config=` at loading).
         tokenizer_paths: modality -> folder or Hub repo of its tokenizer (defaults to the official repos).
         initializer_range: std of the normal init of embeddings.
+        out_indices / out_features: backbone stages (`stage_names`: "stem" = embeddings, "stage1".."stageL" = block
+            outputs, the last one normed), kept in sync as in Transformers' backbones. Neither given: the last stage
+            for `TerraMindBackbone`, and the task heads' own defaults (`TERRATORCH_OUT_INDICES` for UperNet/UNet).
     """
 
     model_type = "terramind"
 
-    def __init__(
-        self,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_decoder_layers: int = 12,
-        num_attention_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        intermediate_size: int | None = None,
-        hidden_act: str = "silu",
-        gated_mlp: bool = True,
-        qkv_bias: bool = False,
-        proj_bias: bool = False,
-        mlp_bias: bool = False,
-        layer_norm_eps: float = 1e-6,
-        image_size: int = 224,
-        patch_size: int = 16,
-        modalities: list[str | dict[str, int]] | dict[str, int] | None = None,
-        in_chans: int = 3,
-        bands: dict[str, list[str]] | None = None,
-        merge_method: str | None = "mean",
-        modality_drop_rate: float = 0.0,
-        num_register_tokens: int = 0,
-        drop_path_rate: float = 0.0,
-        attention_dropout: float = 0.0,
-        hidden_dropout: float = 0.0,
-        tim_modalities: list[str] | None = None,
-        tim_decoding_steps: int = 1,
-        tim_temperature: float = 1.0,
-        tim_top_p: float = 0.8,
-        tim_top_k: int = 0,
-        tokenizer_paths: dict[str, str] | None = None,
-        initializer_range: float = 0.02,
-        variant: str | None = None,
-        **kwargs,
-    ):
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_decoder_layers = num_decoder_layers
-        self.num_attention_heads = num_attention_heads
-        self.mlp_ratio = mlp_ratio
-        if intermediate_size is None:
-            intermediate_size = int(hidden_size * mlp_ratio)
-            if gated_mlp:  # the original keeps the parameter count of the plain MLP
-                intermediate_size = int(2 * intermediate_size / 3)
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.gated_mlp = gated_mlp
-        self.qkv_bias = qkv_bias
-        self.proj_bias = proj_bias
-        self.mlp_bias = mlp_bias
-        self.layer_norm_eps = layer_norm_eps
-        self.image_size = image_size
-        self.patch_size = patch_size
-        if isinstance(modalities, dict):
-            modalities = [modalities]
-        self.modalities = list(modalities) if modalities else [{"image": in_chans}]
-        self.in_chans = in_chans
-        self.bands = dict(bands) if bands else None
-        self.merge_method = merge_method
-        self.modality_drop_rate = modality_drop_rate
-        self.num_register_tokens = num_register_tokens
-        self.drop_path_rate = drop_path_rate
-        self.attention_dropout = attention_dropout
-        self.hidden_dropout = hidden_dropout
-        self.tim_modalities = list(tim_modalities or [])
-        self.tim_decoding_steps = tim_decoding_steps
-        self.tim_temperature = tim_temperature
-        self.tim_top_p = tim_top_p
-        self.tim_top_k = tim_top_k
-        self.tokenizer_paths = dict(tokenizer_paths or {})
-        self.initializer_range = initializer_range
-        self.variant = variant
-        kwargs.setdefault("tie_word_embeddings", True)  # decoder logits heads share the token embeddings
-        super().__init__(**kwargs)
-        self.validate()
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_decoder_layers: int = 12
+    num_attention_heads: int = 12
+    mlp_ratio: float | int = 4.0
+    intermediate_size: int | None = None
+    hidden_act: str = "silu"
+    gated_mlp: bool = True
+    qkv_bias: bool = False
+    proj_bias: bool = False
+    mlp_bias: bool = False
+    layer_norm_eps: float = 1e-6
+    image_size: int = 224
+    patch_size: int = 16
+    modalities: list[str | dict[str, int]] | dict[str, int] | None = None
+    in_chans: int = 3
+    bands: dict[str, list[str]] | None = None
+    merge_method: Literal["mean", "max", "concat", "dict"] | None = "mean"
+    modality_drop_rate: float | int = 0.0
+    num_register_tokens: int = 0
+    drop_path_rate: float | int = 0.0
+    attention_dropout: float | int = 0.0
+    hidden_dropout: float | int = 0.0
+    tim_modalities: list[str] | None = None
+    tokenizer_paths: dict[str, str] | None = None
+    initializer_range: float = 0.02
+    variant: str | None = None
+    tie_word_embeddings: bool = True  # the decoder's logits heads share the token embeddings
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.intermediate_size is None:
+            self.intermediate_size = int(self.hidden_size * self.mlp_ratio)
+            if self.gated_mlp:  # the original keeps the parameter count of the plain MLP
+                self.intermediate_size = int(2 * self.intermediate_size / 3)
+        if isinstance(self.modalities, dict):
+            self.modalities = [self.modalities]
+        self.modalities = list(self.modalities) if self.modalities else [{"image": self.in_chans}]
+        self.bands = dict(self.bands) if self.bands else None
+        self.tim_modalities = list(self.tim_modalities or [])
+        self.tokenizer_paths = dict(self.tokenizer_paths or {})
+        legacy_tim = sorted(k for k in kwargs if k in LEGACY_TIM_SAMPLING)
+        if legacy_tim:
+            raise ValueError(f"{', '.join(legacy_tim)} moved to the generation config: pass "
+                             f"tim_generation_config=TerraMindGenerationConfig(...) when loading a TiM model.")  # fmt: skip
+        self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+        self.set_output_features_output_indices(out_features=kwargs.pop("out_features", None),
+                                                out_indices=kwargs.pop("out_indices", None))  # fmt: skip
+        super().__post_init__(**kwargs)
 
     @classmethod
-    def from_variant(cls, variant: str, **kwargs) -> TerraMindConfig:
+    def from_variant(cls, variant: str, **kwargs) -> "TerraMindConfig":
         """Config of a released v1 architecture ("tiny", "small", "base", "large"); kwargs override."""
         if variant not in TERRAMIND_VARIANTS:
             raise ValueError(f"Unknown TerraMind variant {variant!r}; expected one of {', '.join(TERRAMIND_VARIANTS)}.")
         return cls(**{**TERRAMIND_VARIANTS[variant], "variant": variant, **kwargs})
 
-    # ------------------------------------------------------------------ validation
-    def validate(self) -> None:
+    # ------------------------------------------------------------------ backbone stages
+    def set_output_features_output_indices(self, out_features: list | None, out_indices: list | None) -> None:
+        """As Transformers' backbones (aligned and checked), except that giving neither stores neither: the backbone
+        then returns the last stage, and task heads use their own default (see `out_indices`)."""
+        if out_features is None and out_indices is None:
+            self._out_features = self._out_indices = None
+            return
+        super().set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+
+    @property
+    def out_features(self) -> list[str]:
+        return list(self._out_features) if self._out_features is not None else [self.stage_names[-1]]
+
+    @out_features.setter
+    def out_features(self, out_features: list[str] | None) -> None:
+        self.set_output_features_output_indices(out_features=out_features, out_indices=None)
+
+    @property
+    def out_indices(self) -> list[int]:
+        return list(self._out_indices) if self._out_indices is not None else [len(self.stage_names) - 1]
+
+    @out_indices.setter
+    def out_indices(self, out_indices: list[int] | tuple[int, ...] | None) -> None:
+        out_indices = list(out_indices) if out_indices is not None else None
+        self.set_output_features_output_indices(out_features=None, out_indices=out_indices)
+
+    @property
+    def out_indices_given(self) -> bool:
+        """Whether stages were chosen (task heads fall back to their own default otherwise)."""
+        return self._out_indices is not None
+
+    # ------------------------------------------------------------------ validation (run by `validate()`)
+    def validate_architecture(self) -> None:
         """Fail early, with what is allowed, instead of building a model that fails later."""
+        super().validate_architecture()
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                              f"({self.num_attention_heads}).")  # fmt: skip
@@ -157,13 +176,16 @@ class TerraMindConfig(PretrainedConfig):
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by 4 (2-D sin-cos embeddings).")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size}).")
-        if self.merge_method not in MERGE_METHODS:
-            raise ValueError(f"merge_method must be one of 'mean', 'max', 'concat', 'dict' or None, "
-                             f"got {self.merge_method!r}.")  # fmt: skip
         if not 0.0 <= self.modality_drop_rate <= 1.0:
             raise ValueError(f"modality_drop_rate must be in [0, 1], got {self.modality_drop_rate}.")
         if self.num_register_tokens < 0:
             raise ValueError(f"num_register_tokens must be >= 0, got {self.num_register_tokens}.")
+        for name in ("drop_path_rate", "attention_dropout", "hidden_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+
+    def validate_modalities(self) -> None:
+        """Modality names, band choices and Thinking-in-Modalities settings."""
         specs = self.modality_specs()  # validates names and duplicates
         for name, channels in specs.items():
             if channels is None and self.bands and name in self.bands:
@@ -253,7 +275,9 @@ class TerraMindConfig(PretrainedConfig):
         return len(names) if names else MODALITIES[key].num_channels
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(super().to_dict())
+        output = copy.deepcopy(super().to_dict())
+        output.pop("stage_names", None)  # derived from num_hidden_layers
+        return output
 
 
-__all__ = ["TerraMindConfig", "TERRAMIND_VARIANTS", "DEFAULT_TOKENIZER_REPOS"]
+__all__ = ["TerraMindConfig", "TERRAMIND_VARIANTS", "TERRATORCH_OUT_INDICES", "DEFAULT_TOKENIZER_REPOS"]

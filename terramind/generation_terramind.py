@@ -9,6 +9,8 @@ runs are reproducible (the original reseeds the global RNG instead).
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,8 +18,56 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
 from .modalities import MODALITIES, resolve_modality, resolve_output_modality, standardization, token_modality
+
+
+class TerraMindGenerationConfig(GenerationConfig):
+    """How TerraMind samples tokens (saved as `generation_config.json` beside the model).
+
+    Args:
+        decoding_steps: ROAR steps per image modality (the original's default is 1: every token at once).
+        temperature: sampling temperature per step; 0 is greedy (argmax).
+        top_k: keep the k most likely tokens (an int), or that fraction of the vocabulary (a float in (0, 1));
+            0 disables.
+        top_p: nucleus sampling: keep the smallest set of tokens with this probability mass; 0 disables.
+        timesteps: diffusion steps of the tokenizers' decoders when generated tokens are decoded to images.
+    """
+
+    def __init__(self, decoding_steps: int = 1, temperature: float = 1.0, top_k: int | float = 0,
+                 top_p: float = 0.8, timesteps: int = 50, **kwargs: Any):  # fmt: skip
+        self.decoding_steps = decoding_steps  # set first: the base class validates
+        self.timesteps = timesteps
+        kwargs.setdefault("do_sample", temperature > 0)
+        super().__init__(temperature=temperature, top_k=top_k, top_p=top_p, **kwargs)
+
+    @classmethod
+    def from_model_config(cls, model_config: Any) -> TerraMindGenerationConfig:
+        return cls()  # TerraMind's model config holds no sampling settings
+
+    @classmethod
+    def from_folder(cls, name_or_path: str | os.PathLike, **hub_kwargs: Any) -> TerraMindGenerationConfig:
+        """The folder's (or Hub repo's) generation_config.json, or the defaults when it has none."""
+        try:
+            return cls.from_pretrained(name_or_path, **hub_kwargs)
+        except (OSError, ValueError):
+            return cls()
+
+    def validate(self, strict: bool = False, user_set_attributes: set[str] | None = None) -> None:
+        """One-line errors for values the sampler cannot use (Transformers' checks of text generation do not
+        apply: TerraMind decodes token grids, not sequences with a length or a cache)."""
+        checks = (
+            ("decoding_steps", isinstance(self.decoding_steps, int) and self.decoding_steps >= 1, "an int >= 1"),
+            ("temperature", isinstance(self.temperature, (int, float)) and self.temperature >= 0, "a number >= 0"),
+            ("top_k", (isinstance(self.top_k, int) and self.top_k >= 0)
+             or (isinstance(self.top_k, float) and 0 < self.top_k < 1), "an int >= 0 or a fraction in (0, 1)"),
+            ("top_p", isinstance(self.top_p, (int, float)) and 0 <= self.top_p <= 1, "a number in [0, 1]"),
+            ("timesteps", isinstance(self.timesteps, int) and self.timesteps >= 1, "an int >= 1"),
+        )  # fmt: skip
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"Generation setting {name} must be {expected}, got {getattr(self, name)!r}.")
 
 
 def linear_token_schedule(steps: int, total: int) -> list[int]:
@@ -67,43 +117,18 @@ def sample_tokens(
 
 
 class TerraMindGenerationMixin:
-    """Generation for `TerraMindForGeneration` (the encoder is `self.terramind`, decoder parts on `self`)."""
+    """Sampling for `TerraMindForGeneration`, through its methods only: `encode_context` (inputs -> decoder
+    context), `decode` (mask-token queries -> logits of an image target) and `decode_sequence` (next-token logits of
+    a sequence target), with the settings of a `TerraMindGenerationConfig` (default: `self.generation_config`)."""
 
     # ------------------------------------------------------------------ token level
-    def _encode_context(self, pieces: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Encoder over (tokens, positional) pieces -> decoder context (projected output + positions)."""
-        tokens = torch.cat([t for t, _ in pieces], dim=1)
-        positions = torch.cat([p for _, p in pieces], dim=1)
-        hidden = tokens + positions
-        for layer in self.terramind.encoder.layer:
-            hidden = layer(hidden)
-        hidden = self.terramind.layernorm(hidden)
-        return self.decoder_proj_context(hidden) + positions
-
-    def _decode_logits(self, target: str, context: torch.Tensor, grid: tuple[int, int], positions: torch.Tensor):
-        """Logits (B, len(positions), V) of `target` tokens at the given flat grid positions."""
-        embedding = self.decoder_embeddings[target]
-        queries = embedding.positional(context.shape[0], *grid)[:, positions].to(context.dtype)
-        hidden = self.mask_token.to(context.dtype) + queries
-        for layer in self.decoder.layer:
-            hidden = layer(hidden, context)
-        return embedding.to_logits(self.decoder_layernorm(hidden))
-
-    def _embed_input(self, key: str, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if value.is_floating_point():
-            value = value.to(self.terramind.layernorm.weight.dtype)
-        return self.terramind.modality_embeddings[key](value)
-
     @torch.no_grad()
     def generate_tokens(
         self,
         inputs: Mapping[str, torch.Tensor],
         targets: Sequence[str],
         grid: tuple[int, int],
-        decoding_steps: int = 1,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.8,
+        generation_config: TerraMindGenerationConfig | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> dict[str, torch.Tensor]:
@@ -113,75 +138,79 @@ class TerraMindGenerationMixin:
         modalities, token grids (B, h, w) for token modalities, token ids (B, L) for sequences. Targets are
         decoded in order, each one conditioning the next.
         """
-        pieces = [self._embed_input(key, value) for key, value in inputs.items()]
-        batch = pieces[0][0].shape[0]
-        device = pieces[0][0].device
-        num_tokens = grid[0] * grid[1]
+        config = generation_config if generation_config is not None else self.generation_config
+        context_inputs = dict(inputs)
         out: dict[str, torch.Tensor] = {}
-        schedule = linear_token_schedule(decoding_steps, num_tokens)
+        schedule = linear_token_schedule(config.decoding_steps, grid[0] * grid[1])
         bar = tqdm(total=len(targets) * len(schedule), desc="TerraMind generation", disable=not progress)
         for target in targets:
             if MODALITIES[target].kind == "sequence":
-                out[target] = self._generate_sequence(target, pieces, temperature, top_k, top_p, generator)
-                pieces.append(self.terramind.modality_embeddings[target](out[target]))
+                out[target] = self._generate_sequence(target, context_inputs, config, generator)
                 bar.update(len(schedule))
-                continue
-            tokens = torch.zeros(batch, num_tokens, dtype=torch.long, device=device)
-            order = torch.randperm(num_tokens, generator=generator, device="cpu").to(device)
-            done = 0
-            embedding = self.terramind.modality_embeddings[target]
-            for count in schedule:
-                context_pieces = list(pieces)
-                if done:  # tokens of this target decoded in earlier steps condition the next ones
-                    known = order[:done]
-                    partial, partial_pos = embedding(tokens.reshape(batch, *grid))
-                    context_pieces.append((partial[:, known], partial_pos[:, known]))
-                context = self._encode_context(context_pieces)
-                select = order[done : done + count] if len(schedule) > 1 else torch.arange(num_tokens, device=device)
-                logits = self._decode_logits(target, context, grid, select)
-                tokens[:, select] = sample_tokens(logits, temperature, top_k, top_p, generator)
-                done += count
-                bar.update(1)
-            out[target] = tokens.reshape(batch, *grid)
-            pieces.append(embedding(out[target]))
+            else:
+                out[target] = self._generate_grid(target, context_inputs, grid, schedule, config, generator, bar)
+            context_inputs[target] = out[target]
         bar.close()
         return out
 
-    def _generate_sequence(
-        self,
-        target: str,
-        pieces: list[tuple[torch.Tensor, torch.Tensor]],
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
+    def _generate_grid(self, target: str, inputs: Mapping[str, torch.Tensor], grid: tuple[int, int],
+                       schedule: list[int], config: TerraMindGenerationConfig, generator: torch.Generator | None,
+                       bar: tqdm) -> torch.Tensor:  # fmt: skip
+        """ROAR decoding of one image target: a random order, `schedule[i]` tokens per step, tokens decoded in
+        earlier steps joining the context."""
+        first = next(iter(inputs.values()))
+        batch, device = first.shape[0], first.device
+        num_tokens = grid[0] * grid[1]
+        tokens = torch.zeros(batch, num_tokens, dtype=torch.long, device=device)
+        order = torch.randperm(num_tokens, generator=generator, device="cpu").to(device)
+        done = 0
+        for count in schedule:
+            step_inputs, known = dict(inputs), None
+            if done:  # tokens of this target decoded in earlier steps condition the next ones
+                step_inputs[target] = tokens.reshape(batch, *grid)
+                known = {target: order[:done]}
+            context, _ = self.encode_context(step_inputs, known)
+            select = order[done : done + count] if len(schedule) > 1 else None
+            logits, _ = self.decode(target, context, grid, select)
+            sampled = sample_tokens(logits, config.temperature, config.top_k, config.top_p, generator)
+            if select is None:
+                tokens = sampled
+            else:
+                tokens[:, select] = sampled
+            done += count
+            bar.update(1)
+        return tokens.reshape(batch, *grid)
+
+    def _generate_sequence(self, target: str, inputs: Mapping[str, torch.Tensor], config: TerraMindGenerationConfig,
+                           generator: torch.Generator | None) -> torch.Tensor:  # fmt: skip
         """Autoregressive decoding of a sequence modality (coordinates), as the original: start from the sentinel
         [S_1], causal self-attention, stop when every sequence has the closing sentinel [S_2] or at the maximum
         length. Returns the tokens between the sentinels (B, L), padded with 0 ([PAD])."""
-        from .modeling_terramind import additive_attention_mask  # (modeling_terramind imports this module)
-
-        start, stop = _sentinel_ids(self.terramind.get_tokenizer(target) if target == "Coordinates" else None)
-        context = self._encode_context(pieces)
-        batch = context.shape[0]
-        embedding = self.decoder_embeddings[target]
+        start, stop = sentinel_ids(self.terramind.get_tokenizer(target) if target == "Coordinates" else None)
+        context, _ = self.encode_context(inputs)
         length = MODALITIES[target].max_length - 1  # targets of the original's empty sequence: 3 of 4 positions
-        positions = embedding.positional(batch, length).to(context.dtype)
-        out = torch.full((batch, 1), start, dtype=torch.long, device=context.device)
+        out = torch.full((context.shape[0], 1), start, dtype=torch.long, device=context.device)
         for _ in range(length):
-            size = out.shape[1]
-            hidden = embedding.token_emb(out) + positions[:, :size]
-            causal = torch.ones(size, size, dtype=torch.bool, device=context.device).tril().expand(batch, -1, -1)
-            mask = additive_attention_mask(causal, hidden.dtype)
-            for layer in self.decoder.layer:
-                hidden = layer(hidden, context, self_attention_mask=mask)
-            logits = embedding.to_logits(self.decoder_layernorm(hidden[:, -1]))
-            out = torch.cat([out, sample_tokens(logits, temperature, top_k, top_p, generator)[:, None]], dim=1)
+            logits, _ = self.decode_sequence(target, context, out)
+            next_token = sample_tokens(logits[:, -1], config.temperature, config.top_k, config.top_p, generator)
+            out = torch.cat([out, next_token[:, None]], dim=1)
             if (out == stop).any(dim=1).all():
                 break
         tokens = out[:, 1:]
         ended = (tokens == stop).cumsum(dim=1) > 0
         return tokens.masked_fill(ended, 0)
+
+    def sampling_config(
+        self, generation_config: TerraMindGenerationConfig | None, options: dict[str, Any]
+    ) -> TerraMindGenerationConfig:
+        """A checked copy of `generation_config` (default: the model's) updated with the sampling settings among
+        `options` (taken out of it), as Transformers' `generate(**kwargs)` does."""
+        config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
+        settings = {k: options.pop(k) for k in list(options) if k in SAMPLING_SETTINGS}
+        for name, value in settings.items():
+            setattr(config, name, value)
+        config.validate()
+        return config
 
     # ------------------------------------------------------------------ user level
     @torch.no_grad()
@@ -189,13 +218,9 @@ class TerraMindGenerationMixin:
         self,
         inputs: Mapping[str, torch.Tensor] | None = None,
         output_modalities: Sequence[str] = ("S2L2A",),
-        decoding_steps: int = 1,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.8,
+        generation_config: TerraMindGenerationConfig | None = None,
         generator: torch.Generator | None = None,
         seed: int | None = None,
-        timesteps: int = 50,
         standardize: bool = False,
         decode: bool = True,
         input_tokens: Mapping[str, torch.Tensor] | None = None,
@@ -211,11 +236,10 @@ class TerraMindGenerationMixin:
                 too: they are tokenized with their tokenizer first. Coordinates as (B, 2) lon/lat.
             input_tokens: ready token grids (B, H/16, W/16) per tokenized modality, skipping its tokenizer.
             output_modalities: generated in this order, each conditioning the next (as the original).
-            decoding_steps: ROAR steps per image modality (the original's default is 1).
-            temperature, top_k, top_p: sampling per step; temperature 0 is greedy.
+            generation_config: sampling settings (default: the model's `generation_config`); keyword arguments
+                `decoding_steps`, `temperature`, `top_k`, `top_p`, `timesteps` override it for this call.
             generator / seed: a `torch.Generator` (or a seed for a new CPU one) drives every random choice, so
                 seeded runs are reproducible.
-            timesteps: diffusion steps of the tokenizers' decoders.
             standardize: False (default): inputs are already standardized (e.g. by TerraMindProcessor) and outputs
                 stay standardized. True: inputs are physical values, standardized here with the v1 pre-training
                 statistics, and outputs are returned in physical units. Don't standardize twice.
@@ -229,6 +253,7 @@ class TerraMindGenerationMixin:
         """
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
+        config = self.sampling_config(generation_config, modalities)
         given = dict(inputs or {})
         for name, value in modalities.items():
             if name in given:
@@ -244,8 +269,7 @@ class TerraMindGenerationMixin:
                              "Coordinates.")  # fmt: skip
         model_inputs, grid = self.prepare_generation_inputs(given, input_tokens, standardize, tokenizers)
         targets = [token_modality(name) for name in outputs]
-        tokens = self.generate_tokens(model_inputs, targets, grid, decoding_steps, temperature, top_k, top_p,
-                                      generator, progress)  # fmt: skip
+        tokens = self.generate_tokens(model_inputs, targets, grid, config, generator, progress)
         result = {name: tokens[key] for name, key in zip(outputs, targets, strict=True)}
         if not decode:
             return result
@@ -254,7 +278,7 @@ class TerraMindGenerationMixin:
             if name == "Coordinates":
                 result[name] = tokenizer.decode_coordinates(result[name])  # (B, 2) lon, lat; NaN if unparseable
                 continue
-            decoded = tokenizer.decode_tokens(result[name], timesteps=timesteps, generator=generator)
+            decoded = tokenizer.decode_tokens(result[name], timesteps=config.timesteps, generator=generator)
             if standardize and name != "LULC":
                 mean, std = _statistics(name, decoded.device)
                 decoded = decoded * std + mean
@@ -285,7 +309,7 @@ class TerraMindGenerationMixin:
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
         images = dict(inputs or {})
-        images.update({k: kwargs.pop(k) for k in list(kwargs) if k not in _GENERATE_OPTIONS})
+        images.update({k: kwargs.pop(k) for k in list(kwargs) if k not in SAMPLING_SETTINGS + _GENERATE_OPTIONS})
         if not images:
             raise ValueError("No inputs given: pass at least one input modality (e.g. S2L2A=...).")
         if any(resolve_output_modality(name) == "Coordinates" for name in output_modalities):
@@ -385,7 +409,7 @@ def _statistics(modality: str, device: torch.device) -> tuple[torch.Tensor, torc
     return tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in standardization(modality))
 
 
-def _sentinel_ids(tokenizer: Any) -> tuple[int, int]:
+def sentinel_ids(tokenizer: Any) -> tuple[int, int]:
     """Ids of [S_1] and [S_2]: from the coordinates tokenizer, else the original's fixed 5 and 6."""
     if tokenizer is not None:
         ids = tokenizer.convert_tokens_to_ids(["[S_1]", "[S_2]"])
@@ -394,8 +418,8 @@ def _sentinel_ids(tokenizer: Any) -> tuple[int, int]:
     return 5, 6
 
 
-_GENERATE_OPTIONS = {"decoding_steps", "temperature", "top_k", "top_p", "timesteps", "standardize", "input_tokens",
-                     "tokenizers"}  # fmt: skip
+SAMPLING_SETTINGS = ("decoding_steps", "temperature", "top_k", "top_p", "timesteps")
+_GENERATE_OPTIONS = ("generation_config", "standardize", "input_tokens", "tokenizers")
 
 
 def _tile_starts(size: int, tile: int, stride: int) -> list[int]:

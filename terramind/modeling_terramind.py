@@ -1,9 +1,13 @@
-"""TerraMind encoder (TerraMindModel) and the building blocks shared by the whole package.
+"""TerraMind models: the encoder (`TerraMindModel`) and the any-to-any generator (`TerraMindForGeneration`).
 
-Numerically equal to `terratorch.models.backbones.terramind` (terratorch 1.2.13): pre-norm ViT blocks with
-bias-free LayerNorms, fused `qkv`, GELU or SwiGLU MLPs, one linear patch embedding per modality on
-(ph, pw, channel)-flattened patches, fixed 2-D sin-cos positional embeddings (interpolated bicubically for
-other sizes) plus a learned modality embedding.
+Numerically equal to `terratorch.models.backbones.terramind` (terratorch 1.2.13). Read top-down:
+- modality embeddings: one linear patch embedding per raw image modality on (ph, pw, channel)-flattened patches,
+  token embeddings for tokenized modalities and sequences, each plus fixed sin-cos positions (interpolated
+  bicubically for other sizes) and a learned modality embedding; `TerraMindEmbeddings` holds them per modality;
+- `TerraMindEncoder` and `TerraMindDecoder`: stacks of the shared blocks (`modeling_terramind_layers`);
+- `TerraMindModel`: inputs -> embeddings -> encoder -> norm -> the per-modality tokens merged (`merge_method`);
+- `TerraMindForGeneration`: the encoder plus the decoder predicting target-modality tokens (`forward` gives their
+  logits and loss, `generate` samples them, `generation_terramind`).
 """
 
 from __future__ import annotations
@@ -12,227 +16,33 @@ import copy
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithCrossAttentions
 from transformers.utils import ModelOutput, logging
 
 from .configuration_terramind import TerraMindConfig
-from .conversion import resolve_original_release
-from .generation_terramind import TerraMindGenerationMixin
+from .generation_terramind import TerraMindGenerationConfig, TerraMindGenerationMixin, sentinel_ids
 from .modalities import MODALITIES, NODATA_MASK_SUFFIX, resolve_modality, token_modality
+from .modeling_terramind_layers import (
+    TerraMindDecoderLayer,
+    TerraMindLayer,
+    additive_attention_mask,
+    init_transformer_weights,
+    interpolate_pos_embed,
+    layer_norm,
+    sincos_pos_embed_1d,
+    sincos_pos_embed_2d,
+)
 
 logger = logging.get_logger(__name__)
-
-
-# ----------------------------------------------------------------------------- positional embeddings
-def sincos_pos_embed_2d(height: int, width: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 2-D sin-cos embeddings (1, height*width, dim), in the original's (MoCo-v3) layout.
-
-    The original builds the grid with `meshgrid(arange(w), arange(h), indexing="ij")`, i.e. the first
-    quarter of channels encodes the *slow* axis of the flattened sequence; kept as is for parity.
-    """
-    grid_w, grid_h = torch.meshgrid(torch.arange(width), torch.arange(height), indexing="ij")
-    quarter = dim // 4
-    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / quarter)
-    out_w = grid_w.reshape(-1, 1).float() * omega
-    out_h = grid_h.reshape(-1, 1).float() * omega
-    return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1).unsqueeze(0)
-
-
-def sincos_pos_embed_1d(length: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 1-D sin-cos embeddings (1, length, dim)."""
-    half = dim // 2
-    omega = 1.0 / temperature ** (torch.arange(half, dtype=torch.float32) / half)
-    out = torch.arange(length, dtype=torch.float32).reshape(-1, 1) * omega
-    return torch.cat([out.sin(), out.cos()], dim=1).unsqueeze(0)
-
-
-def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Resize (1, N, D) square-grid embeddings to a (grid_h, grid_w) grid, bicubic, as the original."""
-    side = int(math.sqrt(pos_embed.shape[1]))
-    if (side, side) == (grid_h, grid_w):
-        return pos_embed
-    dim = pos_embed.shape[-1]
-    grid = pos_embed.reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=(grid_h, grid_w), mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim).to(pos_embed.dtype)
-
-
-# ----------------------------------------------------------------------------- shared blocks
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
-    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
-    return torch.matmul(attn_weights, value).transpose(1, 2).contiguous(), attn_weights
-
-
-def additive_attention_mask(allowed: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(B, Nq, Nk) boolean "may attend" mask -> (B, 1, Nq, Nk) additive float mask for the attention functions."""
-    if allowed is None:
-        return None
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
-
-
-class TerraMindAttention(nn.Module):
-    """Multi-head attention through the Transformers attention interface (SDPA by default, eager available).
-
-    Self-attention uses one fused `qkv` projection; cross-attention (`is_cross_attention=True`) projects the
-    queries with `q` and the context with a fused `kv`, matching the original's parameter names.
-    """
-
-    def __init__(self, config: Any, is_cross_attention: bool = False):
-        super().__init__()
-        self.config = config
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // self.num_heads
-        self.scaling = self.head_dim**-0.5
-        self.is_causal = False
-        self.is_cross_attention = is_cross_attention
-        dim = config.hidden_size
-        if is_cross_attention:
-            self.q = nn.Linear(dim, dim, bias=config.qkv_bias)
-            self.kv = nn.Linear(dim, 2 * dim, bias=config.qkv_bias)
-        else:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=config.proj_bias)
-        self.proj_dropout = nn.Dropout(getattr(config, "hidden_dropout", 0.0))
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        context: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        batch, length, dim = hidden_states.shape
-        heads = (batch, -1, self.num_heads, self.head_dim)
-        if self.is_cross_attention:
-            query = self.q(hidden_states).view(heads).transpose(1, 2)
-            key, value = self.kv(context).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        else:
-            qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
-            query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        implementation = getattr(self.config, "_attn_implementation", None) or "sdpa"
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        output, _ = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=getattr(self.config, "attention_dropout", 0.0) if self.training else 0.0,
-            is_causal=False,
-        )
-        return self.proj_dropout(self.proj(output.reshape(batch, length, dim)))
-
-
-class TerraMindMLP(nn.Module):
-    """Feed-forward block: fc2(act(fc1(x))), or SwiGLU fc2(act(fc1(x)) * fc3(x)) when `gated_mlp`."""
-
-    def __init__(self, config: Any):
-        super().__init__()
-        dim, hidden, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.fc1 = nn.Linear(dim, hidden, bias=bias)
-        self.act = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(hidden, dim, bias=bias)
-        self.fc3 = nn.Linear(dim, hidden, bias=bias) if config.gated_mlp else None
-        self.dropout = nn.Dropout(getattr(config, "hidden_dropout", 0.0))
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        gate = self.act(self.fc1(hidden_states))
-        if self.fc3 is not None:
-            gate = gate * self.fc3(hidden_states)
-        return self.dropout(self.fc2(gate))
-
-
-class TerraMindDropPath(nn.Module):
-    """Stochastic depth per sample (active in training only)."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return hidden_states
-        keep = 1.0 - self.drop_prob
-        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-        mask = hidden_states.new_empty(shape).bernoulli_(keep)
-        return hidden_states * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.drop_prob}"
-
-
-def layer_norm(config: Any) -> nn.LayerNorm:
-    """TerraMind's LayerNorm: no bias (the released files carry zero bias buffers), eps from the config."""
-    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=getattr(config, "layer_norm_bias", False))
-
-
-class TerraMindLayer(GradientCheckpointingLayer):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
-
-    def __init__(self, config: Any, drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = layer_norm(config)
-        self.attention = TerraMindAttention(config)
-        self.norm2 = layer_norm(config)
-        self.mlp = TerraMindMLP(config)
-        self.drop_path = TerraMindDropPath(drop_path)
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        hidden_states = hidden_states + self.drop_path(self.attention(self.norm1(hidden_states), None, attention_mask))
-        return hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
-
-
-class TerraMindDecoderLayer(GradientCheckpointingLayer):
-    """Decoder block: self-attention, cross-attention to the (normed) encoder context, MLP."""
-
-    def __init__(self, config: Any, drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = layer_norm(config)
-        self.self_attention = TerraMindAttention(config)
-        self.query_norm = layer_norm(config)
-        self.context_norm = layer_norm(config)
-        self.cross_attention = TerraMindAttention(config, is_cross_attention=True)
-        self.norm2 = layer_norm(config)
-        self.mlp = TerraMindMLP(config)
-        self.drop_path = TerraMindDropPath(drop_path)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        context: torch.Tensor,
-        self_attention_mask: torch.Tensor | None = None,
-        cross_attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        attended = self.self_attention(self.norm1(hidden_states), None, self_attention_mask)
-        hidden_states = hidden_states + self.drop_path(attended)
-        attended = self.cross_attention(self.query_norm(hidden_states), self.context_norm(context), cross_attention_mask)
-        hidden_states = hidden_states + self.drop_path(attended)
-        return hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
 
 
 # ----------------------------------------------------------------------------- modality embeddings
@@ -276,6 +86,14 @@ class TerraMindPatchEmbedding(nn.Module):
         patches = pixel_values.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
         return patches.reshape(b, (h // p) * (w // p), p * p * c)
 
+    def positional(self, batch: int, grid_h: int, grid_w: int) -> torch.Tensor:
+        pos = interpolate_pos_embed(self.pos_emb, grid_h, grid_w)
+        return (pos + self.mod_emb).expand(batch, -1, -1)
+
+    def positions_for(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Positional + modality embeddings (B, N, D) of an input, without embedding its pixels."""
+        return self.positional(pixel_values.shape[0], *(s // self.patch_size for s in pixel_values.shape[-2:]))
+
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (token embeddings, positional + modality embeddings), both (B, N, D)."""
         b, _, h, w = pixel_values.shape
@@ -287,8 +105,7 @@ class TerraMindPatchEmbedding(nn.Module):
             tokens = self.proj(self._patchify(scattered))
             if self.new_bands_proj is not None:
                 tokens = tokens + self.new_bands_proj(self._patchify(pixel_values[:, self.new_band_positions]))
-        pos = interpolate_pos_embed(self.pos_emb, h // self.patch_size, w // self.patch_size)
-        return tokens, (pos + self.mod_emb).to(tokens.dtype).expand(b, -1, -1)
+        return tokens, self.positional(b, h // self.patch_size, w // self.patch_size).to(tokens.dtype)
 
 
 class TerraMindImageTokenEmbedding(nn.Module):
@@ -307,11 +124,21 @@ class TerraMindImageTokenEmbedding(nn.Module):
         pos = interpolate_pos_embed(self.pos_emb, grid_h, grid_w)
         return (pos + self.mod_emb).expand(batch, -1, -1)
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens: (B, h, w) grid (or (B, h*w) for a square grid)."""
+    @staticmethod
+    def _grid(tokens: torch.Tensor) -> torch.Tensor:
         if tokens.ndim == 2:
             side = int(math.isqrt(tokens.shape[1]))
             tokens = tokens.reshape(tokens.shape[0], side, side)
+        return tokens
+
+    def positions_for(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Positional + modality embeddings (B, N, D) of a token grid."""
+        tokens = self._grid(tokens)
+        return self.positional(tokens.shape[0], *tokens.shape[1:])
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens: (B, h, w) grid (or (B, h*w) for a square grid)."""
+        tokens = self._grid(tokens)
         b, gh, gw = tokens.shape
         embedded = self.token_emb(tokens.reshape(b, gh * gw))
         return embedded, self.positional(b, gh, gw).to(embedded.dtype)
@@ -332,6 +159,10 @@ class TerraMindSequenceEmbedding(nn.Module):
     def positional(self, batch: int, length: int) -> torch.Tensor:
         return (self.pos_emb[:, :length] + self.mod_emb).expand(batch, -1, -1)
 
+    def positions_for(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Positional + modality embeddings (B, L, D) of a token sequence."""
+        return self.positional(tokens.shape[0], tokens.shape[1])
+
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedded = self.token_emb(tokens)
         return embedded, self.positional(tokens.shape[0], tokens.shape[1]).to(embedded.dtype)
@@ -349,6 +180,131 @@ def build_modality_embedding(config: TerraMindConfig, key: str, channels: int | 
     return TerraMindSequenceEmbedding(config, spec.vocab_size, spec.max_length, with_logits=decoder)
 
 
+
+
+class TerraMindEmbeddings(nn.ModuleDict):
+    """Inputs -> tokens: the embedding module of every modality key, applied in input order and concatenated.
+
+    `token_positions` keeps only some tokens of a modality (e.g. the target tokens already decoded, which condition
+    the next ones in generation); `token_slices` says where each modality's tokens sit in the sequence.
+    """
+
+    def __init__(self, config: TerraMindConfig, channels: Mapping[str, int | None], decoder: bool = False):
+        super().__init__({key: build_modality_embedding(config, key, ch, decoder) for key, ch in channels.items()})
+
+    def forward(
+        self, inputs: Mapping[str, torch.Tensor], token_positions: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Token + positional + modality embeddings (B, N, D) of every input."""
+        pieces = []
+        for key, value in inputs.items():
+            if value.is_floating_point():  # pixels in the model's dtype (bf16 models take fp32 inputs)
+                value = value.to(self[key].mod_emb.dtype)
+            tokens, positions = self[key](value)
+            pieces.append(_keep(tokens + positions, key, token_positions))
+        return torch.cat(pieces, dim=1)
+
+    def positions(
+        self, inputs: Mapping[str, torch.Tensor], token_positions: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Positional + modality embeddings (B, N, D) alone (the decoder context adds them again)."""
+        return torch.cat([_keep(self[k].positions_for(v), k, token_positions) for k, v in inputs.items()], dim=1)
+
+    def token_slices(
+        self, inputs: Mapping[str, torch.Tensor], token_positions: Mapping[str, torch.Tensor] | None = None,
+        offset: int = 0,
+    ) -> dict[str, slice]:  # fmt: skip
+        """Where each modality's tokens are in the embedded sequence (after `offset` leading tokens)."""
+        slices = {}
+        for key, value in inputs.items():
+            kept = (token_positions or {}).get(key)
+            count = len(kept) if kept is not None else self[key].positions_for(value).shape[1]
+            slices[key] = slice(offset, offset + count)
+            offset += count
+        return slices
+
+
+def _keep(tokens: torch.Tensor, key: str, token_positions: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+    kept = (token_positions or {}).get(key)
+    return tokens if kept is None else tokens[:, kept]
+
+
+# ----------------------------------------------------------------------------- encoder and decoder
+def _padding_mask(attention_mask: torch.Tensor | None, queries: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, Nk) "token is valid" mask -> (B, 1, queries, Nk) additive attention mask."""
+    if attention_mask is None:
+        return None
+    return additive_attention_mask(attention_mask.bool()[:, None, :].expand(-1, queries, -1), dtype)
+
+
+class TerraMindEncoder(nn.Module):
+    """The encoder blocks. `attention_mask` (B, N), 1 for tokens to attend to, hides padding tokens."""
+
+    def __init__(self, config: TerraMindConfig):
+        super().__init__()
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
+        self.layer = nn.ModuleList([TerraMindLayer(config, rate) for rate in rates])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutput:
+        """`last_hidden_state` is the last block's output (before the final norm); `hidden_states` the input and
+        every block's output."""
+        mask = _padding_mask(attention_mask, hidden_states.shape[1], hidden_states.dtype)
+        all_states = [hidden_states] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for layer in self.layer:
+            hidden_states, weights = layer(hidden_states, mask, output_attentions)
+            if output_hidden_states:
+                all_states.append(hidden_states)
+            if output_attentions:
+                attentions.append(weights)
+        return BaseModelOutput(last_hidden_state=hidden_states,
+                               hidden_states=tuple(all_states) if all_states is not None else None,
+                               attentions=tuple(attentions) if attentions is not None else None)  # fmt: skip
+
+
+class TerraMindDecoder(nn.Module):
+    """The decoder blocks: queries attend to each other (optionally causally) and to the encoder context."""
+
+    def __init__(self, config: TerraMindConfig):
+        super().__init__()
+        rates = torch.linspace(0, config.drop_path_rate, config.num_decoder_layers, device="cpu").tolist()
+        self.layer = nn.ModuleList([TerraMindDecoderLayer(config, rate) for rate in rates])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        context: torch.Tensor,
+        self_attention_mask: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithCrossAttentions:
+        """`self_attention_mask`: additive (B, 1, Nq, Nq) (e.g. causal); `context_mask`: (B, Nk) valid context."""
+        cross_mask = _padding_mask(context_mask, hidden_states.shape[1], hidden_states.dtype)
+        all_states = [hidden_states] if output_hidden_states else None
+        attentions, cross_attentions = ([], []) if output_attentions else (None, None)
+        for layer in self.layer:
+            hidden_states, weights, cross_weights = layer(hidden_states, context, self_attention_mask, cross_mask,
+                                                          output_attentions)  # fmt: skip
+            if output_hidden_states:
+                all_states.append(hidden_states)
+            if output_attentions:
+                attentions.append(weights)
+                cross_attentions.append(cross_weights)
+        return BaseModelOutputWithCrossAttentions(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_states) if all_states is not None else None,
+            attentions=tuple(attentions) if attentions is not None else None,
+            cross_attentions=tuple(cross_attentions) if cross_attentions is not None else None,
+        )
+
+
 # ----------------------------------------------------------------------------- outputs
 @dataclass
 class TerraMindModelOutput(ModelOutput):
@@ -360,11 +316,14 @@ class TerraMindModelOutput(ModelOutput):
             for "dict", all tokens (B, N_total, D) for None.
         hidden_states: with `output_hidden_states=True`, the embedding output followed by every block's output
             (the last one before the final norm), each merged like `last_hidden_state`.
+        attentions: with `output_attentions=True`, every block's attention probabilities (B, heads, N, N) over all
+            tokens (registers, every modality, TiM tokens), unmerged.
         tim_tokens: Thinking-in-Modalities: modality -> (B, N) token ids the model generated for itself.
     """
 
     last_hidden_state: Any = None
     hidden_states: tuple[Any, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
     tim_tokens: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
@@ -378,36 +337,30 @@ class TerraMindModelOutput(ModelOutput):
         self.move_to_end("last_hidden_state", last=False)
 
 
-# ----------------------------------------------------------------------------- models
-@torch.no_grad()
-def init_transformer_weights(module: nn.Module, std: float) -> bool:
-    """The original's (MAE) init of the transformer parts: fused q/k/v projections uniform per part, other linears
-    xavier with zero bias, norms to identity, token embeddings N(0, std). Returns whether `module` was one of them
-    (shared by the TerraMind models and tokenizers)."""
-    if isinstance(module, TerraMindAttention):
-        for name, parts in (("qkv", 3), ("kv", 2), ("q", 1)):
-            linear = getattr(module, name, None)
-            if linear is not None:
-                bound = math.sqrt(6.0 / float(linear.weight.shape[0] // parts + linear.weight.shape[1]))
-                init.uniform_(linear.weight, -bound, bound)
-                if linear.bias is not None:
-                    init.zeros_(linear.bias)
-    elif isinstance(module, nn.Linear):
-        init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            init.zeros_(module.bias)
-    elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
-        if module.weight is not None:
-            init.ones_(module.weight)
-        if module.bias is not None:
-            init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        init.normal_(module.weight, std=std)
-    else:
-        return False
-    return True
+@dataclass
+class TerraMindGenerationOutput(ModelOutput):
+    """Output of `TerraMindForGeneration.forward`.
+
+    Args:
+        loss: with `labels`, the summed cross-entropy of the target modalities' tokens.
+        logits: target modality -> (B, N, vocab_size) logits of its tokens (image modalities in row-major grid
+            order; sequences per position).
+        encoder_last_hidden_state: the decoder's context (B, N_in, D): encoder output, normed and projected.
+        encoder_hidden_states / encoder_attentions: the encoder's, with `output_hidden_states` / `output_attentions`.
+        decoder_hidden_states / decoder_attentions / cross_attentions: per target modality, the decoder's.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: dict[str, torch.Tensor] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    decoder_hidden_states: dict[str, tuple[torch.Tensor, ...]] | None = None
+    decoder_attentions: dict[str, tuple[torch.Tensor, ...]] | None = None
+    cross_attentions: dict[str, tuple[torch.Tensor, ...]] | None = None
 
 
+# ----------------------------------------------------------------------------- base class
 class TerraMindPreTrainedModel(PreTrainedModel):
     config_class = TerraMindConfig
     config: TerraMindConfig
@@ -420,27 +373,35 @@ class TerraMindPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = True
+    # Converts an original (terratorch) release to a Transformers folder: set by the `terramind` package
+    # (conversion.py), absent where only the saved remote code is loaded, which never needs it.
+    original_release_resolver: ClassVar[Callable[..., str | None] | None] = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
         """Standard loading, plus original releases: a folder or Hub repo holding `TerraMind_v1_*.pt` and no
         config.json (e.g. `ibm-esa-geospatial/TerraMind-1.0-base`) is converted once into the cache first."""
-        if pretrained_model_name_or_path is not None:
-            hub = {k: kwargs.get(k) for k in ("token", "revision")}
-            converted = resolve_original_release(pretrained_model_name_or_path, **hub)
+        resolver = TerraMindPreTrainedModel.original_release_resolver
+        if pretrained_model_name_or_path is not None and resolver is not None:
+            converted = resolver(pretrained_model_name_or_path, **{k: kwargs.get(k) for k in ("token", "revision")})
             if converted is not None:
                 pretrained_model_name_or_path = converted
         want_info = kwargs.pop("output_loading_info", False)
+        tim_generation_config = kwargs.pop("tim_generation_config", None)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
                                               **kwargs)  # fmt: skip
-        model._fill_tim_generators(info, **kwargs)
+        model._fill_tim_generators(info, tim_generation_config, **kwargs)
+        if isinstance(model, TerraMindForGeneration):
+            model.generation_config = kwargs.get("generation_config") or TerraMindGenerationConfig.from_folder(
+                pretrained_model_name_or_path, **_hub_kwargs(kwargs))
         model._after_loading()
         return (model, info) if want_info else model
 
-    def _fill_tim_generators(self, info: dict, **kwargs: Any) -> None:
+    def _fill_tim_generators(self, info: dict, generation_config: TerraMindGenerationConfig | None,
+                             **kwargs: Any) -> None:  # fmt: skip
         """Load frozen TiM generators from the same folder when it does not hold them itself (a converted release
-        holds the generator's weights under their plain names), and keep them frozen (loading hands out fresh
-        Parameters)."""
+        holds the generator's weights under their plain names), set their sampling (the folder's generation config
+        unless one is given) and keep them frozen (loading hands out fresh Parameters)."""
         source = self.config._name_or_path
         for module in self.modules():
             if not isinstance(module, TerraMindModel) or module.tim_generator is None:
@@ -448,10 +409,12 @@ class TerraMindPreTrainedModel(PreTrainedModel):
             if not checkpoint_has_key(source, "tim_generator.", **kwargs):
                 weights = TerraMindForGeneration.from_pretrained(
                     source, modalities=list(module.tim_generator.terramind.modality_channels),
-                    config=tim_generator_config(module.config), dtype=module.dtype,
+                    config=tim_generator_config(module.config), dtype=module.dtype, **_hub_kwargs(kwargs),
                 )  # fmt: skip
                 module.tim_generator.load_state_dict(weights.state_dict())
                 info["missing_keys"] = {k for k in info["missing_keys"] if "tim_generator." not in k}
+            module.tim_generator.generation_config = generation_config or TerraMindGenerationConfig.from_folder(
+                source, **_hub_kwargs(kwargs))
             module.tim_generator.requires_grad_(False).eval()
 
     def _after_loading(self) -> None:
@@ -469,41 +432,40 @@ class TerraMindPreTrainedModel(PreTrainedModel):
         elif isinstance(module, TerraMindSequenceEmbedding):
             init.normal_(module.mod_emb, std=std)
             init.copy_(module.pos_emb, sincos_pos_embed_1d(512, self.config.hidden_size))
-        if isinstance(module, TerraMindModel):
+        elif isinstance(module, TerraMindModel):
             if module.missing_modality_token is not None:
                 init.normal_(module.missing_modality_token, std=std)
             if module.register_tokens is not None:
                 init.normal_(module.register_tokens, std=std)
 
 
-class TerraMindEncoder(nn.Module):
-    def __init__(self, config: TerraMindConfig):
-        super().__init__()
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
-        self.layer = nn.ModuleList([TerraMindLayer(config, rate) for rate in rates])
-
-    def forward(self, hidden_states: torch.Tensor, output_hidden_states: bool = False):
-        all_states = [hidden_states] if output_hidden_states else None
-        for layer in self.layer:
-            hidden_states = layer(hidden_states)
-            if output_hidden_states:
-                all_states.append(hidden_states)
-        return hidden_states, all_states
+def _hub_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: kwargs[k] for k in ("token", "revision", "cache_dir", "local_files_only") if k in kwargs}
 
 
+def _check_model_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
+    """`from_pretrained` hands keyword arguments that are no config field to the model: a typo lands here."""
+    if kwargs:
+        raise TypeError(f"{cls.__name__} got unexpected arguments {sorted(kwargs)}: neither TerraMindConfig fields "
+                        f"nor arguments of the model (a typo?).")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- encoder model
 class TerraMindModel(TerraMindPreTrainedModel):
     """TerraMind encoder over any subset of its configured modalities.
 
-    Inputs: a dict modality -> tensor, keyword arguments (`model(S2L2A=x, S1GRD=y)`, as Trainer passes them)
-    or one tensor (the first configured modality). Raw image modalities take standardized pixels
-    (B, C, H, W) with H, W multiples of the patch size. Keys `<MODALITY>_nodata_mask` (from the processor) are
-    accepted and checked against their modality; the encoder does not mask tokens, so fill nodata first.
+    Inputs: `pixel_values` (one tensor for the first configured modality, or a dict modality -> tensor) and/or
+    keyword arguments per modality (`model(S2L2A=x, S1GRD=y)`, as TerraTorch users write and Trainer passes them).
+    Raw image modalities take standardized pixels (B, C, H, W) with H, W multiples of the patch size. Keys
+    `<MODALITY>_nodata_mask` (from the processor) are accepted and checked against their modality; the encoder
+    does not mask tokens, so fill nodata first. Unknown keywords raise.
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder", r"mask_token", r"encoder_embeddings\."]
     _keys_to_ignore_on_load_missing = [r"^tim_generator\."]  # filled from the same folder by from_pretrained
 
-    def __init__(self, config: TerraMindConfig):
+    def __init__(self, config: TerraMindConfig, **kwargs: Any):
+        _check_model_kwargs(type(self), kwargs)
         super().__init__(config)
         self.modality_channels = config.modality_specs()
         self.tim_targets = [token_modality(m) for m in config.tim_modalities]
@@ -517,9 +479,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
             self.encoder_embeddings = None
         else:
             self.tim_generator = None
-            self.encoder_embeddings = nn.ModuleDict(
-                {key: build_modality_embedding(config, key, ch) for key, ch in self.modality_channels.items()}
-            )
+            self.encoder_embeddings = TerraMindEmbeddings(config, self.modality_channels)
         self.image_modalities = [k for k in self.modality_channels if self._is_image(k)]
         self.image_modalities += [k for k in self.tim_targets if k not in self.image_modalities]
         self.encoder = TerraMindEncoder(config)
@@ -540,11 +500,20 @@ class TerraMindModel(TerraMindPreTrainedModel):
         return key not in MODALITIES or MODALITIES[key].is_image
 
     @property
-    def modality_embeddings(self) -> nn.ModuleDict:
+    def embeddings(self) -> TerraMindEmbeddings:
         """Embedding module per modality key (the frozen generator's own modules in TiM models)."""
         if self.tim_generator is not None:
             return self.tim_generator.terramind.encoder_embeddings
         return self.encoder_embeddings
+
+    def get_input_embeddings(self) -> TerraMindEmbeddings:
+        return self.embeddings
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """Transformers' saving; a TiM model also writes its generator's sampling (`generation_config.json`)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.tim_generator is not None:
+            self.tim_generator.generation_config.save_pretrained(save_directory)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -626,7 +595,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
         if value.ndim != 3 or value.is_floating_point():
             raise ValueError(f"Token grid {name} must be an integer tensor (B, h, w), got {value.dtype} "
                              f"{tuple(value.shape)}.")  # fmt: skip
-        if value.numel() and (value.min() < 0 or value.max() >= spec.vocab_size):
+        if not torch.compiler.is_compiling() and value.numel() and (value.min() < 0 or value.max() >= spec.vocab_size):
             raise ValueError(f"Token grid {name} has ids outside the codebook [0, {spec.vocab_size}).")
         return value.long()
 
@@ -643,7 +612,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
             raise ValueError(f"Input {name} has spatial size {h}x{w}; expected multiples of {patch}.")
         if not value.is_floating_point():
             raise ValueError(f"Input {name} must be a floating point tensor, got {value.dtype}.")
-        if not torch.isfinite(value).all():
+        if not torch.compiler.is_compiling() and not torch.isfinite(value).all():  # data-dependent: not traced
             raise ValueError(f"Input {name} contains NaN or inf; fill nodata first (e.g. with "
                              f"TerraMindImageProcessor, which fills and reports it).")  # fmt: skip
         return value
@@ -715,18 +684,6 @@ class TerraMindModel(TerraMindPreTrainedModel):
             tokenizer = tokenizer.eval().requires_grad_(False)
         self.__dict__.setdefault("_tokenizers", {})[name] = tokenizer
 
-    def embed(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, int]]:
-        """Token embeddings (+ positions, + modality) of every input, concatenated: (B, N, D) and counts."""
-        pieces, counts = [], {}
-        dtype = self.layernorm.weight.dtype
-        for key, value in inputs.items():
-            if value.is_floating_point():
-                value = value.to(dtype)
-            tokens, position = self.modality_embeddings[key](value)
-            pieces.append(tokens + position)
-            counts[key] = tokens.shape[1]
-        return torch.cat(pieces, dim=1), counts
-
     def drop_modalities(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training-time modality dropout: each input but one random survivor is dropped with the rate."""
         if not (self.training and self.config.modality_drop_rate) or len(inputs) < 2:
@@ -736,16 +693,31 @@ class TerraMindModel(TerraMindPreTrainedModel):
         drop = torch.rand(len(keys)) < self.config.modality_drop_rate
         return {k: v for k, v, d in zip(keys, inputs.values(), drop.tolist(), strict=True) if k == keep or not d}
 
-    # ------------------------------------------------------------------ merging
-    def merge(self, hidden: torch.Tensor, counts: dict[str, int]) -> Any:
-        """Split a (B, N, D) sequence per modality and merge it as `config.merge_method` says."""
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        token_positions: Mapping[str, torch.Tensor] | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[BaseModelOutput, dict[str, slice]]:
+        """Prepared inputs (embedding key -> tensor) -> the encoder's output (last state normed) and token slices."""
+        hidden = self.embeddings(inputs, token_positions)
+        if self.register_tokens is not None:
+            hidden = torch.cat([self.register_tokens.to(hidden.dtype).expand(hidden.shape[0], -1, -1), hidden], 1)
+        outputs = self.encoder(hidden, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        outputs.last_hidden_state = self.layernorm(outputs.last_hidden_state)
+        return outputs, self.embeddings.token_slices(inputs, token_positions, offset=self.config.num_register_tokens)
+
+    def merge(self, hidden: torch.Tensor, slices: Mapping[str, slice]) -> Any:
+        """Merge a (B, N, D) sequence's per-modality tokens as `config.merge_method` says."""
         method = self.config.merge_method
         if method is None:
             return hidden
-        registers = self.config.num_register_tokens
-        parts = dict(zip(counts, torch.split(hidden[:, registers:], list(counts.values()), dim=1), strict=True))
+        parts = {key: hidden[:, where] for key, where in slices.items()}
         if method == "dict":
             aliases = self.config.modality_aliases()
+            registers = self.config.num_register_tokens
             out = {"register_tokens": hidden[:, :registers]} if registers else {}
             out.update({aliases.get(k, k): v for k, v in parts.items()})
             return out
@@ -760,11 +732,11 @@ class TerraMindModel(TerraMindPreTrainedModel):
         missing = self.missing_modality_token.to(hidden.dtype).expand_as(images[0])
         return torch.cat([parts.get(k, missing) for k in self.image_modalities], dim=-1)
 
-    # ------------------------------------------------------------------ forward
     def forward(
         self,
         pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
         input_tokens: dict[str, torch.Tensor] | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **modalities: torch.Tensor,
@@ -772,44 +744,43 @@ class TerraMindModel(TerraMindPreTrainedModel):
         r"""
         pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
         input_tokens: token grids (B, H/16, W/16) of tokenized modalities (LULC, NDVI, ...), used as they are.
+        output_attentions: return every block's attention probabilities (computed eagerly for this call).
         modalities: further inputs by modality name, e.g. `S2L2A=x, S1GRD=y`; tokenized modalities (LULC, NDVI)
             as images or class maps (tokenized first, by their frozen tokenizer); `Coordinates` as (B, 2) lon/lat.
         """
+        config = self.config
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
         output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return_dict = return_dict if return_dict is not None else config.return_dict
         inputs = self.collect_inputs(pixel_values, modalities, input_tokens)
         tim_tokens = self.think(inputs) if self.tim_generator is not None else None
         inputs = self.drop_modalities(inputs)
         if tim_tokens:
             inputs.update(tim_tokens)
-        hidden, counts = self.embed(inputs)
-        if self.register_tokens is not None:
-            hidden = torch.cat([self.register_tokens.to(hidden.dtype).expand(hidden.shape[0], -1, -1), hidden], 1)
-        hidden, states = self.encoder(hidden, output_hidden_states=output_hidden_states)
-        last = self.merge(self.layernorm(hidden), counts)
-        all_states = tuple(self.merge(s, counts) for s in states) if output_hidden_states else None
+        outputs, slices = self.encode(inputs, output_attentions=output_attentions,
+                                      output_hidden_states=output_hidden_states)  # fmt: skip
+        last = self.merge(outputs.last_hidden_state, slices)
+        all_states = tuple(self.merge(s, slices) for s in outputs.hidden_states) if output_hidden_states else None
         if tim_tokens:
-            aliases = self.config.modality_aliases()
+            aliases = config.modality_aliases()
             tim_tokens = {aliases.get(k, k.removesuffix("_TOKENS")): v.flatten(1) for k, v in tim_tokens.items()}
         if not return_dict:
-            return tuple(v for v in (last, all_states, tim_tokens) if v is not None)
-        return TerraMindModelOutput(last_hidden_state=last, hidden_states=all_states, tim_tokens=tim_tokens)
+            return tuple(v for v in (last, all_states, outputs.attentions, tim_tokens) if v is not None)
+        return TerraMindModelOutput(last_hidden_state=last, hidden_states=all_states, attentions=outputs.attentions,
+                                    tim_tokens=tim_tokens)  # fmt: skip
 
     def think(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Thinking-in-Modalities: generate the TiM modalities the input lacks, as token grids (B, h, w)."""
+        """Thinking-in-Modalities: generate the TiM modalities the input lacks, as token grids (B, h, w), with the
+        frozen generator's generation config."""
         targets = [k for k in self.tim_targets if k not in inputs]
         if not targets:
             return {}
-        grid = self.patch_grid(inputs)
-        config = self.config
-        return self.tim_generator.generate_tokens(
-            inputs, targets, grid, decoding_steps=config.tim_decoding_steps, temperature=config.tim_temperature,
-            top_k=config.tim_top_k, top_p=config.tim_top_p,
-        )  # fmt: skip
+        return self.tim_generator.generate_tokens(inputs, targets, self.patch_grid(inputs))
 
 
+# ----------------------------------------------------------------------------- generator
 DECODER_MODALITIES = tuple(k for k, s in MODALITIES.items() if s.kind in ("image_tokens", "sequence"))
 
 
@@ -819,12 +790,15 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
     Holds the encoder (`terramind`, with the embeddings of every pretrained modality, or of `modalities`), the
     decoder blocks, the decoder token embeddings with their logit heads, and the mask token. As in the original,
     a decoder modality's `to_logits` is tied to its `token_emb`, and encoder and decoder of a modality share
-    `mod_emb`. `generate` (generation_terramind.py) runs the original's ROAR sampler.
+    `mod_emb`. `forward` predicts target tokens from the inputs (logits, and the loss given `labels`); `generate`
+    (generation_terramind.py) samples them with the original's ROAR sampler, sampling as `generation_config` says.
     """
 
     _keys_to_ignore_on_load_unexpected = [r"embeddings\."]  # embeddings of modalities left out by `modalities`
+    generation_config_class = TerraMindGenerationConfig
 
-    def __init__(self, config: TerraMindConfig, modalities: Sequence[str] | None = None):
+    def __init__(self, config: TerraMindConfig, modalities: Sequence[str] | None = None, **kwargs: Any):
+        _check_model_kwargs(type(self), kwargs)
         super().__init__(config)
         keys = list(modalities) if modalities is not None else list(MODALITIES)
         encoder_config = copy.deepcopy(config)
@@ -834,13 +808,9 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         encoder_config.tim_modalities = []
         self.terramind = TerraMindModel(encoder_config)
         decoder_keys = [k for k in keys if k in DECODER_MODALITIES]
-        self.decoder_embeddings = nn.ModuleDict(
-            {key: build_modality_embedding(config, key, None, decoder=True) for key in decoder_keys}
-        )
+        self.decoder_embeddings = TerraMindEmbeddings(config, dict.fromkeys(decoder_keys), decoder=True)
         self.decoder_proj_context = nn.Linear(config.hidden_size, config.hidden_size)
-        rates = torch.linspace(0, config.drop_path_rate, config.num_decoder_layers, device="cpu").tolist()
-        self.decoder = nn.Module()
-        self.decoder.layer = nn.ModuleList([TerraMindDecoderLayer(config, rate) for rate in rates])
+        self.decoder = TerraMindDecoder(config)
         self.decoder_layernorm = layer_norm(config)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         # As in the original: logits heads tied to the token embeddings, one `mod_emb` per modality.
@@ -850,9 +820,169 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         }  # fmt: skip
         self.post_init()
 
-    def forward(self, *args: Any, **kwargs: Any):
-        raise NotImplementedError("TerraMindForGeneration generates with `generate(...)`; for embeddings use "
-                                  "TerraMindModel (or `model.terramind`).")  # fmt: skip
+    @classmethod
+    def can_generate(cls) -> bool:
+        return True
+
+    def get_input_embeddings(self) -> TerraMindEmbeddings:
+        return self.terramind.get_input_embeddings()
+
+    def get_output_embeddings(self) -> None:
+        return None  # one logits head per target modality, tied to its token embedding (`_tied_weights_keys`)
+
+    # ------------------------------------------------------------------ the two halves
+    def encode_context(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        token_positions: Mapping[str, torch.Tensor] | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, BaseModelOutput]:
+        """Prepared inputs -> the decoder's context (B, N, D): the normed encoder output, projected, plus the
+        inputs' positional and modality embeddings (as the original); and the encoder's output."""
+        outputs, _ = self.terramind.encode(inputs, token_positions, output_attentions, output_hidden_states)
+        positions = self.terramind.embeddings.positions(inputs, token_positions).to(outputs.last_hidden_state.dtype)
+        return self.decoder_proj_context(outputs.last_hidden_state) + positions, outputs
+
+    def decode(
+        self,
+        target: str,
+        context: torch.Tensor,
+        grid: tuple[int, int],
+        query_positions: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, BaseModelOutputWithCrossAttentions]:
+        """Logits (B, n, V) of an image-token target at flat grid `query_positions` (all when None): mask-token
+        queries at those positions attend to each other and to the context."""
+        embedding = self.decoder_embeddings[target]
+        queries = embedding.positional(context.shape[0], *grid).to(context.dtype)
+        if query_positions is not None:
+            queries = queries[:, query_positions]
+        outputs = self.decoder(self.mask_token.to(context.dtype) + queries, context,
+                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)  # fmt: skip
+        return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
+
+    def decode_sequence(
+        self,
+        target: str,
+        context: torch.Tensor,
+        tokens: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, BaseModelOutputWithCrossAttentions]:
+        """Next-token logits (B, L, V) of a sequence target (Coordinates) given its tokens so far (B, L), which
+        start with the sentinel [S_1]: causal self-attention, as the original."""
+        embedding = self.decoder_embeddings[target]
+        length = tokens.shape[1]
+        hidden = embedding.token_emb(tokens) + embedding.positional(tokens.shape[0], length).to(context.dtype)
+        causal = torch.ones(length, length, dtype=torch.bool, device=context.device).tril()
+        mask = additive_attention_mask(causal.expand(tokens.shape[0], -1, -1), hidden.dtype)
+        outputs = self.decoder(hidden, context, self_attention_mask=mask, output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states)  # fmt: skip
+        return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
+        input_tokens: dict[str, torch.Tensor] | None = None,
+        target_modalities: Sequence[str] | None = None,
+        labels: dict[str, torch.Tensor] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **modalities: torch.Tensor,
+    ) -> TerraMindGenerationOutput | tuple:
+        r"""Predict the tokens of target modalities from the inputs (what one-step generation does).
+
+        pixel_values / input_tokens / modalities: the inputs, as for `TerraMindModel`.
+        target_modalities: modalities to predict (LULC, S2L2A, ...; default: the keys of `labels`). Image targets
+            get logits at every grid position from mask-token queries.
+        labels: target modality -> token ids: grids (B, h, w) for image modalities, (B, L) for Coordinates
+            (teacher-forced; padding id 0 does not count). Gives `loss`: the sum of the targets' cross-entropies.
+        """
+        config = self.config
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        targets = self._forward_targets(target_modalities, labels)
+        inputs = self.terramind.collect_inputs(pixel_values, modalities, input_tokens)
+        context, encoder_outputs = self.encode_context(inputs, output_attentions=output_attentions,
+                                                       output_hidden_states=output_hidden_states)  # fmt: skip
+        grid = self.terramind.patch_grid(inputs) if any(MODALITIES[k].is_image for k in targets.values()) else None
+        logits, decoder_states, decoder_attentions, cross_attentions, losses = {}, {}, {}, {}, []
+        for name, key in targets.items():
+            target_labels = None if labels is None else _find_label(labels, name)
+            if MODALITIES[key].kind == "sequence":
+                if target_labels is None:
+                    raise ValueError(f"{name} logits are teacher-forced: give its token ids in labels={{'{name}': ...}}.")
+                target_logits, outputs = self.decode_sequence(key, context, self._sequence_decoder_input(target_labels),
+                                                              output_attentions, output_hidden_states)  # fmt: skip
+            else:
+                target_logits, outputs = self.decode(key, context, grid, None, output_attentions, output_hidden_states)
+            logits[name] = target_logits
+            if target_labels is not None:
+                losses.append(self._token_loss(key, name, target_logits, target_labels, grid))
+            if output_hidden_states:
+                decoder_states[name] = outputs.hidden_states
+            if output_attentions:
+                decoder_attentions[name], cross_attentions[name] = outputs.attentions, outputs.cross_attentions
+        loss = torch.stack(losses).sum() if losses else None
+        output = TerraMindGenerationOutput(
+            loss=loss, logits=logits, encoder_last_hidden_state=context,
+            encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions,
+            decoder_hidden_states=decoder_states or None, decoder_attentions=decoder_attentions or None,
+            cross_attentions=cross_attentions or None,
+        )  # fmt: skip
+        return output if return_dict else output.to_tuple()
+
+    def _forward_targets(self, target_modalities: Sequence[str] | None, labels: Mapping[str, Any] | None) -> dict:
+        """User target name -> decoder embedding key, checked against this generator's decoder modalities."""
+        if isinstance(target_modalities, str):
+            target_modalities = [target_modalities]
+        names = list(target_modalities) if target_modalities is not None else list(labels or {})
+        if not names:
+            raise ValueError("Name the modalities to predict: target_modalities=[...] or labels={modality: tokens}.")
+        targets = {}
+        for name in names:
+            key = token_modality(name)
+            if key not in self.decoder_embeddings:
+                raise ValueError(f"{name!r} is not a target of this generator; it predicts "
+                                 f"{', '.join(k.removesuffix('_TOKENS') for k in self.decoder_embeddings)}.")  # fmt: skip
+            targets[name] = key
+        for name in labels or {}:
+            if name not in targets and token_modality(name) not in targets.values():
+                raise ValueError(f"labels given for {name!r}, which is not among target_modalities {names}.")
+        return targets
+
+    def _sequence_decoder_input(self, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: [S_1] followed by all but the last label token."""
+        start, _ = sentinel_ids(self.terramind.get_tokenizer("Coordinates"))
+        first = torch.full_like(labels[:, :1], start)
+        return torch.cat([first, labels[:, :-1]], dim=1)
+
+    def _token_loss(self, key: str, name: str, logits: torch.Tensor, labels: torch.Tensor,
+                    grid: tuple[int, int] | None) -> torch.Tensor:  # fmt: skip
+        """Cross-entropy of one target's token ids (image grids: -100 ignored; sequences: padding 0 ignored)."""
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
+            raise ValueError(f"labels[{name!r}] must be an integer tensor of token ids.")
+        labels = labels.to(logits.device)
+        if MODALITIES[key].kind == "sequence":
+            return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=0)
+        if tuple(labels.shape) != (logits.shape[0], *grid):
+            raise ValueError(f"labels[{name!r}] must be a (B, h, w) = {(logits.shape[0], *grid)} token grid matching "
+                             f"the inputs, got shape {tuple(labels.shape)}.")  # fmt: skip
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100)
+
+
+def _find_label(labels: Mapping[str, torch.Tensor], name: str) -> torch.Tensor | None:
+    for key, value in labels.items():
+        if key == name or token_modality(key) == token_modality(name):
+            return value
+    return None
 
 
 def checkpoint_has_key(name_or_path: str, part: str, **kwargs: Any) -> bool:
@@ -860,7 +990,7 @@ def checkpoint_has_key(name_or_path: str, part: str, **kwargs: Any) -> bool:
     from safetensors import safe_open
     from transformers.utils import cached_file
 
-    hub = {k: kwargs[k] for k in ("token", "revision", "cache_dir", "local_files_only") if k in kwargs}
+    hub = _hub_kwargs(kwargs)
     index = cached_file(name_or_path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False,
                         **hub)  # fmt: skip
     if index is not None:
@@ -882,4 +1012,13 @@ def tim_generator_config(config: TerraMindConfig) -> TerraMindConfig:
     return generator
 
 
-__all__ = ["TerraMindPreTrainedModel", "TerraMindModel", "TerraMindModelOutput", "TerraMindForGeneration"]
+__all__ = [
+    "TerraMindDecoder",
+    "TerraMindEmbeddings",
+    "TerraMindEncoder",
+    "TerraMindForGeneration",
+    "TerraMindGenerationOutput",
+    "TerraMindModel",
+    "TerraMindModelOutput",
+    "TerraMindPreTrainedModel",
+]

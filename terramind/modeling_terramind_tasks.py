@@ -59,7 +59,7 @@ SPATIAL_MERGE_METHODS = ("mean", "max", "concat")
 _UNUSED_CHECKPOINT_KEYS = [r"^decoder", r"(^|\.)mask_token", r"encoder_embeddings\."]
 # Task settings stored in TerraMindConfig (as extra attributes) and their defaults.
 TASK_CONFIG_DEFAULTS: dict[str, Any] = {
-    "out_indices": None,
+    "out_indices": None,  # config fields (TerraMindConfig keeps them in sync); listed so that heads accept them
     "out_features": None,
     "use_feature_pyramid": None,
     "decode_head": "upernet",
@@ -96,47 +96,20 @@ def apply_task_kwargs(config: TerraMindConfig, kwargs: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- stage selection
-def stage_names(config: TerraMindConfig) -> list[str]:
-    """ "stem" (embedding output) and "stage1".."stageL" (block outputs; the last one normed)."""
-    return ["stem"] + [f"stage{i}" for i in range(1, config.num_hidden_layers + 1)]
-
-
 def default_out_indices(num_layers: int) -> list[int]:
-    """Four evenly spaced stages ending with the last: 12 layers -> [3, 6, 9, 12], 24 -> [6, 12, 18, 24]."""
+    """Four evenly spaced stages ending with the last (TerraTorch's choice, `TERRATORCH_OUT_INDICES`): 12 layers ->
+    [3, 6, 9, 12], 24 -> [6, 12, 18, 24]."""
     if num_layers < 4:
         return list(range(1, num_layers + 1))
     return [num_layers * k // 4 for k in range(1, 5)]
 
 
-def resolve_out_indices(config: TerraMindConfig, default: list[int] | None = None) -> tuple[list[int], list[str]]:
-    """`out_indices`/`out_features` of the config (either, both or none) as checked (indices, names)."""
-    names = stage_names(config)
-    indices = task_setting(config, "out_indices")
-    features = task_setting(config, "out_features")
-    if indices is not None:
-        if isinstance(indices, int) or not all(isinstance(i, int) for i in indices):
-            raise ValueError(f"out_indices must be a list of ints, got {indices!r}.")
-        bad = [i for i in indices if not -len(names) <= i < len(names)]
-        if bad:
-            raise ValueError(f"out_indices {bad} out of range: this model has stages 0..{len(names) - 1} "
-                             f"(0 = embeddings, {len(names) - 1} = normed final output).")  # fmt: skip
-        indices = [i % len(names) for i in indices]
-    if features is not None:
-        unknown = [f for f in features if f not in names]
-        if unknown:
-            raise ValueError(f"out_features {unknown} are not stages of this model; stages are stem, stage1.."
-                             f"stage{len(names) - 1}.")  # fmt: skip
-        from_features = [names.index(f) for f in features]
-        if indices is not None and from_features != indices:
-            raise ValueError(f"out_features {features} and out_indices {indices} name different stages.")
-        indices = from_features
-    if indices is None:
-        indices = list(default or default_out_indices(config.num_hidden_layers))
-    if not indices:
-        raise ValueError("out_indices must name at least one stage.")
-    if indices != sorted(set(indices)):
-        raise ValueError(f"out_indices must be increasing and without duplicates, got {indices}.")
-    return indices, [names[i] for i in indices]
+def resolve_out_indices(config: TerraMindConfig, default: list[int] | None = None) -> list[int]:
+    """The stages a model reads: those chosen in the config (`out_indices` / `out_features`, checked and kept in
+    sync by the config, as Transformers' backbones), else `default` (else TerraTorch's four stages)."""
+    if config.out_indices_given:
+        return config.out_indices
+    return list(default or default_out_indices(config.num_hidden_layers))
 
 
 def feature_channels(config: TerraMindConfig, model: TerraMindModel) -> int:
@@ -340,11 +313,12 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
                 parameter.requires_grad_(not freeze)
 
     def _encode(
-        self, pixel_values: Any, modalities: dict[str, Any], output_hidden_states: bool = True
-    ) -> tuple[TerraMindModelOutput, tuple[int, int]]:
+        self, pixel_values: Any, modalities: dict[str, Any], output_hidden_states: bool = True,
+        output_attentions: bool = False,
+    ) -> tuple[TerraMindModelOutput, tuple[int, int]]:  # fmt: skip
         """Run the encoder; returns its output (with every block's hidden states) and the patch grid."""
-        outputs = self.terramind(pixel_values, output_hidden_states=output_hidden_states, return_dict=True,
-                                 **modalities)  # fmt: skip
+        outputs = self.terramind(pixel_values, output_hidden_states=output_hidden_states,
+                                 output_attentions=output_attentions, return_dict=True, **modalities)  # fmt: skip
         tokens = outputs.last_hidden_state.shape[1]
         return outputs, _spatial_grid([pixel_values, modalities], self.config.patch_size, tokens)
 
@@ -367,7 +341,6 @@ class TerraMindBackbone(BackboneMixin, TerraMindTaskPreTrainedModel):
     image modalities with `merge_method="concat"`.
     """
 
-    has_attentions = False
     task_modules = ("feature_neck",)
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
@@ -378,19 +351,18 @@ class TerraMindBackbone(BackboneMixin, TerraMindTaskPreTrainedModel):
         channels = feature_channels(config, self.terramind)
         self.num_features = [channels] * len(self.stage_names)
         pyramid = bool(task_setting(config, "use_feature_pyramid"))
-        self.feature_neck = TerraMindNeck(config, channels, self._out_indices, pyramid)
+        self.feature_neck = TerraMindNeck(config, channels, config.out_indices, pyramid)
         self.post_init()
         self._apply_freezing()
 
     def _init_transformers_backbone(self) -> None:
-        self.stage_names = stage_names(self.config)
-        self._out_indices, self._out_features = resolve_out_indices(self.config)
-        self.config.out_indices, self.config.out_features = list(self._out_indices), list(self._out_features)
+        self.stage_names = list(self.config.stage_names)
+        self.config.verify_out_features_out_indices()
         self.num_features = None
 
     @property
     def out_indices(self) -> list[int]:
-        return list(self._out_indices)
+        return self.config.out_indices
 
     @out_indices.setter
     def out_indices(self, out_indices: list[int]) -> None:
@@ -399,7 +371,7 @@ class TerraMindBackbone(BackboneMixin, TerraMindTaskPreTrainedModel):
 
     @property
     def out_features(self) -> list[str]:
-        return list(self._out_features)
+        return self.config.out_features
 
     @out_features.setter
     def out_features(self, out_features: list[str]) -> None:
@@ -422,19 +394,17 @@ class TerraMindBackbone(BackboneMixin, TerraMindTaskPreTrainedModel):
         pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
         modalities: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`.
         """
-        if output_attentions:
-            raise ValueError("TerraMindBackbone does not return attentions.")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         keep_states = bool(output_hidden_states) or self.feature_neck.needs_hidden_states
-        outputs, grid = self._encode(pixel_values, modalities, output_hidden_states=keep_states)
+        outputs, grid = self._encode(pixel_values, modalities, keep_states, bool(output_attentions))
         feature_maps = tuple(self.feature_neck(outputs, grid))
         hidden_states = outputs.hidden_states if output_hidden_states else None
-        if not return_dict:
-            return (feature_maps,) + ((hidden_states,) if hidden_states is not None else ())
-        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=None)
+        output = BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
 
 # ----------------------------------------------------------------------------- dense heads
@@ -446,11 +416,13 @@ class TerraMindPixelRegressionOutput(ModelOutput):
         loss: regression loss over finite label pixels, when `labels` are given.
         logits: predictions (B, num_regression_outputs, H, W) at the input size.
         hidden_states: with `output_hidden_states=True`, the encoder's merged hidden states.
+        attentions: with `output_attentions=True`, the encoder's attention probabilities per block.
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
@@ -467,7 +439,7 @@ class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
             raise ValueError(f"decode_head must be one of {', '.join(DECODE_HEADS)}, got {head!r}.")
         self.terramind = TerraMindModel(config)
         default = [config.num_hidden_layers] if head == "fcn" else None
-        out_indices, _ = resolve_out_indices(config, default)
+        out_indices = resolve_out_indices(config, default)
         pyramid = task_setting(config, "use_feature_pyramid")
         if pyramid is None:
             pyramid = head != "fcn" and len(out_indices) == 4
@@ -478,10 +450,11 @@ class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
         self._apply_freezing()
 
     def _dense_forward(
-        self, pixel_values: Any, modalities: dict[str, Any], output_hidden_states: bool | None
-    ) -> tuple[torch.Tensor, TerraMindModelOutput]:
+        self, pixel_values: Any, modalities: dict[str, Any], output_hidden_states: bool | None,
+        output_attentions: bool | None,
+    ) -> tuple[torch.Tensor, TerraMindModelOutput]:  # fmt: skip
         keep_states = bool(output_hidden_states) or self.feature_neck.needs_hidden_states
-        outputs, grid = self._encode(pixel_values, modalities, output_hidden_states=keep_states)
+        outputs, grid = self._encode(pixel_values, modalities, keep_states, bool(output_attentions))
         logits = self.decode_head(self.feature_neck(outputs, grid))
         size = (grid[0] * self.config.patch_size, grid[1] * self.config.patch_size)
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
@@ -512,6 +485,7 @@ class TerraMindForSemanticSegmentation(TerraMindDenseModel):
         self,
         pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **modalities: torch.Tensor,
@@ -525,7 +499,7 @@ class TerraMindForSemanticSegmentation(TerraMindDenseModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        logits, outputs = self._dense_forward(pixel_values, modalities, output_hidden_states)
+        logits, outputs = self._dense_forward(pixel_values, modalities, output_hidden_states, output_attentions)
         loss = None
         if labels is not None:
             labels = check_segmentation_labels(labels, logits, self.config.num_labels, self.ignore_index)
@@ -533,10 +507,9 @@ class TerraMindForSemanticSegmentation(TerraMindDenseModel):
             weight = torch.tensor(weights, dtype=logits.dtype, device=logits.device) if weights is not None else None
             loss = F.cross_entropy(logits, labels, weight=weight, ignore_index=self.ignore_index)
         hidden_states = outputs.hidden_states if output_hidden_states else None
-        if not return_dict:
-            output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
-            return ((loss,) + output) if loss is not None else output
-        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+        output = SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states,
+                                         attentions=outputs.attentions)  # fmt: skip
+        return output if return_dict else output.to_tuple()
 
 
 class TerraMindForPixelRegression(TerraMindDenseModel):
@@ -557,6 +530,7 @@ class TerraMindForPixelRegression(TerraMindDenseModel):
         self,
         pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **modalities: torch.Tensor,
@@ -570,7 +544,7 @@ class TerraMindForPixelRegression(TerraMindDenseModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        logits, outputs = self._dense_forward(pixel_values, modalities, output_hidden_states)
+        logits, outputs = self._dense_forward(pixel_values, modalities, output_hidden_states, output_attentions)
         loss = None
         if labels is not None:
             labels = check_regression_labels(labels, logits)
@@ -581,10 +555,9 @@ class TerraMindForPixelRegression(TerraMindDenseModel):
             kind = task_setting(self.config, "regression_loss")
             loss = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}[kind](prediction, target)
         hidden_states = outputs.hidden_states if output_hidden_states else None
-        if not return_dict:
-            output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
-            return ((loss,) + output) if loss is not None else output
-        return TerraMindPixelRegressionOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+        output = TerraMindPixelRegressionOutput(loss=loss, logits=logits, hidden_states=hidden_states,
+                                                attentions=outputs.attentions)  # fmt: skip
+        return output if return_dict else output.to_tuple()
 
 
 # ----------------------------------------------------------------------------- classification
@@ -620,6 +593,7 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
         self,
         pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **modalities: torch.Tensor,
@@ -633,18 +607,17 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        outputs = self.terramind(pixel_values, output_hidden_states=output_hidden_states, return_dict=True,
-                                 **modalities)  # fmt: skip
+        outputs = self.terramind(pixel_values, output_hidden_states=output_hidden_states,
+                                 output_attentions=output_attentions, return_dict=True, **modalities)  # fmt: skip
         registers = self.config.num_register_tokens if self.config.merge_method is None else 0
         logits = self.classifier(self.dropout(self.pool(outputs.last_hidden_state, registers)))
         loss = None
         if labels is not None:
             loss = self._classification_loss(logits, labels)
         hidden_states = outputs.hidden_states if output_hidden_states else None
-        if not return_dict:
-            output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
-            return ((loss,) + output) if loss is not None else output
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states,
+                                       attentions=outputs.attentions)  # fmt: skip
+        return output if return_dict else output.to_tuple()
 
     def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.to(logits.device)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_terramind_tokenizer import TerraMindTokenizerConfig
-from .modeling_terramind import (
+from .modeling_terramind_layers import (
     TerraMindAttention,
     TerraMindLayer,
     TerraMindMLP,
@@ -162,7 +163,7 @@ class TerraMindTokenizerViT(nn.Module):
         hidden = grid.flatten(2).transpose(1, 2)
         hidden = hidden + interpolate_pos_embed(self.position_embeddings, grid_h, grid_w).to(hidden.dtype)
         for layer in self.layer:
-            hidden = layer(hidden)
+            hidden = layer(hidden)[0]
         if self.post_mlp is not None:
             hidden = hidden + self.post_mlp(self.post_mlp_norm(hidden))
         return hidden
@@ -277,7 +278,7 @@ class TerraMindUNetAttentionBlock(TerraMindUNetBlock):
     def forward(self, hidden: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         batch, channels, height, width = hidden.shape
         tokens = self.norm(hidden).reshape(batch, channels, height * width).transpose(1, 2)
-        attended = self.attention(tokens).transpose(1, 2).reshape(batch, channels, height, width)
+        attended = self.attention(tokens)[0].transpose(1, 2).reshape(batch, channels, height, width)
         return hidden + attended
 
 
@@ -481,6 +482,9 @@ class TerraMindTokenizerPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = False
     _no_split_modules = ["TerraMindLayer", "TerraMindUNetResBlock", "TerraMindUNetAttentionBlock"]
+    # Converts an original (terratorch) tokenizer release: set by the `terramind` package (tokenizer_conversion.py),
+    # absent in saved remote code, which never needs it.
+    original_release_resolver: ClassVar[Callable[..., str | None] | None] = None
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
@@ -546,11 +550,10 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
         """Transformers' `from_pretrained`; an original release (folder or Hub repo holding `TerraMind_Tokenizer_*.pt`
         and no config.json) is converted on the fly into the cache first."""
-        if pretrained_model_name_or_path is not None and kwargs.get("config") is None:
-            from .tokenizer_conversion import resolve_original_tokenizer_release
-
+        resolver = TerraMindTokenizerModel.original_release_resolver
+        if pretrained_model_name_or_path is not None and kwargs.get("config") is None and resolver is not None:
             hub_kwargs = {k: kwargs[k] for k in ("token", "revision", "cache_dir", "local_files_only") if k in kwargs}
-            converted = resolve_original_tokenizer_release(pretrained_model_name_or_path, **hub_kwargs)
+            converted = resolver(pretrained_model_name_or_path, **hub_kwargs)
             if converted is not None:
                 pretrained_model_name_or_path = converted
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import ARCHITECTURES, load_cases, reference_input, relative_error
 
-from terramind import TerraMindForGeneration, TerraMindModel
+from terramind import TerraMindForGeneration, TerraMindGenerationConfig, TerraMindModel
 from terramind.generation_terramind import linear_token_schedule, sample_tokens
 
 
@@ -36,8 +36,9 @@ def test_tim_parity_every_layer_and_tokens(converted, arch):
     build = case["build"]
     model = TerraMindModel.from_pretrained(
         converted[arch], modalities=build["modalities"], merge_method=build["merge_method"],
-        tim_modalities=build["tim_modalities"], tim_decoding_steps=build["tim_decoding_steps"],
-        tim_temperature=build["tim_temperature"],
+        tim_modalities=build["tim_modalities"],
+        tim_generation_config=TerraMindGenerationConfig(decoding_steps=build["tim_decoding_steps"],
+                                                        temperature=build["tim_temperature"]),
     ).eval()  # fmt: skip
     inputs = {name: reference_input(spec) for name, spec in case["inputs"].items()}
     with torch.no_grad():
@@ -51,10 +52,11 @@ def test_tim_parity_every_layer_and_tokens(converted, arch):
 
 def test_tim_generator_frozen_and_round_trip(converted, tmp_path):
     model = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A"], tim_modalities=["LULC"],
-                                           tim_temperature=0.0, merge_method="dict")  # fmt: skip
+                                           tim_generation_config=TerraMindGenerationConfig(temperature=0.0),
+                                           merge_method="dict")  # fmt: skip
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("encoder.", "layernorm")) for n in trainable), sorted(trainable)[:5]
-    assert model.modality_embeddings["S2L2A"] is model.tim_generator.terramind.encoder_embeddings["S2L2A"]
+    assert model.embeddings["S2L2A"] is model.tim_generator.terramind.encoder_embeddings["S2L2A"]
     model.train()
     assert not model.tim_generator.training
     x = torch.randn(1, 12, 32, 32)
@@ -69,13 +71,15 @@ def test_tim_generator_frozen_and_round_trip(converted, tmp_path):
 
 
 def test_tim_refuses_band_subsets_and_new_modalities():
+    from huggingface_hub.errors import StrictDataclassError
+
     from terramind import TerraMindConfig
 
-    with pytest.raises(ValueError, match="band subsets"):
+    with pytest.raises(StrictDataclassError, match="band subsets"):
         TerraMindConfig(modalities=["S2L2A"], bands={"S2L2A": ["RED"]}, tim_modalities=["LULC"])
-    with pytest.raises(ValueError, match="pretrained modalities only"):
+    with pytest.raises(StrictDataclassError, match="pretrained modalities only"):
         TerraMindConfig(modalities=["S2L2A", {"PLANET": 4}], tim_modalities=["LULC"])
-    with pytest.raises(ValueError, match="cannot be generated"):
+    with pytest.raises(StrictDataclassError, match="cannot be generated"):
         TerraMindConfig(modalities=["S2L2A"], tim_modalities=["RGB"])
 
 

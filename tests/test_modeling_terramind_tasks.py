@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoBackbone, UperNetConfig, UperNetForSemanticSegmentation
 
-from terramind import TerraMindConfig, TerraMindModel
+from terramind import TERRATORCH_OUT_INDICES, TerraMindConfig, TerraMindModel
 from terramind.modeling_terramind_tasks import (
     TerraMindBackbone,
     TerraMindForImageClassification,
@@ -209,12 +209,33 @@ def test_backbone_out_features_pyramid_concat_and_auto():
     assert [tuple(m.shape[1:]) for m in maps] == [(16, 16, 8), (32, 8, 4), (64, 4, 2), (64, 2, 1)]
     AutoBackbone.register(TerraMindConfig, TerraMindBackbone, exist_ok=True)
     assert isinstance(AutoBackbone.from_config(config(out_indices=[-1])), TerraMindBackbone)
-    with pytest.raises(ValueError, match="out of range"):
-        TerraMindBackbone(config(out_indices=[5]))
+    with pytest.raises(ValueError, match="out_indices must be valid indices"):
+        config(out_indices=[5])
     with pytest.raises(ValueError, match="exactly 4 stages"):
         TerraMindBackbone(config(out_indices=[1, 2], use_feature_pyramid=True))
-    with pytest.raises(ValueError, match="name different stages"):
-        TerraMindBackbone(config(out_indices=[1], out_features=["stage2"]))
+    with pytest.raises(ValueError, match="should correspond to the same stages"):
+        config(out_indices=[1], out_features=["stage2"])
+
+
+def test_backbone_config_like_transformers_backbones():
+    """out_indices / out_features stay in sync in the config; neither given: the last stage; the backbone never
+    writes into the config it was given; TerraTorch's stages are a preset."""
+    shared = config()
+    assert (shared.out_indices, shared.out_features) == ([4], ["stage4"])
+    assert shared.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
+    before = shared.to_dict()
+    backbone = TerraMindBackbone(shared).eval()
+    assert shared.to_dict() == before and before["out_indices"] is None  # nothing written back
+    maps = backbone(inputs(1, 32, 32)).feature_maps
+    assert len(maps) == 1 and backbone.out_features == ["stage4"]
+    shared.out_indices = [2, 4]
+    assert shared.out_features == ["stage2", "stage4"]
+    shared.out_features = ["stem"]
+    assert shared.out_indices == [0]
+    preset = TerraMindConfig.from_variant("base", out_indices=TERRATORCH_OUT_INDICES["base"])
+    assert preset.out_features == ["stage3", "stage6", "stage9", "stage12"]
+    # the dense heads' own default when no stages are chosen: TerraTorch's four
+    assert TerraMindForSemanticSegmentation(config(num_labels=3)).feature_neck.out_indices == [1, 2, 3, 4]
 
 
 def test_backbone_in_transformers_upernet():
