@@ -6,6 +6,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForImageToImage,
     AutoModelForSemanticSegmentation,
     AutoProcessor,
     AutoTokenizer,
@@ -47,6 +48,7 @@ AutoModel.register(TerraMindConfig, TerraMindModel, exist_ok=True)
 AutoBackbone.register(TerraMindConfig, TerraMindBackbone, exist_ok=True)
 AutoModelForSemanticSegmentation.register(TerraMindConfig, TerraMindForSemanticSegmentation, exist_ok=True)
 AutoModelForImageClassification.register(TerraMindConfig, TerraMindForImageClassification, exist_ok=True)
+AutoModelForImageToImage.register(TerraMindConfig, TerraMindForGeneration, exist_ok=True)
 AutoConfig.register("terramind_tokenizer", TerraMindTokenizerConfig, exist_ok=True)
 AutoModel.register(TerraMindTokenizerConfig, TerraMindTokenizerModel, exist_ok=True)
 AutoTokenizer.register(TerraMindConfig, fast_tokenizer_class=TerraMindCoordsTokenizer, exist_ok=True)
@@ -55,7 +57,7 @@ register_processors()
 # where this package is not installed.
 TerraMindConfig.register_for_auto_class()
 TerraMindModel.register_for_auto_class("AutoModel")
-TerraMindForGeneration.register_for_auto_class("AutoModel")
+TerraMindForGeneration.register_for_auto_class("AutoModelForImageToImage")
 TerraMindTokenizerConfig.register_for_auto_class()
 TerraMindTokenizerModel.register_for_auto_class("AutoModel")
 TerraMindImageProcessor.register_for_auto_class("AutoImageProcessor")

@@ -48,17 +48,7 @@ def _run_convert(args: argparse.Namespace) -> None:
             overrides["num_attention_heads"] = args.num_heads
         out = convert_checkpoint(args.checkpoint, args.output, variant=args.variant, config_overrides=overrides,
                                  push_to_hub=args.push_to_hub)  # fmt: skip
-        _save_processor(out)
     print(f"Converted into {out}")
-
-
-def _save_processor(folder) -> None:
-    """Write the matching processor next to a converted model, so AutoProcessor loads the folder."""
-    try:
-        from .processing_terramind import TerraMindProcessor
-    except ImportError:
-        return
-    TerraMindProcessor().save_pretrained(folder)
 
 
 # ----------------------------------------------------------------------------- shared options

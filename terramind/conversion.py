@@ -21,6 +21,7 @@ from transformers.utils import logging
 
 from .configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
 from .modalities import ORIGINAL_KEY_TO_NAME, RAW_IMAGE_MODALITIES
+from .model_card import push_folder, write_model_card
 
 ORIGINAL_MODEL_FILE = re.compile(r"^TerraMind_v1_(tiny|small|base|large)\.pt$")
 CACHE_ENV = "TERRAMIND_CACHE"
@@ -171,7 +172,9 @@ def convert_checkpoint(
 ) -> Path:
     """Convert `TerraMind_v1_*.pt` into a folder that TerraMindModel, TerraMindForGeneration and the TiM
     models all load (config.json + model.safetensors with every weight of the original)."""
+    from .image_processing_terramind import TerraMindImageProcessor
     from .modeling_terramind import TerraMindForGeneration
+    from .processing_terramind import TerraMindProcessor
 
     state = load_original_state_dict(checkpoint)
     overrides = config_overrides or {}
@@ -204,9 +207,18 @@ def convert_checkpoint(
                        "initialized (fine unless you use those modalities).")  # fmt: skip
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
+    TerraMindProcessor(image_processor=TerraMindImageProcessor(default_modality=_first_name(config.modalities))
+                       ).save_pretrained(output_dir)  # fmt: skip
+    write_model_card(output_dir, str(checkpoint), "encoder and generator", config.modalities, "AutoModel",
+                     "TerraMindModel")  # fmt: skip
     if push_to_hub:
-        model.push_to_hub(push_to_hub)
+        push_folder(output_dir, push_to_hub)
     return output_dir
+
+
+def _first_name(modalities: list[Any]) -> str:
+    first = modalities[0]
+    return first if isinstance(first, str) else next(iter(first))
 
 
 def _is_tied(model: torch.nn.Module, key: str) -> bool:

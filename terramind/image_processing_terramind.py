@@ -175,6 +175,10 @@ class TerraMindImageProcessor(BaseImageProcessor):
             Whether to pad (bottom/right) to `pad_size`, or without it to the next multiple of `size_divisor`.
         size_divisor (`int`, *optional*, defaults to 16):
             The patch size of TerraMind; outputs whose size is not a multiple of it are reported with a warning.
+        default_modality (`str`, *optional*):
+            The modality of a bare input (an array, tensor or PIL image instead of a dict), returned as
+            `pixel_values`, which the model reads as its first modality (conversion sets that one); this is what
+            `pipeline("image-feature-extraction")` passes.
     """
 
     model_input_names = list(PIXEL_MODALITIES)
@@ -197,9 +201,11 @@ class TerraMindImageProcessor(BaseImageProcessor):
         do_pad: bool = False,
         pad_size: int | Sequence[int] | Mapping[str, int] | None = None,
         size_divisor: int = 16,
+        default_modality: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.default_modality = resolve_modality(default_modality) if default_modality is not None else None
         self.bands = self._canonical_keys(bands, lambda names: [canonical_band_name(n) for n in names])
         self.do_normalize = do_normalize
         self.image_mean = self._canonical_keys(image_mean, lambda values: [float(v) for v in values])
@@ -296,7 +302,13 @@ class TerraMindImageProcessor(BaseImageProcessor):
         """
         if kwargs:
             raise ValueError(f"Unexpected arguments {sorted(kwargs)} for {self.__class__.__name__}.")
-        if not isinstance(images, Mapping) or not images:
+        if not isinstance(images, Mapping):
+            return self._preprocess_bare(images, band_names=band_names, nodata_value=nodata_value,
+                                         fill_value=fill_value, return_nodata_mask=return_nodata_mask,
+                                         do_normalize=do_normalize, do_resize=do_resize, size=size, resample=resample,
+                                         do_center_crop=do_center_crop, crop_size=crop_size, do_pad=do_pad,
+                                         pad_size=pad_size, return_tensors=return_tensors)  # fmt: skip
+        if not images:
             raise ValueError("`images` must be a non-empty dict {modality: array}, e.g. {'S2L2A': array}.")
         if band_names is not None and not isinstance(band_names, Mapping):
             if len(images) != 1:
@@ -343,6 +355,19 @@ class TerraMindImageProcessor(BaseImageProcessor):
         elif return_tensors not in ("pt", None):
             raise ValueError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}.")
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _preprocess_bare(self, image: Any, **settings: Any) -> BatchFeature:
+        """A bare array, tensor or PIL image: the `default_modality`, returned as `pixel_values`."""
+        if self.default_modality is None:
+            raise ValueError("`images` must be a dict {modality: array}, e.g. {'S2L2A': array}, or set the "
+                             "processor's default_modality for bare arrays and images.")  # fmt: skip
+        if hasattr(image, "getbands"):  # a PIL image: (H, W, C) pixels -> (C, H, W)
+            image = np.asarray(image)
+            image = image.transpose(2, 0, 1) if image.ndim == 3 else image
+        out = self.preprocess({self.default_modality: image}, **settings)
+        data = dict(out)
+        data["pixel_values"] = data.pop(self.default_modality)
+        return BatchFeature(data=data, tensor_type=settings.get("return_tensors"))
 
     def _process_modality(
         self,

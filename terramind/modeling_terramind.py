@@ -824,6 +824,14 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
     def can_generate(cls) -> bool:
         return True
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """Transformers' saving. The folder holds a whole TerraMind (encoder and decoder), so with remote code it
+        also maps `AutoModel` to the encoder, `TerraMindModel`, whose code is in the same file."""
+        if self._auto_class is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                   "AutoModel": "modeling_terramind.TerraMindModel"}
+        super().save_pretrained(save_directory, *args, **kwargs)
+
     def get_input_embeddings(self) -> TerraMindEmbeddings:
         return self.terramind.get_input_embeddings()
 

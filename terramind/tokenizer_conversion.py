@@ -17,6 +17,7 @@ import torch
 
 from .configuration_terramind_tokenizer import TerraMindTokenizerConfig, canonical_tokenizer_modality
 from .conversion import ConversionError, find_release_file, load_original_state_dict, resolve_release
+from .model_card import push_folder, write_model_card
 
 ORIGINAL_TOKENIZER_FILE = re.compile(r"^TerraMind_Tokenizer_(S2L2A|S1GRD|S1RTC|DEM|LULC|NDVI)\.pt$")
 _HUB_REPO_MODALITY = re.compile(r"Tokenizer-(S2L2A|S1GRD|S1RTC|DEM|LULC|NDVI)$")
@@ -192,8 +193,10 @@ def convert_tokenizer_checkpoint(
     model = load_original_tokenizer(checkpoint, modality, config_overrides=config_overrides)
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
+    write_model_card(output_dir, str(checkpoint), f"{model.config.modality} tokenizer", [model.config.modality],
+                     "AutoModel", "TerraMindTokenizerModel")  # fmt: skip
     if push_to_hub:
-        model.push_to_hub(push_to_hub)
+        push_folder(output_dir, push_to_hub)
     return output_dir
 
 
