@@ -411,7 +411,8 @@ class TerraMindPreTrainedModel(PreTrainedModel):
                     source, modalities=list(module.tim_generator.terramind.modality_channels),
                     config=tim_generator_config(module.config), dtype=module.dtype, **_hub_kwargs(kwargs),
                 )  # fmt: skip
-                module.tim_generator.load_state_dict(weights.state_dict())
+                module.tim_generator.load_state_dict(weights.state_dict(), assign=True)  # some are still on meta
+                module.tim_generator.tie_weights()
                 info["missing_keys"] = {k for k in info["missing_keys"] if "tim_generator." not in k}
             module.tim_generator.generation_config = generation_config or TerraMindGenerationConfig.from_folder(
                 source, **_hub_kwargs(kwargs))
@@ -508,6 +509,26 @@ class TerraMindModel(TerraMindPreTrainedModel):
 
     def get_input_embeddings(self) -> TerraMindEmbeddings:
         return self.embeddings
+
+    def post_init(self) -> None:
+        super().post_init()
+        # The concat merge's missing-modality token stands in for absent inputs; no release has it, so every
+        # pretrained load would report it. Weights that carry input (new modalities, bands, registers) are reported.
+        self._keys_to_ignore_on_load_missing.add(r"(^|\.)missing_modality_token$")
+
+    def tie_weights(self, missing_keys: set[str] | None = None, recompute_mapping: bool = True) -> None:
+        """Transformers' tying; the TiM generator's weights are filled after loading, from the same folder (see
+        `from_pretrained`), so their absence from the checkpoint is no corruption."""
+        if missing_keys is None or self.tim_generator is None:
+            return super().tie_weights(missing_keys=missing_keys, recompute_mapping=recompute_mapping)
+        filled_later = {k: v for k, v in self.all_tied_weights_keys.items()
+                        if k.startswith("tim_generator.") and k in missing_keys and v in missing_keys}  # fmt: skip
+        for key in filled_later:
+            self.all_tied_weights_keys.pop(key)
+        try:
+            super().tie_weights(missing_keys=missing_keys, recompute_mapping=recompute_mapping)
+        finally:
+            self.all_tied_weights_keys.update(filled_later)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """Transformers' saving; a TiM model also writes its generator's sampling (`generation_config.json`)."""
