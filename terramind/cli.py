@@ -177,8 +177,9 @@ def _run_embed(args: argparse.Namespace) -> None:
 
 
 def _starts(size: int, tile: int) -> list[int]:
-    starts = list(range(0, size - tile + 1, tile))
-    return starts if starts[-1] == size - tile else [*starts, size - tile]
+    from .tiling import tile_starts
+
+    return tile_starts(size, tile, tile)
 
 
 # ----------------------------------------------------------------------------- generate

@@ -69,6 +69,7 @@ from .modeling_terramind import (
     TerraMindPreTrainedModel,
 )
 from .temporal import fold_time, merge_time
+from .tiling import run_tiled
 
 DECODE_HEADS = ("upernet", "unet", "fcn")
 SPATIAL_MERGE_METHODS = ("mean", "max", "concat")
@@ -446,18 +447,22 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
         tokens = outputs.last_hidden_state.shape[1]
         return outputs, _spatial_grid([inputs], self.config.patch_size, tokens)
 
+    def _gather_inputs(self, pixel_values: Any, modalities: dict[str, Any]) -> dict[str, Any]:
+        """Inputs as {name: value}: a dict, keyword arguments, or one tensor (the first configured modality)."""
+        inputs = dict(modalities)
+        if isinstance(pixel_values, dict):
+            inputs = {**pixel_values, **inputs}
+        elif pixel_values is not None:
+            inputs = {next(iter(self.config.modality_aliases().values())): pixel_values, **inputs}
+        return inputs
+
     def _run_encoder(
         self, pixel_values: Any, modalities: dict[str, Any], output_hidden_states: bool | None
     ) -> tuple[TerraMindModelOutput, dict[str, Any]]:
         """The encoder over the inputs; time series (B, C, T, H, W) go through it one time step at a time (folded
         into the batch) and its outputs are merged over time by `temporal_merge`. Returns the output and the
         (folded) inputs."""
-        inputs = dict(modalities)
-        if isinstance(pixel_values, dict):
-            inputs = {**pixel_values, **inputs}
-        elif pixel_values is not None:
-            inputs = {next(iter(self.config.modality_aliases().values())): pixel_values, **inputs}
-        inputs, steps = fold_time(inputs)
+        inputs, steps = fold_time(self._gather_inputs(pixel_values, modalities))
         merge = task_setting(self.config, "temporal_merge")
         if steps is None and (merge in ("concat", "diff") or task_setting(self.config, "num_timesteps")):
             raise ValueError(f"This model merges time series (temporal_merge={merge!r}, num_timesteps="
@@ -631,6 +636,37 @@ class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
         size = (grid[0] * self.config.patch_size, grid[1] * self.config.patch_size)
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits, outputs
+
+    @torch.no_grad()
+    def predict_tiled(
+        self,
+        pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
+        tile_size: int = 224,
+        overlap: int = 64,
+        batch_size: int = 8,
+        progress: bool = False,
+        **modalities: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits (B, num_outputs, H, W) of a scene of any size, in eval mode: tiles of `tile_size` overlapping by
+        `overlap` pixels, `batch_size` at a time on the model's device, blended with a smooth window (TerraTorch's
+        tiled inference). Inputs are those of `forward` (standardized, e.g. by the processor; time series too) at
+        any H, W: scenes smaller than a tile or not a multiple of the patch size are padded with 0 (the band mean)
+        and the output cropped back. Returns float32 on the CPU; `softmax(dim=1)` gives class probabilities."""
+        inputs = self._gather_inputs(pixel_values, modalities)
+        dtype = next(self.parameters()).dtype
+
+        def logits_of(tiles: dict[str, torch.Tensor]) -> torch.Tensor:
+            tiles = {name: value.to(self.device, dtype if value.is_floating_point() else None)
+                     for name, value in tiles.items()}  # fmt: skip
+            return self(tiles).logits.float().cpu()
+
+        was_training = self.training
+        self.eval()
+        try:
+            return run_tiled(logits_of, inputs, tile_size, overlap, batch_size, multiple_of=self.config.patch_size,
+                             progress=progress, description="TerraMind tiled prediction")  # fmt: skip
+        finally:
+            self.train(was_training)
 
 
 class TerraMindForSemanticSegmentation(TerraMindDenseModel):
