@@ -482,6 +482,15 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
         )  # fmt: skip
         return merged, inputs
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any):
+        """Standard loading; the model also remembers the name it was loaded with (a Hub id, also of an original
+        release converted on the fly) as `pretrained_source`, which its LoRA adapters record as their base."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.pretrained_source = str(pretrained_model_name_or_path)
+        return loaded
+
     def _after_loading(self) -> None:
         self._apply_freezing()  # loading hands out fresh Parameters
 

@@ -303,3 +303,48 @@ def test_weights_digest_sees_changes():
     with torch.no_grad():
         model.decode_head.classifier.bias.add_(1e-3)
     assert weights_digest(model) != before
+
+
+# ----------------------------------------------------------------------------- LoRA on q and v (replace_qkv)
+def test_lora_replace_qkv_adapts_q_and_v_separately(tmp_path):
+    """TerraTorch's `replace_qkv: qkv` with targets qkv.q_linear / qkv.v_linear: outputs unchanged before training;
+    after training the key rows of the fused projection are untouched and q and v each change by a rank-r update;
+    the adapter loads onto a plain base with PeftModel.from_pretrained."""
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    TerraMindForSemanticSegmentation(tiny_config(**HEAD)).save_pretrained(tmp_path / "base")
+    base = TerraMindForSemanticSegmentation.from_pretrained(tmp_path / "base").eval()
+    x = {"S2L2A": torch.randn(2, 12, 32, 32), "S1RTC": torch.randn(2, 2, 32, 32)}
+    with torch.no_grad():
+        reference = base(**x).logits
+    targets = ["qkv.q_linear", "qkv.v_linear", "mlp.fc1", "mlp.fc2"]
+    model = apply_lora(base, r=2, lora_alpha=4, target_modules=targets, replace_qkv="qkv")
+    with torch.no_grad():  # zero-initialised lora_B: the same numbers (up to float rounding)
+        torch.testing.assert_close(model(**x).logits, reference, rtol=1e-5, atol=1e-5)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(**x, labels=torch.randint(0, 10, (2, 32, 32))).loss.backward()
+        optimizer.step()
+    qkv = model.base_model.model.terramind.encoder.layer[0].attention.qkv
+    assert qkv.lora_A["default"].weight.shape == (4, 32)  # rank 2 for each of q and v
+    assert qkv.scaling["default"] == 2.0  # alpha / r of each part, as TerraTorch's separate LoRAs
+    delta = qkv.lora_B["default"].weight @ qkv.lora_A["default"].weight
+    query, key, value = delta.split(32)
+    assert torch.equal(key, torch.zeros_like(key)) and query.abs().max() > 0 and value.abs().max() > 0
+    assert torch.linalg.matrix_rank(query) == 2 and torch.linalg.matrix_rank(value) == 2
+    torch.testing.assert_close(query, qkv.lora_B["default"].weight[:32, :2] @ qkv.lora_A["default"].weight[:2])
+    model.eval()
+    with torch.no_grad():
+        trained = model(**x).logits
+    model.save_pretrained(tmp_path / "adapter")
+    fresh = TerraMindForSemanticSegmentation.from_pretrained(tmp_path / "base")
+    loaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**x).logits, trained, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="need replace_qkv='qkv'"):
+        apply_lora(TerraMindForSemanticSegmentation(tiny_config(**HEAD)), target_modules=["qkv.q_linear"])
+    with pytest.raises(ValueError, match="target its parts"):
+        apply_lora(TerraMindForSemanticSegmentation(tiny_config(**HEAD)), target_modules=["qkv"], replace_qkv="qkv")
