@@ -47,6 +47,7 @@ logger = logging.get_logger(__name__)
 
 LORA_TARGET_MODULES = ("qkv", "proj", "fc1", "fc2", "fc3")
 QKV_PARTS = ("q", "k", "v")
+LOSS_HELP = 'ce, dice, focal, lovasz (regression: mse, mae, rmse, huber) or JSON such as \'{"ce": 0.5, "dice": 0.5}\'.'
 TASK_MODELS = {
     "segmentation": TerraMindForSemanticSegmentation,
     "regression": TerraMindForPixelRegression,
@@ -203,6 +204,8 @@ class FinetuningArguments:
         default=None, metadata={"help": "JSON of more TerraMindConfig settings, e.g. '{\"decoder_hidden_size\": 128}'."}
     )
     decode_head: str = field(default="upernet", metadata={"help": "upernet, unet or fcn."})
+    loss: str | None = field(default=None, metadata={"help": LOSS_HELP})
+    head_dropout: float = field(default=0.0, metadata={"help": "Dropout before the head's classifier."})
     merge_method: str = field(default="mean", metadata={"help": "How modalities merge: mean, max or concat."})
     out_indices: list[int] | None = field(default=None, metadata={"help": "Encoder stages for the decoder."})
     freeze_backbone: bool = field(default=False, metadata={"help": "Train the decoder only."})
@@ -243,6 +246,10 @@ def build_model(args: FinetuningArguments) -> torch.nn.Module:
         task_settings["ignore_index"] = args.ignore_index
     if args.task != "classification":
         task_settings["decode_head"] = args.decode_head
+    if args.loss:
+        task_settings["loss"] = json.loads(args.loss) if args.loss.lstrip().startswith(("{", "[")) else args.loss
+    if args.head_dropout:
+        task_settings["head_dropout"] = args.head_dropout
     if args.out_indices:
         task_settings["out_indices"] = list(args.out_indices)
     if args.task != "regression":

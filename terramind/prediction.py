@@ -88,27 +88,17 @@ def load_predictor(model: str | os.PathLike, adapter: str | os.PathLike | None =
 def read_scene(paths: dict[str, list[str]], processor: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:
     """Model inputs of a scene ((1, C, H, W), or (1, C, T, H, W) for time series), its nodata mask (H, W: any input,
     any time step) and the georeference profile."""
-    from .geotiff import read_sample
-    from .modalities import resolve_modality
+    from .data_terramind import read_series_sample
 
-    steps = max(len(files) for files in paths.values())
-    batches, grids = [], []
-    for step in range(steps):
-        sample = read_sample({name: files[step if len(files) > 1 else 0] for name, files in paths.items()})
-        profile = sample.profile
-        grids.append((profile.get("crs"), tuple(profile["transform"])[:6], profile["height"], profile["width"]))
-        if grids[-1] != grids[0]:
-            raise ValueError(f"Time step {step} is not aligned with the first one: {grids[-1]} vs {grids[0]}.")
-        batches.append(processor(sample.images, band_names=sample.band_names, nodata_value=sample.nodata,
-                                 return_nodata_mask=True))  # fmt: skip
-    series = {resolve_modality(name) for name, files in paths.items() if len(files) > 1}
-    inputs, nodata = {}, torch.zeros(profile["height"], profile["width"], dtype=torch.bool)
-    for key in batches[0]:
-        if key.endswith(NODATA_MASK_SUFFIX):
-            nodata |= torch.stack([batch[key][0] for batch in batches]).any(dim=0)
-        else:
-            inputs[key] = torch.stack([batch[key] for batch in batches], dim=2) if key in series else batches[0][key]
-    return inputs, nodata, profile
+    sample = read_series_sample({name: files if len(files) > 1 else files[0] for name, files in paths.items()})
+    images = {key: image[None] if image.ndim == 4 else image for key, image in sample.images.items()}
+    batch = processor(images, band_names=sample.band_names, nodata_value=sample.nodata, return_nodata_mask=True)
+    inputs = {key: value for key, value in batch.items() if not key.endswith(NODATA_MASK_SUFFIX)}
+    nodata = torch.zeros(sample.profile["height"], sample.profile["width"], dtype=torch.bool)
+    for key in set(batch) - set(inputs):
+        mask = batch[key][0]
+        nodata |= mask.any(dim=0) if mask.ndim == 3 else mask  # time series: nodata at any time step
+    return inputs, nodata, sample.profile
 
 
 def predict_scene(model: Any, inputs: dict[str, torch.Tensor], nodata: torch.Tensor, profile: dict[str, Any],

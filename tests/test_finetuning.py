@@ -348,3 +348,69 @@ def test_lora_replace_qkv_adapts_q_and_v_separately(tmp_path):
         apply_lora(TerraMindForSemanticSegmentation(tiny_config(**HEAD)), target_modules=["qkv.q_linear"])
     with pytest.raises(ValueError, match="target its parts"):
         apply_lora(TerraMindForSemanticSegmentation(tiny_config(**HEAD)), target_modules=["qkv"], replace_qkv="qkv")
+
+
+# ----------------------------------------------------------------------------- time series and TerraTorch's layout
+def write_like(path: Path, values: np.ndarray, like: Path) -> None:
+    with rasterio.open(like) as src:
+        profile = dict(src.profile, count=values.shape[0], dtype=values.dtype.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values)
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def test_dataset_reads_time_series_one_file_per_step_or_stacked_bands(tmp_path):
+    ids = ["282D_485L_3_3", "433D_629L_3_1"]
+    root = copy_tiles(tmp_path / "data", ("S1RTC", "LULC"))
+    stacked = tmp_path / "stacked"
+    for i, sample in enumerate(ids):
+        first, second = TILES / "S2L2A" / f"{sample}.tif", TILES / "S2L2A" / f"{ids[1 - i]}.tif"
+        write_like(root / "S2L2A" / f"{sample}_t0.tif", read(first), first)
+        write_like(root / "S2L2A" / f"{sample}_t1.tif", read(second), first)
+        both = np.stack([read(first), read(second)], axis=1).reshape(24, 224, 224)  # channel by channel
+        write_like(stacked / "S2L2A" / f"{sample}.tif", both, first)
+    shutil.copytree(root / "S1RTC", stacked / "S1RTC")
+    shutil.copytree(root / "LULC", stacked / "LULC")
+    config = tiny_config(temporal_merge="concat", num_timesteps=2, **HEAD)
+    per_file = build_dataset(root, ["S2L2A", "S1RTC"], label_dir="LULC", config=config, split=ids,
+                             image_grep={"S2L2A": ["*_t0.tif", "*_t1.tif"], "S1RTC": "*.tif"})  # fmt: skip
+    from_bands = build_dataset(stacked, ["S2L2A", "S1RTC"], label_dir="LULC", config=config, split=ids,
+                               num_timesteps={"S2L2A": 2})  # fmt: skip
+    single = build_dataset(TILES, ["S2L2A", "S1RTC"], label_dir="LULC", config=tiny_config(), split=ids)
+    sample = per_file[0]
+    assert sample["S2L2A"].shape == (12, 2, 224, 224) and sample["S1RTC"].shape == (2, 224, 224)
+    torch.testing.assert_close(sample["S2L2A"][:, 0], single[0]["S2L2A"])
+    torch.testing.assert_close(sample["S2L2A"][:, 1], single[1]["S2L2A"])
+    torch.testing.assert_close(from_bands[0]["S2L2A"], sample["S2L2A"])
+    batch = TerraMindDataCollator()([per_file[0], per_file[1]])
+    model = TerraMindForSemanticSegmentation(config)
+    output = model(**{k: v[..., :64, :64] for k, v in batch.items()})
+    assert output.logits.shape == (2, 10, 64, 64) and torch.isfinite(output.loss)
+    (root / "S2L2A" / f"{ids[1]}_t1.tif").unlink()
+    with pytest.raises(ValueError, match=r"S2L2A \(.*time step 1\) lacks 1 sample"):
+        build_dataset(root, ["S2L2A"], label_dir="LULC", num_labels=10, split=ids,
+                      image_grep={"S2L2A": ["*_t0.tif", "*_t1.tif"]})  # fmt: skip
+
+
+def test_dataset_reads_terratorch_one_folder_layout(tmp_path):
+    """TerraTorch's GenericNonGeoSegmentationDataModule layout: `*_merged.tif` images and `*.mask.tif` labels in one
+    folder, a split file of sample prefixes (or file names)."""
+    folder = tmp_path / "burn_scars"
+    folder.mkdir()
+    for sample in ("282D_485L_3_3", "433D_629L_3_1", "637U_59R_1_3"):
+        shutil.copy(TILES / "S2L2A" / f"{sample}.tif", folder / f"{sample}_merged.tif")
+        shutil.copy(TILES / "LULC" / f"{sample}.tif", folder / f"{sample}.mask.tif")
+    (folder / "train.txt").write_text("282D_485L_3_3\n637U_59R_1_3_merged.tif\n")
+    dataset = build_dataset(folder, ["S2L2A"], image_grep="*_merged.tif", label_grep="*.mask.tif",
+                            split=folder / "train.txt", num_labels=10)  # fmt: skip
+    assert dataset.with_format(None)["sample_id"] == ["282D_485L_3_3", "637U_59R_1_3"]
+    reference = build_dataset(TILES, ["S2L2A"], label_dir="LULC", num_labels=10, split=["637U_59R_1_3"])[0]
+    torch.testing.assert_close(dataset[1]["S2L2A"], reference["S2L2A"])
+    assert torch.equal(dataset[1]["labels"], reference["labels"])
+    with pytest.raises(ValueError, match=r"both match .*give patterns that tell images and labels apart"):
+        build_dataset(folder, ["S2L2A"], label_grep="*.mask.tif", num_labels=10)
