@@ -1,4 +1,4 @@
-"""The `terramind` command line: convert original releases, embed scenes, generate modalities, fine-tune."""
+"""The `terramind` command line: convert original releases, embed scenes, generate modalities, fine-tune, predict."""
 
 from __future__ import annotations
 
@@ -167,8 +167,9 @@ def _run_embed(args: argparse.Namespace) -> None:
 
 
 def _starts(size: int, tile: int) -> list[int]:
-    starts = list(range(0, size - tile + 1, tile))
-    return starts if starts[-1] == size - tile else [*starts, size - tile]
+    from .tiling import tile_starts
+
+    return tile_starts(size, tile, tile)
 
 
 # ----------------------------------------------------------------------------- generate
@@ -265,6 +266,41 @@ def _run_finetune(args: argparse.Namespace) -> None:
     finetune_main(args.arguments)
 
 
+# ----------------------------------------------------------------------------- predict
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("predict", help="predict a scene with a fine-tuned segmentation or regression model")
+    parser.add_argument("--model", required=True,
+                        help="fine-tuned model folder, or the base model (folder, Hub repo, release) of --adapter")  # fmt: skip
+    parser.add_argument("--adapter", help="LoRA adapter folder or Hub repo (saved by finetune / save_adapter)")
+    parser.add_argument("--output", required=True, help="OUT.tif: class map (uint8, plus OUT.png) or regression")
+    parser.add_argument("--probabilities", metavar="PATH", help="also write class probabilities (float32 GeoTIFF)")
+    parser.add_argument("--overlap", type=int, help="tile overlap in pixels (default: min(64, tile size - 16))")
+    _add_runtime_options(parser)
+    parser.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    from .prediction import load_predictor, parse_inputs, predict_scene, read_scene, write_prediction
+
+    outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
+    if not all(path.endswith((".tif", ".tiff")) for path in outputs):
+        raise UsageError("--output and --probabilities must end in .tif/.tiff (GeoTIFF).")
+    if args.no_progress:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+    paths = parse_inputs(args.input)
+    model, processor = load_predictor(args.model, args.adapter, _torch_dtype(args.dtype), args.device)
+    if args.probabilities and type(model).__name__ != "TerraMindForSemanticSegmentation":
+        raise UsageError("--probabilities is for segmentation models; this model does pixel regression.")
+    inputs, nodata, profile = read_scene(paths, processor)
+    overlap = args.overlap if args.overlap is not None else min(64, args.tile_size - 16)
+    prediction = predict_scene(model, inputs, nodata, profile, args.tile_size, overlap, args.batch_size,
+                               progress=not args.no_progress)  # fmt: skip
+    for path in write_prediction(prediction, args.output, args.probabilities):
+        print(f"Wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="terramind", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -272,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_generate(sub)
     _add_finetune(sub)
+    _add_predict(sub)
     return parser
 
 

@@ -134,6 +134,17 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"Unknown TerraMind variant {variant!r}; expected one of {', '.join(TERRAMIND_VARIANTS)}.")
         return cls(**{**TERRAMIND_VARIANTS[variant], "variant": variant, **kwargs})
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """Transformers' `from_dict`, whose overrides (`from_pretrained(path, num_hidden_layers=2)`) are set after
+        construction: derived stages are rebuilt and every validator runs again on the result."""
+        out = super().from_dict(config_dict, **kwargs)
+        config = out[0] if isinstance(out, tuple) else out
+        config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, config.num_hidden_layers + 1)]
+        config.set_output_features_output_indices(out_features=config._out_features, out_indices=config._out_indices)
+        config.validate()
+        return out
+
     # ------------------------------------------------------------------ backbone stages
     def set_output_features_output_indices(self, out_features: list | None, out_indices: list | None) -> None:
         """As Transformers' backbones (aligned and checked), except that giving neither stores neither: the backbone

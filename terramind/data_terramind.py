@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .configuration_terramind import TerraMindConfig
-from .geotiff import read_sample
+from .geotiff import GeoSample, read_sample
 from .modalities import MODALITIES, resolve_modality
 
 TASKS = ("segmentation", "regression", "classification")
@@ -104,6 +104,78 @@ def _modality_folders(
     return folders
 
 
+def find_layout(
+    data_root: str | Path | None,
+    modalities: Sequence[str] | Mapping[str, str | Path],
+    label_dir: str | Path | None,
+    needs_labels: bool = True,
+) -> tuple[dict[str, Path], Path | None]:
+    """Folders of the modalities and of the labels, in either layout.
+
+    TerraMind's layout has a subfolder per modality (`data_root/S2L2A`) and a label folder. TerraTorch's (its
+    GenericNonGeoSegmentationDataModule datasets, e.g. HLS burn scars) keeps images and labels side by side in one
+    folder, told apart by their file-name patterns (`image_grep="*_merged.tif"`, `label_grep="*.mask.tif"`): a
+    modality without a subfolder, and no `label_dir`, mean `data_root` itself.
+    """
+    if isinstance(modalities, str):
+        modalities = [modalities]
+    if data_root is not None and not isinstance(modalities, Mapping):
+        root = Path(data_root)
+        folders = {name: root / name if (root / name).is_dir() else root for name in modalities}
+        if not folders:
+            raise ValueError("`modalities` must name at least one modality.")
+    else:
+        folders = _modality_folders(data_root, modalities)
+    label_path = None
+    if needs_labels:
+        if label_dir is None:
+            label_path = Path(data_root) if data_root is not None else None
+        else:
+            label_path = Path(label_dir)
+            if data_root is not None and not label_path.is_absolute() and not label_path.is_dir():
+                label_path = Path(data_root) / label_path
+    return folders, label_path
+
+
+def _sample_paths(steps: Mapping[str, list[dict[str, Path]]], patterns: Mapping[str, Any], sample: str) -> dict:
+    """{modality: path} of a sample; {modality: [path per time step]} where its pattern is a list."""
+    return {name: str(indexed[0][sample]) if isinstance(patterns[name], str) else
+            [str(found[sample]) for found in indexed] for name, indexed in steps.items()}  # fmt: skip
+
+
+def _flat_paths(paths: Mapping[str, str | list[str]]) -> dict[str, str]:
+    """{modality: path}, time steps as entries "S2L2A[t]" of their own."""
+    flat = {}
+    for name, value in paths.items():
+        for step, path in enumerate([value] if isinstance(value, str) else value):
+            flat[name if isinstance(value, str) else f"{name}[{step}]"] = path
+    return flat
+
+
+def _check_patterns_apart(steps: Mapping[str, list[dict[str, Path]]], label_files: Mapping[str, Path],
+                          patterns: Mapping[str, Any], label_grep: str) -> None:  # fmt: skip
+    """In one folder, an image pattern must not match the label files (TerraTorch's `*_merged.tif` vs `*.mask.tif`)."""
+    labels = set(label_files.values())
+    for name, indexed in steps.items():
+        shared = sorted(path.name for found in indexed for path in found.values() if path in labels)
+        if shared:
+            raise ValueError(f"image_grep {patterns[name]!r} of {name} and label_grep {label_grep!r} both match "
+                             f"{shared[:MAX_LISTED]}; give patterns that tell images and labels apart, e.g. "
+                             f"image_grep='*_merged.tif', label_grep='*.mask.tif'.")  # fmt: skip
+
+
+def _split_sample_ids(ids: list[str], steps: Mapping[str, list[dict[str, Path]]]) -> list[str]:
+    """Split entries as sample ids: ids as they are, or file names (with or without extension) of the images."""
+    by_file = {}
+    for indexed in steps.values():
+        for found in indexed:
+            for sample, path in found.items():
+                by_file.setdefault(path.name, sample)
+                by_file.setdefault(path.name.removesuffix(".tif").removesuffix(".tiff"), sample)
+    known = set().union(*(found for indexed in steps.values() for found in indexed))
+    return list(dict.fromkeys(i if i in known else by_file.get(i, i) for i in ids))
+
+
 # ----------------------------------------------------------------------------- checks
 def check_modalities(modalities: Sequence[str], config: TerraMindConfig | None, processor: Any = None) -> None:
     """Every data modality must be configured in the model (and, with a processor, give it the channels it expects)."""
@@ -148,6 +220,50 @@ def _raster_size(path: Path) -> tuple[int, int, int]:
         return src.count, src.height, src.width
 
 
+# ----------------------------------------------------------------------------- time series
+def _georeference(sample: GeoSample) -> tuple:
+    profile = sample.profile
+    return profile.get("crs"), tuple(profile["transform"])[:6], profile["height"], profile["width"]
+
+
+def read_series_sample(
+    paths: Mapping[str, str | Path | Sequence[str | Path]],
+    bands: Mapping[str, Sequence[str | int]] | None = None,
+    num_timesteps: Mapping[str, int] | None = None,
+) -> GeoSample:
+    """`read_sample` for time series: a list of paths of a modality is its time steps, in order (all lists of the
+    same length, every file co-registered with the first); `num_timesteps={modality: T}` splits one file's bands,
+    ordered channel by channel (c0 t0, c0 t1, ..., as TerraTorch's `expand_temporal_dimension`). Time series come
+    back as (C, T, H, W) images, other modalities as (C, H, W)."""
+    series = {name: list(value) for name, value in paths.items() if not isinstance(value, (str, Path))}
+    lengths = {name: len(files) for name, files in series.items()}
+    if any(n == 0 for n in lengths.values()) or len(set(lengths.values())) > 1:
+        raise ValueError(f"Time series need one or more files per modality, the same number for each, got {lengths}.")
+    sample = read_sample({name: files[0] if name in series else paths[name] for name, files in
+                          {**paths, **series}.items()}, bands=bands)  # fmt: skip
+    for name, files in series.items():
+        key = resolve_modality(name)
+        steps = [sample.images[key]]
+        for path in files[1:]:
+            step = read_sample({name: path}, bands=bands)
+            if _georeference(step) != _georeference(sample):
+                raise ValueError(f"{path} is not aligned with {files[0]} (CRS, transform or size differ).")
+            steps.append(step.images[key])
+        sample.images[key] = np.stack(steps, axis=1)
+    for name, steps in (num_timesteps or {}).items():
+        key = resolve_modality(name)
+        if key in {resolve_modality(n) for n in series}:
+            raise ValueError(f"{name} is given as one file per time step; num_timesteps is for stacked bands.")
+        image = sample.images[key]
+        if image.ndim != 3 or image.shape[0] % steps:
+            raise ValueError(f"{sample.paths[key]} has {image.shape[0]} bands, not a multiple of num_timesteps="
+                             f"{steps}.")  # fmt: skip
+        sample.images[key] = image.reshape(image.shape[0] // steps, steps, *image.shape[1:])
+        names = sample.band_names[key]
+        sample.band_names[key] = tuple(names[::steps]) if names else None
+    return sample
+
+
 # ----------------------------------------------------------------------------- transform
 def _label_geometry(label: torch.Tensor, image_processor: Any, fill: float) -> torch.Tensor:
     """Apply the processor's resize / center crop / pad to a (1, 1, H, W) label (nearest, padded with `fill`)."""
@@ -187,6 +303,7 @@ class TerraMindSampleTransform:
         random_flip: bool = False,
         band_names: Mapping[str, Sequence[str | int]] | None = None,
         extra_transform: Callable[[dict[str, np.ndarray], np.ndarray | None], tuple] | None = None,
+        num_timesteps: Mapping[str, int] | None = None,
     ):
         if processor is None:
             from .image_processing_terramind import TerraMindImageProcessor
@@ -202,6 +319,7 @@ class TerraMindSampleTransform:
         self.random_flip = random_flip
         self.band_names = band_names
         self.extra_transform = extra_transform
+        self.num_timesteps = dict(num_timesteps) if num_timesteps else None
 
     def read_label(self, path: str | Path) -> np.ndarray:
         """(H, W) label: int64 class ids (nodata -> ignore_index, `label_map` applied) or float32 targets (NaN)."""
@@ -246,8 +364,8 @@ class TerraMindSampleTransform:
         return images, (np.ascontiguousarray(label) if label is not None else None)
 
     def process_sample(self, paths: Mapping[str, str], label: Any = None) -> dict[str, Any]:
-        """One sample: {modality: (C, H, W) tensor, ..., "labels": tensor} (modalities by canonical name)."""
-        sample = read_sample({k: v for k, v in paths.items()}, bands=self.band_names)
+        """One sample: {modality: (C, H, W) or (C, T, H, W) tensor, ..., "labels": tensor} (canonical names)."""
+        sample = read_series_sample(paths, bands=self.band_names, num_timesteps=self.num_timesteps)
         images = {name: sample.images[resolve_modality(name)] for name in paths}
         label_array = self.read_label(label) if self.task != "classification" and label is not None else None
         if label_array is not None and label_array.shape != next(iter(images.values())).shape[-2:]:
@@ -260,6 +378,7 @@ class TerraMindSampleTransform:
         if self.band_names is None:
             band_names = {k: v for k, v in band_names.items() if v is not None} or None
         nodata = {name: sample.nodata[resolve_modality(name)] for name in paths}
+        images = {name: image[None] if image.ndim == 4 else image for name, image in images.items()}  # series: batch
         processed = self.processor(images, band_names=band_names, nodata_value=nodata, return_tensors="pt")
         out: dict[str, Any] = {key: value[0] for key, value in processed.items()}
         if label_array is not None:
@@ -288,7 +407,7 @@ def build_dataset(
     label_dir: str | Path | None = None,
     labels: Mapping[str, Any] | None = None,
     split: str | Path | Sequence[str] | None = None,
-    image_grep: str | Mapping[str, str] = "*.tif",
+    image_grep: str | Mapping[str, str | Sequence[str]] = "*.tif",
     label_grep: str = "*.tif",
     processor: Any = None,
     config: TerraMindConfig | None = None,
@@ -302,16 +421,22 @@ def build_dataset(
     band_names: Mapping[str, Sequence[str | int]] | None = None,
     extra_transform: Callable | None = None,
     validate: bool = True,
+    num_timesteps: Mapping[str, int] | None = None,
 ):
     """A `datasets.Dataset` over GeoTIFF folders (TerraTorch GenericMultiModalDataModule layout), read lazily.
 
     Args:
-        data_root: folder holding one subfolder per modality (named like the modality) and the label folder.
-        modalities: modality names (subfolders of `data_root`) or {name: folder}.
-        label_dir: label folder (name under `data_root` or a path) for segmentation / pixel regression.
+        data_root: folder holding one subfolder per modality (named like the modality) and the label folder, or,
+            in TerraTorch's one-folder layout, the images and labels themselves (see `find_layout`).
+        modalities: modality names (subfolders of `data_root`, or `data_root` itself) or {name: folder}.
+        label_dir: label folder (name under `data_root` or a path) for segmentation / pixel regression; default:
+            `data_root` itself (TerraTorch's layout, labels told apart by `label_grep`).
         labels: sample id -> class id (or multi-hot list) for classification.
-        split: split file (one sample id per line) or list of ids; default: every sample.
-        image_grep, label_grep: file patterns (per modality as a dict); the '*' part is the sample id.
+        split: split file (one sample id per line: the '*' part, or a file name) or list of ids; default: all.
+        image_grep, label_grep: file patterns (per modality as a dict); the '*' part is the sample id. A list of
+            patterns for a modality reads a time series, one file per time step (e.g. ["*_t0.tif", "*_t1.tif"]).
+        num_timesteps: {modality: T} for time series stacked on the band axis (T x C bands, channel by channel,
+            TerraTorch's `expand_temporal_dimension`). Time series come out as (C, T, H, W).
         processor: `TerraMindProcessor` / `TerraMindImageProcessor` (default: v1 statistics, no resizing).
         config: the model's config, to check the data's modalities (and band counts) against it.
         task: "segmentation", "regression" or "classification".
@@ -330,7 +455,7 @@ def build_dataset(
 
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}.")
-    folders = _modality_folders(data_root, modalities)
+    folders, label_path = find_layout(data_root, modalities, label_dir, task != "classification")
     names = list(folders)
     for name in names:
         resolve_modality(name)  # clear error for unknown modality names
@@ -340,26 +465,30 @@ def build_dataset(
         if num_labels is None:
             raise ValueError("Segmentation needs `num_labels` (or a `config` with num_labels).")
 
-    files = {name: index_folder(folder, _per_key(image_grep, name, "*.tif")) for name, folder in folders.items()}
+    patterns = {name: _per_key(image_grep, name, "*.tif") for name in names}
+    steps = {name: [index_folder(folders[name], p) for p in ([g] if isinstance(g, str) else list(g))]
+             for name, g in patterns.items()}  # fmt: skip
     label_files: dict[str, Path] = {}
     if task == "classification":
         if labels is None:
             raise ValueError("Classification needs `labels` ({sample id: class}).")
     else:
-        if label_dir is None:
-            raise ValueError(f"Task {task!r} needs `label_dir` (a folder of label rasters).")
-        label_path = Path(label_dir)
-        if data_root is not None and not label_path.is_absolute() and not label_path.is_dir():
-            label_path = Path(data_root) / label_path
+        if label_path is None:
+            raise ValueError(f"Task {task!r} needs `label_dir` (a folder of label rasters) or `data_root`.")
         label_files = index_folder(label_path, label_grep)
+        _check_patterns_apart(steps, label_files, patterns, label_grep)
 
-    sources = {**{f"{n} ({folders[n]})": set(f) for n, f in files.items()}}
+    sources = {}
+    for name, indexed in steps.items():
+        for step, found in enumerate(indexed):
+            where = f"{folders[name]}" if len(indexed) == 1 else f"{folders[name]}, time step {step}"
+            sources[f"{name} ({where})"] = set(found)
     if task == "classification":
         sources["labels"] = set(map(str, labels))
     else:
         sources[f"labels ({label_path})"] = set(label_files)
     if split is not None:
-        ids = read_split(split)
+        ids = _split_sample_ids(read_split(split), steps)
     else:
         ids = sorted(set.union(*sources.values()))
     problems = []
@@ -372,7 +501,7 @@ def build_dataset(
 
     rows = {
         "sample_id": ids,
-        "pixel_values": [{name: str(files[name][i]) for name in names} for i in ids],
+        "pixel_values": [_sample_paths(steps, patterns, i) for i in ids],
     }
     if task == "classification":
         rows["labels"] = [labels[i] for i in ids]
@@ -380,9 +509,10 @@ def build_dataset(
         rows["labels"] = [str(label_files[i]) for i in ids]
     crop = (crop_size, crop_size) if isinstance(crop_size, int) else (tuple(crop_size) if crop_size else None)
     transform = TerraMindSampleTransform(processor, task, ignore_index, label_map, crop, random_crop, random_flip,
-                                         band_names, extra_transform)  # fmt: skip
-    if validate:
-        _validate_files(rows, transform, num_labels, ignore_index)
+                                         band_names, extra_transform, num_timesteps)  # fmt: skip
+    if validate:  # every file of a time series is checked like a modality of its own
+        flat = [_flat_paths(paths) for paths in rows["pixel_values"]]
+        _validate_files({**rows, "pixel_values": flat}, transform, num_labels, ignore_index)
     dataset = datasets.Dataset.from_dict(rows)
     dataset.set_transform(transform)
     if validate:
@@ -554,8 +684,10 @@ __all__ = [
     "build_dataset",
     "check_modalities",
     "classification_metrics",
+    "find_layout",
     "index_folder",
     "preprocess_logits_for_metrics",
+    "read_series_sample",
     "read_split",
     "regression_metrics",
     "segmentation_metrics",

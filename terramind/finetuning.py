@@ -8,6 +8,13 @@ SwiGLU base/large models) projections of TerraMind; with the plain names `proj` 
 `proj` (each modality's input projection), so they are adapted too, as with TerraTorch's `target_modules`. The task
 modules (neck, decoder, classifier) are trained fully and saved with the adapter (`modules_to_save`). The frozen
 generator of Thinking-in-Modalities models is never adapted.
+
+`replace_qkv="qkv"` with targets `qkv.q_linear` / `qkv.v_linear` (TerraTorch's option and names) adapts the query
+and value parts of the fused `qkv` projection separately. TerraTorch splits the module into three linears; here the
+module stays as it is, so that saved adapters load onto a plain base with `PeftModel.from_pretrained`: the LoRA of
+`qkv` gets rank r per part, and its `lora_B` is block-diagonal (part i's output rows only see part i's r ranks; the
+other blocks are zero and receive no gradient). That is exactly one rank-r LoRA per part on a rank-r-per-part
+budget; the zero blocks are stored too.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from .modeling_terramind_tasks import (
 logger = logging.get_logger(__name__)
 
 LORA_TARGET_MODULES = ("qkv", "proj", "fc1", "fc2", "fc3")
+QKV_PARTS = ("q", "k", "v")
+LOSS_HELP = 'ce, dice, focal, lovasz (regression: mse, mae, rmse, huber) or JSON such as \'{"ce": 0.5, "dice": 0.5}\'.'
 TASK_MODELS = {
     "segmentation": TerraMindForSemanticSegmentation,
     "regression": TerraMindForPixelRegression,
@@ -65,10 +74,18 @@ def apply_lora(
     lora_dropout: float = 0.0,
     target_modules: list[str] | str | None = None,
     modules_to_save: list[str] | None = None,
+    replace_qkv: str | None = None,
     **lora_kwargs: Any,
 ):
-    """Wrap a TerraMind model (task head or TerraMindModel) in a PEFT LoRA model; only adapters and heads train."""
+    """Wrap a TerraMind model (task head or TerraMindModel) in a PEFT LoRA model; only adapters and heads train.
+
+    `replace_qkv="qkv"` with targets such as `["qkv.q_linear", "qkv.v_linear", "mlp.fc1", "mlp.fc2"]` (TerraTorch's
+    `peft_config`) adapts q and v of the fused projection separately (see the module docstring). The adapter records
+    where the base model came from (its Hub id, or the absolute path of a local folder).
+    """
     from peft import LoraConfig, get_peft_model
+
+    from .adapters import base_model_source
 
     config = model.config
     encoder = model if isinstance(model, TerraMindModel) else getattr(model, "terramind", None)
@@ -78,6 +95,13 @@ def apply_lora(
         target_modules = lora_target_modules(config)
     elif not isinstance(target_modules, str):  # a str is a regex over full module names
         target_modules = list(target_modules)
+    target_modules, parts = split_qkv_targets(target_modules, replace_qkv)
+    if parts:
+        if lora_kwargs.get("use_dora") or lora_kwargs.get("rank_pattern") or lora_kwargs.get("alpha_pattern"):
+            raise ValueError("replace_qkv cannot be combined with use_dora, rank_pattern or alpha_pattern.")
+        scale = len(parts) ** 0.5 if lora_kwargs.get("use_rslora") else len(parts)  # keep alpha / r of each part
+        lora_kwargs["rank_pattern"] = {replace_qkv: r * len(parts)}
+        lora_kwargs["alpha_pattern"] = {replace_qkv: lora_alpha * scale}
     lora_config = LoraConfig(
         r=r,
         lora_alpha=lora_alpha,
@@ -86,7 +110,62 @@ def apply_lora(
         modules_to_save=lora_modules_to_save(model) if modules_to_save is None else modules_to_save,
         **lora_kwargs,
     )
-    return get_peft_model(model, lora_config)
+    source = base_model_source(model)
+    peft_model = get_peft_model(model, lora_config)
+    if source:
+        peft_model.peft_config["default"].base_model_name_or_path = source
+    if parts:
+        keep_qkv_parts_separate(peft_model, replace_qkv, parts)
+    return peft_model
+
+
+def split_qkv_targets(targets: list[str] | str, replace_qkv: str | None) -> tuple[list[str] | str, list[str]]:
+    """TerraTorch's q/k/v targets (`qkv.q_linear`, `q_linear`, ...) -> (targets with the fused module instead, parts)."""
+    if replace_qkv is None:
+        named = [t for t in targets if t.rsplit(".", 1)[-1] in ("q_linear", "k_linear", "v_linear")] \
+            if not isinstance(targets, str) else []  # fmt: skip
+        if named:
+            raise ValueError(f"LoRA targets {named} need replace_qkv='qkv' (the fused projection they are part of).")
+        return targets, []
+    if isinstance(targets, str):
+        raise ValueError("replace_qkv takes a list of targets such as ['qkv.q_linear', 'qkv.v_linear'], not a regex.")
+    parts, others = [], []
+    for target in targets:
+        prefix, _, last = target.rpartition(".")
+        part = last.removesuffix("_linear")
+        if last.endswith("_linear") and part in QKV_PARTS and prefix in ("", replace_qkv):
+            parts.append(part)
+        elif target == replace_qkv or last == replace_qkv:
+            raise ValueError(f"With replace_qkv={replace_qkv!r}, target its parts ('{replace_qkv}.q_linear', "
+                             f"'{replace_qkv}.v_linear', ...) instead of {target!r}.")  # fmt: skip
+        else:
+            others.append(target)
+    if not parts:
+        raise ValueError(f"replace_qkv={replace_qkv!r} needs targets among '{replace_qkv}.q_linear', "
+                         f"'{replace_qkv}.k_linear', '{replace_qkv}.v_linear'.")  # fmt: skip
+    return [*others, replace_qkv], sorted(set(parts), key=QKV_PARTS.index)
+
+
+def keep_qkv_parts_separate(model: torch.nn.Module, fused_name: str, parts: list[str]) -> int:
+    """Make each LoRA of the fused `fused_name` projections (rank r per part) block-diagonal: part i's output rows use
+    only ranks [i r, (i + 1) r), the other entries of `lora_B` are zeroed and get no gradient. Call it again after
+    loading such an adapter for further training. Returns the number of modules."""
+    count = 0
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] != fused_name or not hasattr(module, "lora_B"):
+            continue
+        for lora_b in module.lora_B.values():
+            weight = lora_b.weight
+            width, rank = weight.shape[0] // len(QKV_PARTS), weight.shape[1] // len(parts)
+            mask = torch.zeros_like(weight, dtype=torch.bool)
+            for block, part in enumerate(parts):
+                row = QKV_PARTS.index(part) * width
+                mask[row : row + width, block * rank : (block + 1) * rank] = True
+            with torch.no_grad():
+                weight.masked_fill_(~mask, 0.0)
+            weight.register_hook(lambda grad, keep=mask: grad * keep)
+            count += 1
+    return count
 
 
 def weights_digest(model: torch.nn.Module, trainable_only: bool = False) -> str:
@@ -125,6 +204,8 @@ class FinetuningArguments:
         default=None, metadata={"help": "JSON of more TerraMindConfig settings, e.g. '{\"decoder_hidden_size\": 128}'."}
     )
     decode_head: str = field(default="upernet", metadata={"help": "upernet, unet or fcn."})
+    loss: str | None = field(default=None, metadata={"help": LOSS_HELP})
+    head_dropout: float = field(default=0.0, metadata={"help": "Dropout before the head's classifier."})
     merge_method: str = field(default="mean", metadata={"help": "How modalities merge: mean, max or concat."})
     out_indices: list[int] | None = field(default=None, metadata={"help": "Encoder stages for the decoder."})
     freeze_backbone: bool = field(default=False, metadata={"help": "Train the decoder only."})
@@ -134,6 +215,9 @@ class FinetuningArguments:
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "LoRA targets (default: qkv proj fc1 fc2 [fc3])."}
+    )
+    lora_replace_qkv: str | None = field(
+        default=None, metadata={"help": "'qkv': adapt its parts (targets qkv.q_linear qkv.v_linear) separately."}
     )
     crop_size: int | None = field(default=None, metadata={"help": "Crop samples to this size (random in training)."})
     random_flip: bool = field(default=False, metadata={"help": "Random horizontal/vertical flips in training."})
@@ -157,9 +241,15 @@ def build_model(args: FinetuningArguments) -> torch.nn.Module:
     model_class = TASK_MODELS[args.task]
     settings: dict[str, Any] = {"modalities": list(args.modalities), "merge_method": args.merge_method,
                                 "modality_drop_rate": args.modality_drop_rate}  # fmt: skip
-    task_settings: dict[str, Any] = {"freeze_backbone": args.freeze_backbone, "ignore_index": args.ignore_index}
+    task_settings: dict[str, Any] = {"freeze_backbone": args.freeze_backbone}
+    if args.task != "regression":  # regression ignores NaN labels, and `ignore_index` only when set in the config
+        task_settings["ignore_index"] = args.ignore_index
     if args.task != "classification":
         task_settings["decode_head"] = args.decode_head
+    if args.loss:
+        task_settings["loss"] = json.loads(args.loss) if args.loss.lstrip().startswith(("{", "[")) else args.loss
+    if args.head_dropout:
+        task_settings["head_dropout"] = args.head_dropout
     if args.out_indices:
         task_settings["out_indices"] = list(args.out_indices)
     if args.task != "regression":
@@ -212,7 +302,7 @@ def finetune(
     train_dataset, eval_dataset = build_datasets(args, config, processor)
     if args.use_lora:
         model = apply_lora(model, r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                           target_modules=args.lora_target_modules)  # fmt: skip
+                           target_modules=args.lora_target_modules, replace_qkv=args.lora_replace_qkv)  # fmt: skip
     if training_args.label_names is None:
         training_args.label_names = ["labels"]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -232,7 +322,12 @@ def finetune(
     eval_metrics = trainer.evaluate()
     trainer.log_metrics("eval", eval_metrics)
     if training_args.output_dir:
-        trainer.save_model()
+        if not args.use_lora:
+            trainer.save_model()
+        elif trainer.is_world_process_zero():  # the adapter with its task config and model card
+            from .adapters import save_adapter
+
+            save_adapter(model, training_args.output_dir, metrics=eval_metrics)
         if trainer.is_world_process_zero():
             processor.save_pretrained(training_args.output_dir)
             Path(training_args.output_dir, "finetuning_args.json").write_text(json.dumps(vars(args), indent=2))
@@ -248,6 +343,7 @@ __all__ = [
     "build_datasets",
     "build_model",
     "finetune",
+    "keep_qkv_parts_separate",
     "lora_modules_to_save",
     "lora_target_modules",
     "weights_digest",

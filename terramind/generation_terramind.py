@@ -423,18 +423,12 @@ _GENERATE_OPTIONS = ("generation_config", "standardize", "input_tokens", "tokeni
 
 
 def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Tile offsets covering [0, size): regular steps, the last tile flush with the edge."""
-    starts = list(range(0, size - tile + 1, stride))
-    if starts[-1] != size - tile:
-        starts.append(size - tile)
-    return starts
+    from .tiling import tile_starts
+
+    return tile_starts(size, tile, stride)
 
 
 def _blend_window(size: int, ramp: int) -> torch.Tensor:
-    """(size, size) weights: 1 in the middle, a linear ramp over `ramp` pixels to a small floor at the edges."""
-    ramp = max(1, min(ramp, size // 2))
-    profile = torch.ones(size)
-    edge = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp
-    profile[:ramp] = edge
-    profile[-ramp:] = edge.flip(0)
-    return profile[:, None] * profile[None, :]
+    from .tiling import blend_window
+
+    return blend_window(size, ramp)

@@ -131,7 +131,8 @@ class TerraMindImageProcessor(BaseImageProcessor):
 
     Input is a dict `{modality: array}` (any modality alias as key, e.g. "S2L2A", "s2_l2a", "S2RGB"), each array a
     numpy array or torch tensor of shape (C, H, W), (B, C, H, W), a list of (C, H, W) samples, or (H, W) for one-band
-    modalities. Values are in physical units: Sentinel-2 digital numbers (reflectance x 10000), RGB in 0-255,
+    modalities; time series are (B, C, T, H, W) (or a list of (C, T, H, W) samples), each time step processed alike,
+    with (B, T, H, W) nodata masks. Values are in physical units: Sentinel-2 digital numbers (reflectance x 10000), RGB in 0-255,
     Sentinel-1 backscatter in dB, DEM in metres, LULC class ids (0-9), NDVI in [-1, 1].
 
     Per modality the processor:
@@ -345,7 +346,15 @@ class TerraMindImageProcessor(BaseImageProcessor):
             if modality in data:
                 raise ValueError(f"Modality {modality} is given twice (as {key!r} and another alias).")
             names = _per_modality(band_names, modality) if band_names is not None else None
-            data[modality], mask = self._process_modality(modality, value, names, **settings)
+            pixels = _as_tensor(value, modality)
+            if pixels.ndim == 5:  # a time series (B, C, T, H, W): each time step is processed alike
+                batch, steps = pixels.shape[0], pixels.shape[2]
+                folded, mask = self._process_modality(modality, pixels.transpose(1, 2).flatten(0, 1), names,
+                                                      **settings)  # fmt: skip
+                data[modality] = folded.unflatten(0, (batch, steps)).transpose(1, 2)
+                mask = mask.unflatten(0, (batch, steps))  # (B, T, H, W)
+            else:
+                data[modality], mask = self._process_modality(modality, pixels, names, **settings)
             if return_nodata_mask:
                 data[modality + NODATA_MASK_SUFFIX] = mask
         self._check_batch(data)

@@ -20,11 +20,20 @@ Task settings are TerraMindConfig keyword arguments (`TerraMindConfig(..., num_l
 - `decode_head`: "upernet" (default, transformers' `UperNetHead`), "unet" or "fcn" (transformers' `UperNetFCNHead`).
 - `decoder_hidden_size` (UperNet/FCN channels, 256), `pool_scales` ((1, 2, 3, 6)), `unet_channels`
   ([512, 256, 128, 64]), `fcn_num_convs` (2).
-- `ignore_index` (-100), `class_weights` (one weight per class) for segmentation.
-- `num_regression_outputs` (1), `regression_loss` ("mse", "l1", "huber") for pixel regression; non-finite labels
-  are ignored.
-- `classifier_dropout` (0.0) and `problem_type` for classification.
+- `ignore_index` (-100), `class_weights` (one weight per class) for segmentation (and single-label classification).
+- `loss` (TerraTorch's names, `losses.py`): segmentation "ce" (default), "dice", "focal", "lovasz"; regression "mse"
+  (default), "mae"/"l1", "rmse", "huber"; or weighted combinations such as `{"ce": 0.5, "dice": 0.5}`.
+- `num_regression_outputs` (1), `regression_loss` (the older name of a regression `loss`) for pixel regression;
+  non-finite labels (and `ignore_index`, when set) are ignored.
+- `head_dropout` (0.0): dropout before the final classifier of every head (TerraTorch's `head_dropout`);
+  `classifier_dropout` is its Transformers name for classification. `problem_type` for classification.
+- `temporal_merge` ("mean", "max", "concat", "diff"), `num_timesteps`, `temporal_subset_lengths`: inputs
+  (B, C, T, H, W) run through the encoder one time step at a time and are merged over time per stage, as
+  TerraTorch's TemporalWrapper (`pooling`, `n_timestamps`, `subset_lengths`) does.
 - `freeze_backbone` (False): the encoder gets no gradients (the heads also offer `freeze_backbone()`).
+
+A setting that the model does not know, or does not use (e.g. `unet_channels` with the UperNet head, `loss` with a
+classifier), is an error rather than silently ignored.
 
 Inputs are the same as `TerraMindModel`'s (dict, keyword arguments per modality, or one tensor), plus `labels`.
 Dense heads need merged spatial tokens: `merge_method` "mean" (default), "max" or "concat".
@@ -46,14 +55,23 @@ from transformers.models.upernet.modeling_upernet import UperNetConvModule, Uper
 from transformers.utils import ModelOutput
 
 from .configuration_terramind import TerraMindConfig
+from .losses import (
+    REGRESSION_LOSSES,
+    SEGMENTATION_LOSSES,
+    classification_cross_entropy,
+    parse_loss,
+    regression_loss,
+    segmentation_loss,
+)
 from .modeling_terramind import (
     TerraMindModel,
     TerraMindModelOutput,
     TerraMindPreTrainedModel,
 )
+from .temporal import fold_time, merge_time
+from .tiling import run_tiled
 
 DECODE_HEADS = ("upernet", "unet", "fcn")
-REGRESSION_LOSSES = ("mse", "l1", "huber")
 SPATIAL_MERGE_METHODS = ("mean", "max", "concat")
 # Weights of a full TerraMind checkpoint (generator, TiM) that a task model does not use.
 _UNUSED_CHECKPOINT_KEYS = [r"^decoder", r"(^|\.)mask_token", r"encoder_embeddings\."]
@@ -74,7 +92,22 @@ TASK_CONFIG_DEFAULTS: dict[str, Any] = {
     "regression_loss": "mse",
     "classifier_dropout": 0.0,
     "freeze_backbone": False,
+    "loss": None,
+    "head_dropout": 0.0,
+    "temporal_merge": "mean",
+    "num_timesteps": None,
+    "temporal_subset_lengths": None,
 }
+TEMPORAL_MERGES = ("mean", "max", "concat", "diff")
+# Settings every task model uses, and those of each head type (checked by `check_task_settings`).
+COMMON_TASK_SETTINGS = ("freeze_backbone", "temporal_merge", "num_timesteps", "temporal_subset_lengths")
+HEAD_SETTINGS = {
+    "upernet": ("decoder_hidden_size", "pool_scales"),
+    "unet": ("unet_channels",),
+    "fcn": ("decoder_hidden_size", "fcn_num_convs", "fcn_concat_input"),
+}
+# Config entries of a saved or loaded config that are not TerraMindConfig arguments but are not user settings either.
+_CONFIG_BOOKKEEPING = {"auto_map", "custom_pipelines", "stage_names"}
 
 
 def task_setting(config: TerraMindConfig, name: str) -> Any:
@@ -95,6 +128,59 @@ def apply_task_kwargs(config: TerraMindConfig, kwargs: dict[str, Any]) -> None:
         setattr(config, name, value)
 
 
+def check_task_settings(config: TerraMindConfig, model_name: str, used: set[str]) -> None:
+    """Refuse config entries that no TerraMind model knows, and task settings (not at their default) that this model
+    does not use, so that `loss="dice"` on a classifier or a typo is an error rather than silently ignored."""
+    known = set(type(config)().to_dict()) | set(TASK_CONFIG_DEFAULTS) | _CONFIG_BOOKKEEPING
+    unknown = sorted(set(config.to_dict()) - known)
+    if unknown:
+        raise ValueError(f"{model_name}: unknown config settings {unknown}; task settings are "
+                         f"{', '.join(TASK_CONFIG_DEFAULTS)}.")  # fmt: skip
+    unused = sorted(name for name, default in TASK_CONFIG_DEFAULTS.items()
+                    if name not in used and _chosen_setting(config, name, default) != default)  # fmt: skip
+    if unused:
+        settings = ", ".join(f"{name}={_chosen_setting(config, name, None)!r}" for name in unused)
+        raise ValueError(f"{model_name} does not use {settings}; remove them (or reset them to their defaults) or "
+                         f"choose the model or head that uses them.")  # fmt: skip
+
+
+def _chosen_setting(config: TerraMindConfig, name: str, default: Any) -> Any:
+    """A task setting as the user chose it: the config's backbone stages read the last stage when none is chosen."""
+    if name in ("out_indices", "out_features"):
+        return getattr(config, f"_{name}")
+    return getattr(config, name, default)
+
+
+def check_temporal_settings(config: TerraMindConfig) -> None:
+    """`temporal_merge`, `num_timesteps` and `temporal_subset_lengths` must fit together (TerraTorch's rules)."""
+    merge = task_setting(config, "temporal_merge")
+    steps = task_setting(config, "num_timesteps")
+    subsets = task_setting(config, "temporal_subset_lengths")
+    if merge not in TEMPORAL_MERGES:
+        raise ValueError(f"temporal_merge must be one of {', '.join(TEMPORAL_MERGES)}, got {merge!r}.")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"num_timesteps must be a positive int, got {steps!r}.")
+    if subsets is not None:
+        if not subsets or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in subsets):
+            raise ValueError(f"temporal_subset_lengths must be a list of positive ints, got {subsets!r}.")
+        if steps is not None and sum(subsets) != steps:
+            raise ValueError(f"temporal_subset_lengths {subsets} must add up to num_timesteps={steps}.")
+    if merge == "concat" and steps is None:
+        raise ValueError("temporal_merge='concat' needs num_timesteps (the decoder's input width depends on it).")
+    merged = len(subsets) if subsets is not None else steps
+    if merge == "diff" and merged is not None and merged != 2:
+        raise ValueError(f"temporal_merge='diff' takes the difference of two time steps (or of two "
+                         f"temporal_subset_lengths groups), got {merged}.")  # fmt: skip
+
+
+def merged_timesteps(config: TerraMindConfig) -> int:
+    """How many time steps the temporal merge keeps side by side: num_timesteps (or subsets) for "concat", else 1."""
+    if task_setting(config, "temporal_merge") != "concat":
+        return 1
+    subsets = task_setting(config, "temporal_subset_lengths")
+    return len(subsets) if subsets is not None else int(task_setting(config, "num_timesteps"))
+
+
 # ----------------------------------------------------------------------------- stage selection
 def default_out_indices(num_layers: int) -> list[int]:
     """Four evenly spaced stages ending with the last (TerraTorch's choice, `TERRATORCH_OUT_INDICES`): 12 layers ->
@@ -113,10 +199,11 @@ def resolve_out_indices(config: TerraMindConfig, default: list[int] | None = Non
 
 
 def feature_channels(config: TerraMindConfig, model: TerraMindModel) -> int:
-    """Channels of the merged tokens: hidden_size, times the image modalities (TiM ones included) for "concat"."""
+    """Channels of the merged tokens: hidden_size, times the image modalities (TiM ones included) for "concat", times
+    the time steps for temporal_merge "concat"."""
     if config.merge_method == "concat":
-        return config.hidden_size * len(model.image_modalities)
-    return config.hidden_size
+        return config.hidden_size * len(model.image_modalities) * merged_timesteps(config)
+    return config.hidden_size * merged_timesteps(config)
 
 
 def _check_spatial_merge(config: TerraMindConfig, what: str) -> None:
@@ -263,6 +350,26 @@ class TerraMindUNetHead(nn.Module):
         return self.classifier(hidden)
 
 
+class TerraMindDropoutConv2d(nn.Conv2d):
+    """A decode head's final 1x1 convolution with dropout on its input (TerraTorch's `head_dropout`): the same
+    parameters (and state-dict keys) as the convolution it replaces."""
+
+    def __init__(self, conv: nn.Conv2d, dropout: float):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                         bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)  # fmt: skip
+        self.load_state_dict(conv.state_dict())
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.dropout(hidden_states))
+
+
+def add_head_dropout(decode_head: nn.Module, dropout: float) -> None:
+    """Dropout before the classifier of a decode head (UperNet, UNet and FCN heads all end in `classifier`)."""
+    if dropout:
+        decode_head.classifier = TerraMindDropoutConv2d(decode_head.classifier, dropout)
+
+
 def build_decode_head(config: TerraMindConfig, in_channels: list[int], num_outputs: int, head: str) -> nn.Module:
     """UperNet (transformers' `UperNetHead`), UNet or FCN (transformers' `UperNetFCNHead`) over the neck outputs."""
     width = task_setting(config, "decoder_hidden_size")
@@ -317,13 +424,68 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
         output_attentions: bool = False,
     ) -> tuple[TerraMindModelOutput, tuple[int, int]]:  # fmt: skip
         """Run the encoder; returns its output (with every block's hidden states) and the patch grid."""
-        outputs = self.terramind(pixel_values, output_hidden_states=output_hidden_states,
-                                 output_attentions=output_attentions, return_dict=True, **modalities)  # fmt: skip
+        outputs, inputs = self._run_encoder(pixel_values, modalities, output_hidden_states, output_attentions)
         tokens = outputs.last_hidden_state.shape[1]
-        return outputs, _spatial_grid([pixel_values, modalities], self.config.patch_size, tokens)
+        return outputs, _spatial_grid([inputs], self.config.patch_size, tokens)
+
+    def _gather_inputs(self, pixel_values: Any, modalities: dict[str, Any]) -> dict[str, Any]:
+        """Inputs as {name: value}: a dict, keyword arguments, or one tensor (the first configured modality)."""
+        inputs = dict(modalities)
+        if isinstance(pixel_values, dict):
+            inputs = {**pixel_values, **inputs}
+        elif pixel_values is not None:
+            inputs = {next(iter(self.config.modality_aliases().values())): pixel_values, **inputs}
+        return inputs
+
+    def _run_encoder(
+        self, pixel_values: Any, modalities: dict[str, Any], output_hidden_states: bool | None,
+        output_attentions: bool | None = None,
+    ) -> tuple[TerraMindModelOutput, dict[str, Any]]:  # fmt: skip
+        """The encoder over the inputs; time series (B, C, T, H, W) go through it one time step at a time (folded
+        into the batch) and its outputs are merged over time by `temporal_merge` (attentions stay per time step,
+        (B * T, heads, N, N)). Returns the output and the (folded) inputs."""
+        inputs, steps = fold_time(self._gather_inputs(pixel_values, modalities))
+        merge = task_setting(self.config, "temporal_merge")
+        if steps is None and (merge in ("concat", "diff") or task_setting(self.config, "num_timesteps")):
+            raise ValueError(f"This model merges time series (temporal_merge={merge!r}, num_timesteps="
+                             f"{task_setting(self.config, 'num_timesteps')}); give inputs as (B, C, T, H, W).")  # fmt: skip
+        expected = task_setting(self.config, "num_timesteps")
+        if steps is not None and expected is not None and steps != expected:
+            raise ValueError(f"The inputs have {steps} time steps, this model was built for num_timesteps={expected}.")
+        outputs = self.terramind(inputs, output_hidden_states=output_hidden_states,
+                                 output_attentions=output_attentions, return_dict=True)  # fmt: skip
+        if steps is None:
+            return outputs, inputs
+        subsets = task_setting(self.config, "temporal_subset_lengths")
+        merged = TerraMindModelOutput(
+            last_hidden_state=merge_time(outputs.last_hidden_state, steps, merge, subsets),
+            hidden_states=merge_time(outputs.hidden_states, steps, merge, subsets),
+            attentions=outputs.attentions,
+            tim_tokens={k: v.reshape(-1, steps, *v.shape[1:]) for k, v in outputs.tim_tokens.items()}
+            if outputs.tim_tokens else outputs.tim_tokens,
+        )  # fmt: skip
+        return merged, inputs
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any):
+        """Standard loading; the model also remembers the name it was loaded with (a Hub id, also of an original
+        release converted on the fly) as `pretrained_source`, which its LoRA adapters record as their base."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.pretrained_source = str(pretrained_model_name_or_path)
+        return loaded
 
     def _after_loading(self) -> None:
         self._apply_freezing()  # loading hands out fresh Parameters
+
+    @classmethod
+    def check_settings(cls, config: TerraMindConfig, used: tuple[str, ...]) -> None:
+        """The config's task settings must be known and used by this model, and the temporal ones consistent."""
+        check_task_settings(config, cls.__name__, {*COMMON_TASK_SETTINGS, *used})
+        check_temporal_settings(config)
+        dropout = task_setting(config, "head_dropout")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1), got {dropout!r}.")
 
     def _apply_freezing(self) -> None:
         if task_setting(self.config, "freeze_backbone"):
@@ -345,6 +507,7 @@ class TerraMindBackbone(BackboneMixin, TerraMindTaskPreTrainedModel):
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
         apply_task_kwargs(config, kwargs)
+        self.check_settings(config, ("out_indices", "out_features", "use_feature_pyramid"))
         super().__init__(config)
         _check_spatial_merge(config, "TerraMindBackbone")
         self.terramind = TerraMindModel(config)
@@ -430,7 +593,12 @@ class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
 
     task_modules = ("feature_neck", "decode_head")
 
-    def __init__(self, config: TerraMindConfig, num_outputs: int):
+    # Settings every dense model uses, besides those of its decode head.
+    dense_settings = ("out_indices", "out_features", "use_feature_pyramid", "decode_head", "head_dropout", "loss")
+
+    def __init__(self, config: TerraMindConfig, num_outputs: int, used: tuple[str, ...] = ()):
+        head = task_setting(config, "decode_head")
+        self.check_settings(config, (*self.dense_settings, *HEAD_SETTINGS.get(head, ()), *used))
         super().__init__(config)
         name = type(self).__name__
         _check_spatial_merge(config, name)
@@ -446,6 +614,7 @@ class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
         channels = feature_channels(config, self.terramind)
         self.feature_neck = TerraMindNeck(config, channels, out_indices, bool(pyramid))
         self.decode_head = build_decode_head(config, self.feature_neck.out_channels, num_outputs, head)
+        add_head_dropout(self.decode_head, task_setting(config, "head_dropout"))
         self.post_init()
         self._apply_freezing()
 
@@ -460,6 +629,37 @@ class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits, outputs
 
+    @torch.no_grad()
+    def predict_tiled(
+        self,
+        pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
+        tile_size: int = 224,
+        overlap: int = 64,
+        batch_size: int = 8,
+        progress: bool = False,
+        **modalities: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits (B, num_outputs, H, W) of a scene of any size, in eval mode: tiles of `tile_size` overlapping by
+        `overlap` pixels, `batch_size` at a time on the model's device, blended with a smooth window (TerraTorch's
+        tiled inference). Inputs are those of `forward` (standardized, e.g. by the processor; time series too) at
+        any H, W: scenes smaller than a tile or not a multiple of the patch size are padded with 0 (the band mean)
+        and the output cropped back. Returns float32 on the CPU; `softmax(dim=1)` gives class probabilities."""
+        inputs = self._gather_inputs(pixel_values, modalities)
+        dtype = next(self.parameters()).dtype
+
+        def logits_of(tiles: dict[str, torch.Tensor]) -> torch.Tensor:
+            tiles = {name: value.to(self.device, dtype if value.is_floating_point() else None)
+                     for name, value in tiles.items()}  # fmt: skip
+            return self(tiles).logits.float().cpu()
+
+        was_training = self.training
+        self.eval()
+        try:
+            return run_tiled(logits_of, inputs, tile_size, overlap, batch_size, multiple_of=self.config.patch_size,
+                             progress=progress, description="TerraMind tiled prediction")  # fmt: skip
+        finally:
+            self.train(was_training)
+
 
 class TerraMindForSemanticSegmentation(TerraMindDenseModel):
     """TerraMind with a segmentation decoder (UperNet by default, UNet or FCN): logits (B, num_labels, H, W).
@@ -472,10 +672,9 @@ class TerraMindForSemanticSegmentation(TerraMindDenseModel):
         apply_task_kwargs(config, kwargs)
         if config.num_labels < 2:
             raise ValueError(f"Semantic segmentation needs num_labels >= 2, got {config.num_labels}.")
-        weights = task_setting(config, "class_weights")
-        if weights is not None and len(weights) != config.num_labels:
-            raise ValueError(f"class_weights has {len(weights)} values for num_labels={config.num_labels}.")
-        super().__init__(config, config.num_labels)
+        check_class_weights(config)
+        parse_loss(task_setting(config, "loss") or "ce", SEGMENTATION_LOSSES, "segmentation")
+        super().__init__(config, config.num_labels, ("ignore_index", "class_weights"))
 
     @property
     def ignore_index(self) -> int:
@@ -503,9 +702,8 @@ class TerraMindForSemanticSegmentation(TerraMindDenseModel):
         loss = None
         if labels is not None:
             labels = check_segmentation_labels(labels, logits, self.config.num_labels, self.ignore_index)
-            weights = task_setting(self.config, "class_weights")
-            weight = torch.tensor(weights, dtype=logits.dtype, device=logits.device) if weights is not None else None
-            loss = F.cross_entropy(logits, labels, weight=weight, ignore_index=self.ignore_index)
+            loss = segmentation_loss(logits, labels, task_setting(self.config, "loss") or "ce", self.ignore_index,
+                                     task_setting(self.config, "class_weights"))  # fmt: skip
         hidden_states = outputs.hidden_states if output_hidden_states else None
         output = SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states,
                                          attentions=outputs.attentions)  # fmt: skip
@@ -521,10 +719,23 @@ class TerraMindForPixelRegression(TerraMindDenseModel):
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
         apply_task_kwargs(config, kwargs)
-        loss = task_setting(config, "regression_loss")
-        if loss not in REGRESSION_LOSSES:
-            raise ValueError(f"regression_loss must be one of {', '.join(REGRESSION_LOSSES)}, got {loss!r}.")
-        super().__init__(config, int(task_setting(config, "num_regression_outputs")))
+        loss, older = task_setting(config, "loss"), task_setting(config, "regression_loss")
+        if older not in REGRESSION_LOSSES:
+            raise ValueError(f"regression_loss must be one of {', '.join(REGRESSION_LOSSES)}, got {older!r}.")
+        if loss is not None and older != TASK_CONFIG_DEFAULTS["regression_loss"] and loss != older:
+            raise ValueError(f"loss={loss!r} and regression_loss={older!r} disagree; set `loss` only.")
+        parse_loss(self._loss_name(config), REGRESSION_LOSSES, "regression")
+        used = ("num_regression_outputs", "regression_loss", "ignore_index")
+        super().__init__(config, int(task_setting(config, "num_regression_outputs")), used)
+
+    @staticmethod
+    def _loss_name(config: TerraMindConfig) -> Any:
+        return task_setting(config, "loss") or task_setting(config, "regression_loss")
+
+    @property
+    def ignore_index(self) -> float | None:
+        """Label value that does not count; only when set explicitly (regression targets may take any value)."""
+        return self.config.__dict__.get("ignore_index")
 
     def forward(
         self,
@@ -548,12 +759,7 @@ class TerraMindForPixelRegression(TerraMindDenseModel):
         loss = None
         if labels is not None:
             labels = check_regression_labels(labels, logits)
-            valid = torch.isfinite(labels)
-            if not valid.any():
-                raise ValueError("All label pixels of the batch are NaN/inf; there is nothing to learn from.")
-            prediction, target = logits[valid], labels[valid].to(logits.dtype)
-            kind = task_setting(self.config, "regression_loss")
-            loss = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}[kind](prediction, target)
+            loss = regression_loss(logits, labels, self._loss_name(self.config), self.ignore_index)
         hidden_states = outputs.hidden_states if output_hidden_states else None
         output = TerraMindPixelRegressionOutput(loss=loss, logits=logits, hidden_states=hidden_states,
                                                 attentions=outputs.attentions)  # fmt: skip
@@ -572,11 +778,16 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
         apply_task_kwargs(config, kwargs)
+        self.check_settings(config, ("classifier_dropout", "head_dropout", "ignore_index", "class_weights"))
+        dropout, older = task_setting(config, "head_dropout"), task_setting(config, "classifier_dropout") or 0.0
+        if dropout and older and dropout != older:
+            raise ValueError(f"head_dropout={dropout} and classifier_dropout={older} disagree; set one of them.")
+        check_class_weights(config)
         super().__init__(config)
         self.num_labels = config.num_labels
         self.terramind = TerraMindModel(config)
         channels = feature_channels(config, self.terramind)
-        self.dropout = nn.Dropout(task_setting(config, "classifier_dropout") or 0.0)
+        self.dropout = nn.Dropout(dropout or older)
         self.classifier = nn.Linear(channels, config.num_labels)
         self.post_init()
         self._apply_freezing()
@@ -607,8 +818,7 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        outputs = self.terramind(pixel_values, output_hidden_states=output_hidden_states,
-                                 output_attentions=output_attentions, return_dict=True, **modalities)  # fmt: skip
+        outputs, _ = self._run_encoder(pixel_values, modalities, output_hidden_states, output_attentions)
         registers = self.config.num_register_tokens if self.config.merge_method is None else 0
         logits = self.classifier(self.dropout(self.pool(outputs.last_hidden_state, registers)))
         loss = None
@@ -640,7 +850,8 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
                 raise ValueError(f"Class ids {sorted(set(bad.tolist()))[:10]} are out of range for num_labels="
                                  f"{self.num_labels} (valid: 0..{self.num_labels - 1} or ignore_index="
                                  f"{ignore}).")  # fmt: skip
-            return F.cross_entropy(logits, labels.long(), ignore_index=ignore)
+            weights = task_setting(self.config, "class_weights")
+            return classification_cross_entropy(logits, labels.long(), ignore, weights)
         if labels.shape != logits.shape:
             raise ValueError(f"Multi-label labels must be (B, num_labels)={tuple(logits.shape)}, got "
                              f"{tuple(labels.shape)}.")  # fmt: skip
@@ -648,6 +859,12 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
 
 
 # ----------------------------------------------------------------------------- label checks
+def check_class_weights(config: TerraMindConfig) -> None:
+    weights = task_setting(config, "class_weights")
+    if weights is not None and len(weights) != config.num_labels:
+        raise ValueError(f"class_weights has {len(weights)} values for num_labels={config.num_labels}.")
+
+
 def check_segmentation_labels(
     labels: torch.Tensor, logits: torch.Tensor, num_labels: int, ignore_index: int
 ) -> torch.Tensor:

@@ -55,6 +55,38 @@ def render(modality: str, array: np.ndarray) -> np.ndarray:
     return colour_ramp(array[0])
 
 
+# Distinct colours for class maps of any task (the 20 of matplotlib's tab20, then golden-ratio hues).
+CLASS_COLOURS = np.array(
+    [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75], [227, 119, 194],
+     [127, 127, 127], [188, 189, 34], [23, 190, 207], [174, 199, 232], [255, 187, 120], [152, 223, 138],
+     [255, 152, 150], [197, 176, 213], [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141],
+     [158, 218, 229]], dtype=np.uint8,
+)  # fmt: skip
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) uint8 colours, distinct for neighbouring class ids."""
+    import colorsys
+
+    extra = [colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.9) for i in range(max(0, num_classes - 20))]
+    colours = np.concatenate([CLASS_COLOURS, (np.array(extra, dtype=np.float32).reshape(-1, 3) * 255).astype(np.uint8)])
+    return colours[:num_classes]
+
+
+def save_class_quicklook(path: str | Path, classes: np.ndarray, num_classes: int, nodata: int | None = None) -> Path:
+    """A palette PNG ("P" mode) of a (H, W) class map: one colour per class, black for `nodata`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[:num_classes] = class_palette(num_classes)
+    if nodata is not None:
+        palette[nodata] = 0
+    image = Image.fromarray(np.asarray(classes, dtype=np.uint8))
+    image.putpalette(palette.flatten().tolist())  # an "L" image with a palette becomes "P"
+    image.save(path)
+    return path
+
+
 def save_quicklook(path: str | Path, modality: str, array: np.ndarray) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -303,3 +303,114 @@ def test_weights_digest_sees_changes():
     with torch.no_grad():
         model.decode_head.classifier.bias.add_(1e-3)
     assert weights_digest(model) != before
+
+
+# ----------------------------------------------------------------------------- LoRA on q and v (replace_qkv)
+def test_lora_replace_qkv_adapts_q_and_v_separately(tmp_path):
+    """TerraTorch's `replace_qkv: qkv` with targets qkv.q_linear / qkv.v_linear: outputs unchanged before training;
+    after training the key rows of the fused projection are untouched and q and v each change by a rank-r update;
+    the adapter loads onto a plain base with PeftModel.from_pretrained."""
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    TerraMindForSemanticSegmentation(tiny_config(**HEAD)).save_pretrained(tmp_path / "base")
+    base = TerraMindForSemanticSegmentation.from_pretrained(tmp_path / "base").eval()
+    x = {"S2L2A": torch.randn(2, 12, 32, 32), "S1RTC": torch.randn(2, 2, 32, 32)}
+    with torch.no_grad():
+        reference = base(**x).logits
+    targets = ["qkv.q_linear", "qkv.v_linear", "mlp.fc1", "mlp.fc2"]
+    model = apply_lora(base, r=2, lora_alpha=4, target_modules=targets, replace_qkv="qkv")
+    with torch.no_grad():  # zero-initialised lora_B: the same numbers (up to float rounding)
+        torch.testing.assert_close(model(**x).logits, reference, rtol=1e-5, atol=1e-5)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(**x, labels=torch.randint(0, 10, (2, 32, 32))).loss.backward()
+        optimizer.step()
+    qkv = model.base_model.model.terramind.encoder.layer[0].attention.qkv
+    assert qkv.lora_A["default"].weight.shape == (4, 32)  # rank 2 for each of q and v
+    assert qkv.scaling["default"] == 2.0  # alpha / r of each part, as TerraTorch's separate LoRAs
+    delta = qkv.lora_B["default"].weight @ qkv.lora_A["default"].weight
+    query, key, value = delta.split(32)
+    assert torch.equal(key, torch.zeros_like(key)) and query.abs().max() > 0 and value.abs().max() > 0
+    assert torch.linalg.matrix_rank(query) == 2 and torch.linalg.matrix_rank(value) == 2
+    torch.testing.assert_close(query, qkv.lora_B["default"].weight[:32, :2] @ qkv.lora_A["default"].weight[:2])
+    model.eval()
+    with torch.no_grad():
+        trained = model(**x).logits
+    model.save_pretrained(tmp_path / "adapter")
+    fresh = TerraMindForSemanticSegmentation.from_pretrained(tmp_path / "base")
+    loaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**x).logits, trained, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="need replace_qkv='qkv'"):
+        apply_lora(TerraMindForSemanticSegmentation(tiny_config(**HEAD)), target_modules=["qkv.q_linear"])
+    with pytest.raises(ValueError, match="target its parts"):
+        apply_lora(TerraMindForSemanticSegmentation(tiny_config(**HEAD)), target_modules=["qkv"], replace_qkv="qkv")
+
+
+# ----------------------------------------------------------------------------- time series and TerraTorch's layout
+def write_like(path: Path, values: np.ndarray, like: Path) -> None:
+    with rasterio.open(like) as src:
+        profile = dict(src.profile, count=values.shape[0], dtype=values.dtype.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values)
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def test_dataset_reads_time_series_one_file_per_step_or_stacked_bands(tmp_path):
+    ids = ["282D_485L_3_3", "433D_629L_3_1"]
+    root = copy_tiles(tmp_path / "data", ("S1RTC", "LULC"))
+    stacked = tmp_path / "stacked"
+    for i, sample in enumerate(ids):
+        first, second = TILES / "S2L2A" / f"{sample}.tif", TILES / "S2L2A" / f"{ids[1 - i]}.tif"
+        write_like(root / "S2L2A" / f"{sample}_t0.tif", read(first), first)
+        write_like(root / "S2L2A" / f"{sample}_t1.tif", read(second), first)
+        both = np.stack([read(first), read(second)], axis=1).reshape(24, 224, 224)  # channel by channel
+        write_like(stacked / "S2L2A" / f"{sample}.tif", both, first)
+    shutil.copytree(root / "S1RTC", stacked / "S1RTC")
+    shutil.copytree(root / "LULC", stacked / "LULC")
+    config = tiny_config(temporal_merge="concat", num_timesteps=2, **HEAD)
+    per_file = build_dataset(root, ["S2L2A", "S1RTC"], label_dir="LULC", config=config, split=ids,
+                             image_grep={"S2L2A": ["*_t0.tif", "*_t1.tif"], "S1RTC": "*.tif"})  # fmt: skip
+    from_bands = build_dataset(stacked, ["S2L2A", "S1RTC"], label_dir="LULC", config=config, split=ids,
+                               num_timesteps={"S2L2A": 2})  # fmt: skip
+    single = build_dataset(TILES, ["S2L2A", "S1RTC"], label_dir="LULC", config=tiny_config(), split=ids)
+    sample = per_file[0]
+    assert sample["S2L2A"].shape == (12, 2, 224, 224) and sample["S1RTC"].shape == (2, 224, 224)
+    torch.testing.assert_close(sample["S2L2A"][:, 0], single[0]["S2L2A"])
+    torch.testing.assert_close(sample["S2L2A"][:, 1], single[1]["S2L2A"])
+    torch.testing.assert_close(from_bands[0]["S2L2A"], sample["S2L2A"])
+    batch = TerraMindDataCollator()([per_file[0], per_file[1]])
+    model = TerraMindForSemanticSegmentation(config)
+    output = model(**{k: v[..., :64, :64] for k, v in batch.items()})
+    assert output.logits.shape == (2, 10, 64, 64) and torch.isfinite(output.loss)
+    (root / "S2L2A" / f"{ids[1]}_t1.tif").unlink()
+    with pytest.raises(ValueError, match=r"S2L2A \(.*time step 1\) lacks 1 sample"):
+        build_dataset(root, ["S2L2A"], label_dir="LULC", num_labels=10, split=ids,
+                      image_grep={"S2L2A": ["*_t0.tif", "*_t1.tif"]})  # fmt: skip
+
+
+def test_dataset_reads_terratorch_one_folder_layout(tmp_path):
+    """TerraTorch's GenericNonGeoSegmentationDataModule layout: `*_merged.tif` images and `*.mask.tif` labels in one
+    folder, a split file of sample prefixes (or file names)."""
+    folder = tmp_path / "burn_scars"
+    folder.mkdir()
+    for sample in ("282D_485L_3_3", "433D_629L_3_1", "637U_59R_1_3"):
+        shutil.copy(TILES / "S2L2A" / f"{sample}.tif", folder / f"{sample}_merged.tif")
+        shutil.copy(TILES / "LULC" / f"{sample}.tif", folder / f"{sample}.mask.tif")
+    (folder / "train.txt").write_text("282D_485L_3_3\n637U_59R_1_3_merged.tif\n")
+    dataset = build_dataset(folder, ["S2L2A"], image_grep="*_merged.tif", label_grep="*.mask.tif",
+                            split=folder / "train.txt", num_labels=10)  # fmt: skip
+    assert dataset.with_format(None)["sample_id"] == ["282D_485L_3_3", "637U_59R_1_3"]
+    reference = build_dataset(TILES, ["S2L2A"], label_dir="LULC", num_labels=10, split=["637U_59R_1_3"])[0]
+    torch.testing.assert_close(dataset[1]["S2L2A"], reference["S2L2A"])
+    assert torch.equal(dataset[1]["labels"], reference["labels"])
+    with pytest.raises(ValueError, match=r"both match .*give patterns that tell images and labels apart"):
+        build_dataset(folder, ["S2L2A"], label_grep="*.mask.tif", num_labels=10)

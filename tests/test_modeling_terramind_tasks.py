@@ -16,7 +16,9 @@ from terramind.modeling_terramind_tasks import (
     default_out_indices,
 )
 
-SMALL_HEAD = dict(decoder_hidden_size=16, unet_channels=[32, 16, 16, 8])
+SMALL_HEADS = {"upernet": dict(decoder_hidden_size=16), "unet": dict(unet_channels=[32, 16, 16, 8]),
+               "fcn": dict(decoder_hidden_size=16)}  # fmt: skip
+SMALL_HEAD = SMALL_HEADS["upernet"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
@@ -39,7 +41,7 @@ def inputs(batch: int = 2, height: int = 64, width: int = 64) -> dict[str, torch
 @pytest.mark.parametrize("head", ["upernet", "unet", "fcn"])
 @pytest.mark.parametrize("size", [(224, 224), (224, 160), (48, 96)])
 def test_segmentation_logits_at_input_size(head, size):
-    model = TerraMindForSemanticSegmentation(config(decode_head=head, **SMALL_HEAD))
+    model = TerraMindForSemanticSegmentation(config(decode_head=head, **SMALL_HEADS[head]))
     labels = torch.randint(0, 5, (2, *size))
     output = model(**inputs(2, *size), labels=labels)
     assert output.logits.shape == (2, 5, *size)
@@ -72,7 +74,7 @@ def test_segmentation_loss_ignore_index_and_class_weights():
         torch.testing.assert_close(output.loss, expected)
         # ignored pixels do not count: changing the logits there leaves the loss unchanged
         all_ignored = model(**x, labels=torch.full_like(labels, 255)).loss
-    assert torch.isnan(all_ignored) or all_ignored == 0
+    assert all_ignored == 0
     weights = [1.0, 2.0, 0.5, 1.0, 3.0]
     weighted = TerraMindForSemanticSegmentation(config(ignore_index=255, class_weights=weights, **SMALL_HEAD)).eval()
     weighted.load_state_dict(model.state_dict())
@@ -127,7 +129,7 @@ def test_save_load_and_task_settings_through_from_pretrained(tmp_path):
     base = TerraMindModel(config())
     base.save_pretrained(tmp_path / "base")
     model = TerraMindForSemanticSegmentation.from_pretrained(tmp_path / "base", num_labels=3, decode_head="unet",
-                                                             freeze_backbone=True, **SMALL_HEAD)  # fmt: skip
+                                                             freeze_backbone=True, **SMALL_HEADS["unet"])  # fmt: skip
     assert model.config.decode_head == "unet" and model.config.num_labels == 3
     assert not any(p.requires_grad for p in model.terramind.parameters())  # survives loading
     torch.testing.assert_close(model.terramind.encoder.layer[1].mlp.fc1.weight, base.encoder.layer[1].mlp.fc1.weight)
@@ -276,3 +278,138 @@ def test_pixel_regression_ignores_nan_labels():
     assert two(**inputs(), labels=torch.zeros(2, 2, 64, 64)).logits.shape == (2, 2, 64, 64)
     with pytest.raises(ValueError, match="labels must be"):
         two(**inputs(), labels=torch.zeros(2, 64, 64))
+
+
+# ----------------------------------------------------------------------------- losses and head options
+def test_segmentation_loss_option_and_all_ignored_batch():
+    from terramind.losses import segmentation_loss
+
+    model = TerraMindForSemanticSegmentation(config(loss={"ce": 0.5, "dice": 0.5}, **SMALL_HEAD)).eval()
+    labels = torch.randint(0, 5, (2, 64, 64))
+    output = model(**inputs(), labels=labels)
+    torch.testing.assert_close(output.loss, segmentation_loss(output.logits, labels, {"ce": 0.5, "dice": 0.5}))
+    model.train()
+    ignored = model(**inputs(), labels=torch.full((2, 64, 64), -100)).loss
+    ignored.backward()
+    assert ignored.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    with pytest.raises(ValueError, match="Unknown segmentation loss"):
+        TerraMindForSemanticSegmentation(config(loss="jaccard", **SMALL_HEAD))
+
+
+def test_regression_loss_option_and_all_nan_batch():
+    model = TerraMindForPixelRegression(config(loss="rmse", **SMALL_HEAD)).eval()
+    labels = torch.randn(2, 64, 64)
+    output = model(**inputs(), labels=labels)
+    torch.testing.assert_close(output.loss, F.mse_loss(output.logits[:, 0], labels).sqrt())
+    assert model(**inputs(), labels=torch.full((2, 64, 64), float("nan"))).loss.item() == 0.0
+    with pytest.raises(ValueError, match="disagree"):
+        TerraMindForPixelRegression(config(loss="rmse", regression_loss="huber", **SMALL_HEAD))
+
+
+def test_unknown_or_unused_task_settings_raise():
+    with pytest.raises(ValueError, match=r"unknown config settings \['loss_fn'\]"):
+        TerraMindForSemanticSegmentation(config(loss_fn="dice"))
+    with pytest.raises(ValueError, match="TerraMindForImageClassification does not use loss='dice'"):
+        TerraMindForImageClassification(config(loss="dice"))
+    with pytest.raises(ValueError, match=r"does not use unet_channels=\[8, 8, 8, 8\]"):
+        TerraMindForSemanticSegmentation(config(decode_head="upernet", unet_channels=[8, 8, 8, 8]))
+    with pytest.raises(ValueError, match="TerraMindBackbone does not use .*head_dropout=0.1"):
+        TerraMindBackbone(config(head_dropout=0.1, loss="dice"))
+    with pytest.raises(ValueError, match="TerraMindForSemanticSegmentation does not use num_regression_outputs=2"):
+        TerraMindForSemanticSegmentation(config(num_regression_outputs=2))
+    with pytest.raises(ValueError, match=r"head_dropout must be in \[0, 1\)"):
+        TerraMindForSemanticSegmentation(config(head_dropout=1.5))
+
+
+@pytest.mark.parametrize("head", ["upernet", "unet", "fcn"])
+def test_head_dropout_in_every_dense_head(head):
+    plain = TerraMindForSemanticSegmentation(config(decode_head=head, **SMALL_HEADS[head])).eval()
+    dropped = TerraMindForSemanticSegmentation(config(decode_head=head, head_dropout=0.5, **SMALL_HEADS[head]))
+    assert dropped.decode_head.classifier.dropout.p == 0.5
+    dropped.load_state_dict(plain.state_dict())  # the same weights and keys as without dropout
+    x = inputs(1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dropped.eval()(**x).logits, plain(**x).logits)
+        dropped.train()
+        torch.manual_seed(0)
+        first = dropped(**x).logits
+        second = dropped(**x).logits
+    assert not torch.equal(first, second)
+
+
+def test_head_dropout_in_classifier_and_regression():
+    classifier = TerraMindForImageClassification(config(head_dropout=0.3))
+    assert classifier.dropout.p == 0.3
+    with pytest.raises(ValueError, match="disagree"):
+        TerraMindForImageClassification(config(head_dropout=0.3, classifier_dropout=0.2))
+    regression = TerraMindForPixelRegression(config(decode_head="fcn", head_dropout=0.2, **SMALL_HEAD))
+    assert regression.decode_head.classifier.dropout.p == 0.2
+
+
+# ----------------------------------------------------------------------------- multi-temporal inputs
+def series(batch: int = 2, steps: int = 3, size: int = 32) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return {"S2L2A": torch.randn(batch, 12, steps, size, size, generator=generator),
+            "S1RTC": torch.randn(batch, 2, steps, size, size, generator=generator)}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("settings", "merge"),
+    [
+        (dict(), lambda maps: torch.stack(maps).mean(0)),
+        (dict(temporal_merge="max"), lambda maps: torch.stack(maps).max(0).values),
+        (dict(temporal_merge="concat", num_timesteps=3), lambda maps: torch.cat(maps, dim=1)),
+        (dict(temporal_merge="diff", temporal_subset_lengths=[1, 2]), lambda maps: maps[0] - (maps[1] + maps[2]) / 2),
+    ],
+)
+def test_backbone_merges_time_steps_like_terratorch(settings, merge):
+    """Each time step goes through the encoder; the stages are merged over time (TerraTorch's TemporalWrapper)."""
+    backbone = TerraMindBackbone(config(out_indices=[2, 4], **settings)).eval()
+    x = series()
+    with torch.no_grad():
+        maps = backbone(**x).feature_maps
+        per_step = TerraMindBackbone(config(out_indices=[2, 4])).eval()
+        per_step.load_state_dict(backbone.state_dict())
+        steps = [per_step(**{k: v[:, :, t] for k, v in x.items()}).feature_maps for t in range(3)]
+    for stage, feature_map in enumerate(maps):
+        torch.testing.assert_close(feature_map, merge([step[stage] for step in steps]), rtol=1e-5, atol=1e-5)
+    assert backbone.channels == [32 * (3 if settings.get("temporal_merge") == "concat" else 1)] * 2
+
+
+def test_static_inputs_repeat_over_time_and_heads_take_series():
+    backbone = TerraMindBackbone(config(out_indices=[4])).eval()
+    x = series()
+    static = x["S1RTC"][:, :, 0]
+    with torch.no_grad():
+        mixed = backbone(S2L2A=x["S2L2A"], S1RTC=static).feature_maps[0]
+        steps = [backbone(S2L2A=x["S2L2A"][:, :, t], S1RTC=static).feature_maps[0] for t in range(3)]
+    torch.testing.assert_close(mixed, torch.stack(steps).mean(0), rtol=1e-5, atol=1e-5)
+    segmentation = TerraMindForSemanticSegmentation(config(temporal_merge="concat", num_timesteps=3, **SMALL_HEAD))
+    output = segmentation(**x, labels=torch.randint(0, 5, (2, 32, 32)))
+    assert output.logits.shape == (2, 5, 32, 32)
+    output.loss.backward()
+    classifier = TerraMindForImageClassification(config(num_labels=4, temporal_merge="max"))
+    assert classifier(**x, labels=torch.tensor([0, 3])).logits.shape == (2, 4)
+    regression = TerraMindForPixelRegression(config(decode_head="fcn", **SMALL_HEAD))
+    assert regression(x).logits.shape == (2, 1, 32, 32)
+
+
+def test_temporal_setting_errors():
+    with pytest.raises(ValueError, match="'concat' needs num_timesteps"):
+        TerraMindBackbone(config(temporal_merge="concat"))
+    with pytest.raises(ValueError, match="temporal_merge must be one of"):
+        TerraMindBackbone(config(temporal_merge="sum"))
+    with pytest.raises(ValueError, match="must add up to num_timesteps=3"):
+        TerraMindBackbone(config(num_timesteps=3, temporal_subset_lengths=[1, 1]))
+    with pytest.raises(ValueError, match="difference of two time steps"):
+        TerraMindBackbone(config(temporal_merge="diff", num_timesteps=3))
+    backbone = TerraMindBackbone(config(temporal_merge="concat", num_timesteps=2))
+    with pytest.raises(ValueError, match="built for num_timesteps=2"):
+        backbone(**series(steps=3))
+    with pytest.raises(ValueError, match=r"give inputs as \(B, C, T, H, W\)"):
+        backbone(**inputs(1, 32, 32))
+    with pytest.raises(ValueError, match="same number of time steps"):
+        TerraMindBackbone(config())(S2L2A=series(steps=3)["S2L2A"], S1RTC=series(steps=2)["S1RTC"])
+    with pytest.raises(ValueError, match="needs exactly two time steps"):
+        TerraMindBackbone(config(temporal_merge="diff"))(**series(steps=3))

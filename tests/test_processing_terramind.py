@@ -379,3 +379,19 @@ def test_remote_code_folder_is_self_contained(tmp_path, monkeypatch):
     loaded = remote_class.from_pretrained(tmp_path)
     out = loaded({"DEM": np.ones((20, 20))})
     assert sorted(out) == ["DEM", "DEM_nodata_mask"] and out["DEM"].shape == (1, 1, 32, 32)
+
+
+def test_time_series_are_processed_step_by_step(processor):
+    """(B, C, T, H, W) inputs: every time step is processed as a single image would be; masks are (B, T, H, W)."""
+    first, second = sample("S2L2A").astype(np.float32), sample("S2L2A")[:, ::-1].astype(np.float32).copy()
+    second[:, :8, :8] = 0
+    series = np.stack([first, second], axis=1)[None]  # (1, 12, 2, 224, 224)
+    out = processor({"S2L2A": series, "S1RTC": sample("S1RTC")}, nodata_value={"S2L2A": 0}, return_nodata_mask=True)
+    assert out["S2L2A"].shape == (1, 12, 2, 224, 224) and out["S1RTC"].shape == (1, 2, 224, 224)
+    for step, image in enumerate((first, second)):
+        single = processor({"S2L2A": image}, nodata_value=0, return_nodata_mask=True)
+        torch.testing.assert_close(out["S2L2A"][:, :, step], single["S2L2A"])
+        assert torch.equal(out[nodata_mask_key("S2L2A")][:, step], single[nodata_mask_key("S2L2A")])
+    assert out[nodata_mask_key("S2L2A")].shape == (1, 2, 224, 224) and out[nodata_mask_key("S2L2A")][0, 1, :8, :8].all()
+    listed = processor({"S2L2A": [series[0], series[0]]})["S2L2A"]  # a list of (C, T, H, W) samples
+    assert listed.shape == (2, 12, 2, 224, 224)

@@ -36,7 +36,7 @@ def readme_commands() -> list[str]:
 
 def test_readme_has_offline_commands_for_every_cli_job():
     jobs = {shlex.split(c)[1] for c in readme_commands() if c.startswith("terramind ")}
-    assert {"embed", "generate", "finetune"} <= jobs
+    assert {"embed", "generate", "finetune", "predict"} <= jobs
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,150 @@
+"""Whole-scene prediction with a fine-tuned TerraMind (`terramind predict`, TerraTorch's `predict`).
+
+A fine-tuned dense model (a folder saved by `finetune` or `save_pretrained`, or a base model plus a LoRA adapter
+saved by `save_adapter`) predicts GeoTIFF scenes of any size: the inputs go through the model's own processor, the
+scene is tiled with overlap and blended (`predict_tiled`), and the result is written with the input's CRS and
+transform: class maps as uint8 (nodata 255) with a palette quick-look PNG, regression as float32 (nodata NaN), and
+optionally the class probabilities. Pixels where an input had nodata are nodata in the outputs. Repeating
+`--input` for a modality gives its time series (one file per time step, in order).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .modalities import NODATA_MASK_SUFFIX
+
+DENSE_TASK_MODELS = ("TerraMindForSemanticSegmentation", "TerraMindForPixelRegression")
+CLASS_NODATA = 255
+
+
+@dataclass
+class ScenePrediction:
+    """Model outputs over a scene: logits (1, K, H, W), the nodata mask (H, W) and the georeference profile."""
+
+    logits: torch.Tensor
+    nodata: torch.Tensor
+    profile: dict[str, Any]
+    task: str
+    class_names: list[str]
+
+
+def parse_inputs(entries: Sequence[str]) -> dict[str, list[str]]:
+    """MODALITY=PATH entries -> {modality: [paths]}; a repeated modality is a time series (in the given order)."""
+    from .modalities import resolve_modality
+
+    paths: dict[str, list[str]] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--input takes MODALITY=PATH (e.g. S2L2A=scene.tif), got {entry!r}.")
+        resolve_modality(name)  # one-line error for unknown names
+        if not Path(path).is_file():
+            raise ValueError(f"input file {path} does not exist.")
+        paths.setdefault(name, []).append(path)
+    steps = {name: len(files) for name, files in paths.items() if len(files) > 1}
+    if len(set(steps.values())) > 1:
+        raise ValueError(f"Time series need the same number of files per modality, got {steps}.")
+    return paths
+
+
+def load_predictor(model: str | os.PathLike, adapter: str | os.PathLike | None = None,
+                   dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[Any, Any]:  # fmt: skip
+    """The dense task model (merged with its LoRA adapter, if given) in eval mode, and the processor it was trained
+    with (the adapter's or model's folder, else the default v1 statistics)."""
+    import terramind
+
+    from .configuration_terramind import TerraMindConfig
+    from .image_processing_terramind import TerraMindImageProcessor
+
+    folders = [Path(f) for f in (adapter, model) if f is not None]
+    config_folder = next((f for f in folders if (f / "config.json").is_file()), None)
+    config = TerraMindConfig.from_pretrained(config_folder) if config_folder is not None else None
+    architectures = (getattr(config, "architectures", None) or []) if config is not None else []
+    names = [name for name in architectures if name in DENSE_TASK_MODELS]
+    if not names:
+        found = f"its config names {architectures}" if config is not None else "no config.json was found"
+        raise ValueError(f"{config_folder or model} is not a fine-tuned segmentation or regression model ({found}); "
+                         "give a folder saved by `terramind finetune` or --adapter with a saved adapter.")  # fmt: skip
+    model_class = getattr(terramind, names[0])
+    loaded = model_class.from_pretrained(model, config=config, dtype=dtype)
+    if adapter is not None:
+        from peft import PeftModel
+
+        loaded = PeftModel.from_pretrained(loaded, adapter).merge_and_unload()
+    processor_folder = next((f for f in folders if (f / "preprocessor_config.json").is_file()), None)
+    processor = TerraMindImageProcessor.from_pretrained(processor_folder) if processor_folder else \
+        TerraMindImageProcessor()  # fmt: skip
+    return loaded.to(device).eval(), processor
+
+
+def read_scene(paths: dict[str, list[str]], processor: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:
+    """Model inputs of a scene ((1, C, H, W), or (1, C, T, H, W) for time series), its nodata mask (H, W: any input,
+    any time step) and the georeference profile."""
+    from .data_terramind import read_series_sample
+
+    sample = read_series_sample({name: files if len(files) > 1 else files[0] for name, files in paths.items()})
+    images = {key: image[None] if image.ndim == 4 else image for key, image in sample.images.items()}
+    batch = processor(images, band_names=sample.band_names, nodata_value=sample.nodata, return_nodata_mask=True)
+    inputs = {key: value for key, value in batch.items() if not key.endswith(NODATA_MASK_SUFFIX)}
+    nodata = torch.zeros(sample.profile["height"], sample.profile["width"], dtype=torch.bool)
+    for key in set(batch) - set(inputs):
+        mask = batch[key][0]
+        nodata |= mask.any(dim=0) if mask.ndim == 3 else mask  # time series: nodata at any time step
+    return inputs, nodata, sample.profile
+
+
+def predict_scene(model: Any, inputs: dict[str, torch.Tensor], nodata: torch.Tensor, profile: dict[str, Any],
+                  tile_size: int = 224, overlap: int = 64, batch_size: int = 8,
+                  progress: bool = False) -> ScenePrediction:  # fmt: skip
+    """Tiled, blended logits of a scene (see `predict_tiled`)."""
+    logits = model.predict_tiled(inputs, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                                 progress=progress)  # fmt: skip
+    segmentation = type(model).__name__ == "TerraMindForSemanticSegmentation"
+    names = [str(model.config.id2label.get(i, i)) for i in range(logits.shape[1])] if segmentation else \
+        [f"output_{i}" for i in range(logits.shape[1])]  # fmt: skip
+    return ScenePrediction(logits, nodata, profile, "segmentation" if segmentation else "regression", names)
+
+
+def write_prediction(prediction: ScenePrediction, output: str | os.PathLike,
+                     probabilities: str | os.PathLike | None = None) -> list[Path]:  # fmt: skip
+    """Write the class map (uint8, nodata 255, plus a palette PNG) or regression values (float32, nodata NaN), and
+    the class probabilities if asked."""
+    from .geotiff import write_geotiff
+    from .quicklook import save_class_quicklook
+
+    nodata = prediction.nodata.numpy()
+    logits = prediction.logits[0]
+    written = []
+    if prediction.task == "segmentation":
+        if len(prediction.class_names) > CLASS_NODATA:
+            raise ValueError(f"{len(prediction.class_names)} classes do not fit a uint8 class map.")
+        classes = logits.argmax(dim=0).numpy().astype(np.uint8)
+        classes[nodata] = CLASS_NODATA
+        written.append(write_geotiff(output, classes, prediction.profile, dtype="uint8", nodata=CLASS_NODATA,
+                                     band_names=["class"]))  # fmt: skip
+        written.append(save_class_quicklook(Path(output).with_suffix(".png"), classes, len(prediction.class_names),
+                                            nodata=CLASS_NODATA))  # fmt: skip
+        if probabilities is not None:
+            values = logits.softmax(dim=0).numpy()
+            values[:, nodata] = np.nan
+            written.append(write_geotiff(probabilities, values, prediction.profile, dtype="float32",
+                                         nodata=float("nan"), band_names=prediction.class_names))  # fmt: skip
+    else:
+        if probabilities is not None:
+            raise ValueError("Class probabilities are for segmentation models; this model does pixel regression.")
+        values = logits.numpy().copy()
+        values[:, nodata] = np.nan
+        written.append(write_geotiff(output, values, prediction.profile, dtype="float32", nodata=float("nan"),
+                                     band_names=prediction.class_names))  # fmt: skip
+    return written
+
+
+__all__ = ["ScenePrediction", "load_predictor", "parse_inputs", "predict_scene", "read_scene", "write_prediction"]
