@@ -69,6 +69,8 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
             (`generation_config.json` of the folder, or `tim_generation_config=` at loading).
         tokenizer_paths: modality -> folder or Hub repo of its tokenizer (defaults to the official repos).
         initializer_range: std of the normal init of embeddings.
+        generator_modalities: the modalities whose embeddings `TerraMindForGeneration` holds (default: every
+            pretrained one); set when a generator is built for a subset, so that it reloads as built.
         out_indices / out_features: backbone stages (`stage_names`: "stem" = embeddings, "stage1".."stageL" = block
             outputs, the last one normed), kept in sync as in Transformers' backbones. Neither given: the last stage
             for `TerraMindBackbone`, and the task heads' own defaults (`TERRATORCH_OUT_INDICES` for UperNet/UNet).
@@ -103,6 +105,7 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
     tokenizer_paths: dict[str, str] | None = None
     initializer_range: float = 0.02
     variant: str | None = None
+    generator_modalities: list[str] | None = None
     tie_word_embeddings: bool = True  # the decoder's logits heads share the token embeddings
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
@@ -177,6 +180,10 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
         return self._out_indices is not None
 
     # ------------------------------------------------------------------ validation (run by `validate()`)
+    def validate_output_attentions(self) -> None:
+        """Every TerraMind attention returns its probabilities when asked (that call runs eagerly), so
+        `output_attentions` goes with any attention implementation."""
+
     def validate_architecture(self) -> None:
         """Fail early, with what is allowed, instead of building a model that fails later."""
         super().validate_architecture()

@@ -820,8 +820,11 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
 
     def __init__(self, config: TerraMindConfig, modalities: Sequence[str] | None = None, **kwargs: Any):
         _check_model_kwargs(type(self), kwargs)
+        if modalities is not None:
+            config = copy.deepcopy(config)
+            config.generator_modalities = [resolve_modality(m) for m in modalities]
         super().__init__(config)
-        keys = list(modalities) if modalities is not None else list(MODALITIES)
+        keys = list(config.generator_modalities or MODALITIES)
         encoder_config = copy.deepcopy(config)
         encoder_config.modalities = keys
         encoder_config.bands = None
