@@ -462,7 +462,11 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
         """The encoder over the inputs; time series (B, C, T, H, W) go through it one time step at a time (folded
         into the batch) and its outputs are merged over time by `temporal_merge`. Returns the output and the
         (folded) inputs."""
-        inputs, steps = fold_time(self._gather_inputs(pixel_values, modalities))
+        inputs = self._gather_inputs(pixel_values, modalities)
+        tokens = inputs.pop("input_tokens", None)  # ready token grids (B, h, w), as TerraMindModel takes them
+        inputs, steps = fold_time(inputs)
+        if tokens is not None and steps is not None:
+            tokens = {name: grid.repeat_interleave(steps, dim=0) for name, grid in tokens.items()}
         merge = task_setting(self.config, "temporal_merge")
         if steps is None and (merge in ("concat", "diff") or task_setting(self.config, "num_timesteps")):
             raise ValueError(f"This model merges time series (temporal_merge={merge!r}, num_timesteps="
@@ -470,7 +474,8 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
         expected = task_setting(self.config, "num_timesteps")
         if steps is not None and expected is not None and steps != expected:
             raise ValueError(f"The inputs have {steps} time steps, this model was built for num_timesteps={expected}.")
-        outputs = self.terramind(inputs, output_hidden_states=output_hidden_states, return_dict=True)
+        outputs = self.terramind(inputs, input_tokens=tokens, output_hidden_states=output_hidden_states,
+                                 return_dict=True)  # fmt: skip
         if steps is None:
             return outputs, inputs
         subsets = task_setting(self.config, "temporal_subset_lengths")

@@ -421,3 +421,12 @@ def test_saved_head_with_new_options_loads_as_remote_code(tmp_path):
         reference = model(x, labels=labels)
     torch.testing.assert_close(logits, reference.logits)
     torch.testing.assert_close(loss, reference.loss)
+
+
+def test_heads_take_token_grids_also_next_to_time_series():
+    model = TerraMindForSemanticSegmentation(config(modalities=["S2L2A", "LULC"], **SMALL_HEAD)).eval()
+    grid = torch.randint(0, 100, (2, 2, 2))
+    with torch.no_grad():
+        single = model(S2L2A=series(steps=2)["S2L2A"][:, :, 0], input_tokens={"LULC": grid}).logits
+        steps = model(S2L2A=series(steps=2)["S2L2A"], input_tokens={"LULC": grid}).logits
+    assert single.shape == steps.shape == (2, 5, 32, 32)
