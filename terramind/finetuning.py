@@ -47,7 +47,9 @@ logger = logging.get_logger(__name__)
 
 LORA_TARGET_MODULES = ("qkv", "proj", "fc1", "fc2", "fc3")
 QKV_PARTS = ("q", "k", "v")
-LOSS_HELP = 'ce, dice, focal, lovasz (regression: mse, mae, rmse, huber) or JSON such as \'{"ce": 0.5, "dice": 0.5}\'.'
+LOSS_HELP = (
+    'ce, dice, focal, lovasz, jaccard (regression: mse, mae, rmse, huber) or JSON: \'{"ce": 0.5, "dice": 0.5}\'.'
+)
 TASK_MODELS = {
     "segmentation": TerraMindForSemanticSegmentation,
     "regression": TerraMindForPixelRegression,

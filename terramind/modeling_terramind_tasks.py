@@ -21,8 +21,9 @@ Task settings are TerraMindConfig keyword arguments (`TerraMindConfig(..., num_l
 - `decoder_hidden_size` (UperNet/FCN channels, 256), `pool_scales` ((1, 2, 3, 6)), `unet_channels`
   ([512, 256, 128, 64]), `fcn_num_convs` (2).
 - `ignore_index` (-100), `class_weights` (one weight per class) for segmentation (and single-label classification).
-- `loss` (TerraTorch's names, `losses.py`): segmentation "ce" (default), "dice", "focal", "lovasz"; regression "mse"
-  (default), "mae"/"l1", "rmse", "huber"; or weighted combinations such as `{"ce": 0.5, "dice": 0.5}`.
+- `loss` (TerraTorch's names, `losses.py`): segmentation "ce" (default), "dice", "focal", "lovasz", "jaccard";
+  regression "mse" (default), "mae"/"l1", "rmse", "huber"; or weighted combinations such as
+  `{"ce": 0.5, "dice": 0.5}`.
 - `num_regression_outputs` (1), `regression_loss` (the older name of a regression `loss`) for pixel regression;
   non-finite labels (and `ignore_index`, when set) are ignored.
 - `head_dropout` (0.0): dropout before the final classifier of every head (TerraTorch's `head_dropout`);

@@ -273,7 +273,7 @@ def test_segmentation_loss_option_and_all_ignored_batch():
     assert ignored.item() == 0.0
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
     with pytest.raises(ValueError, match="Unknown segmentation loss"):
-        TerraMindForSemanticSegmentation(config(loss="jaccard", **SMALL_HEAD))
+        TerraMindForSemanticSegmentation(config(loss="tversky", **SMALL_HEAD))
 
 
 def test_regression_loss_option_and_all_nan_batch():
