@@ -124,10 +124,10 @@ def apply_lora(
 def split_qkv_targets(targets: list[str] | str, replace_qkv: str | None) -> tuple[list[str] | str, list[str]]:
     """TerraTorch's q/k/v targets (`qkv.q_linear`, `q_linear`, ...) -> (targets with the fused module instead, parts)."""
     if replace_qkv is None:
-        named = [t for t in targets if t.rsplit(".", 1)[-1] in ("q_linear", "k_linear", "v_linear")] \
-            if not isinstance(targets, str) else []  # fmt: skip
-        if named:
-            raise ValueError(f"LoRA targets {named} need replace_qkv='qkv' (the fused projection they are part of).")
+        split_names = ("q_linear", "k_linear", "v_linear")
+        parts = [] if isinstance(targets, str) else [t for t in targets if t.endswith(split_names)]
+        if parts:
+            raise ValueError(f"LoRA targets {parts} need replace_qkv='qkv' (the fused projection they are part of).")
         return targets, []
     if isinstance(targets, str):
         raise ValueError("replace_qkv takes a list of targets such as ['qkv.q_linear', 'qkv.v_linear'], not a regex.")
