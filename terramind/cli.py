@@ -285,6 +285,8 @@ def _run_predict(args: argparse.Namespace) -> None:
     outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
     if not all(path.endswith((".tif", ".tiff")) for path in outputs):
         raise UsageError("--output and --probabilities must end in .tif/.tiff (GeoTIFF).")
+    if args.probabilities and Path(args.probabilities).resolve() == Path(args.output).resolve():
+        raise UsageError("--probabilities and --output must be different files.")
     if args.no_progress:
         from transformers.utils import logging
 

@@ -47,7 +47,9 @@ logger = logging.get_logger(__name__)
 
 LORA_TARGET_MODULES = ("qkv", "proj", "fc1", "fc2", "fc3")
 QKV_PARTS = ("q", "k", "v")
-LOSS_HELP = 'ce, dice, focal, lovasz (regression: mse, mae, rmse, huber) or JSON such as \'{"ce": 0.5, "dice": 0.5}\'.'
+LOSS_HELP = (
+    'ce, dice, focal, lovasz, jaccard (regression: mse, mae, rmse, huber) or JSON: \'{"ce": 0.5, "dice": 0.5}\'.'
+)
 TASK_MODELS = {
     "segmentation": TerraMindForSemanticSegmentation,
     "regression": TerraMindForPixelRegression,
@@ -122,10 +124,10 @@ def apply_lora(
 def split_qkv_targets(targets: list[str] | str, replace_qkv: str | None) -> tuple[list[str] | str, list[str]]:
     """TerraTorch's q/k/v targets (`qkv.q_linear`, `q_linear`, ...) -> (targets with the fused module instead, parts)."""
     if replace_qkv is None:
-        named = [t for t in targets if t.rsplit(".", 1)[-1] in ("q_linear", "k_linear", "v_linear")] \
-            if not isinstance(targets, str) else []  # fmt: skip
-        if named:
-            raise ValueError(f"LoRA targets {named} need replace_qkv='qkv' (the fused projection they are part of).")
+        split_names = ("q_linear", "k_linear", "v_linear")
+        parts = [] if isinstance(targets, str) else [t for t in targets if t.endswith(split_names)]
+        if parts:
+            raise ValueError(f"LoRA targets {parts} need replace_qkv='qkv' (the fused projection they are part of).")
         return targets, []
     if isinstance(targets, str):
         raise ValueError("replace_qkv takes a list of targets such as ['qkv.q_linear', 'qkv.v_linear'], not a regex.")

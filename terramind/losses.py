@@ -1,8 +1,8 @@
-"""Task losses of TerraMind's heads, by TerraTorch's names: `ce`, `dice`, `focal`, `lovasz` for segmentation, `mse`,
+"""Task losses of TerraMind's heads, by TerraTorch's names: `ce`, `dice`, `focal`, `lovasz`, `jaccard` for segmentation, `mse`,
 `mae` (= `l1`), `rmse`, `huber` for pixel regression, and weighted combinations (`{"ce": 0.5, "dice": 0.5}`; a list
 of names sums them, as TerraTorch's `CombinedLoss` does).
 
-TerraTorch takes dice and lovasz from segmentation_models_pytorch (smp 0.5, multiclass mode); that package pulls in
+TerraTorch takes dice, lovasz and jaccard from segmentation_models_pytorch (smp 0.5, multiclass mode); it pulls in
 timm and torchvision, so the few lines each loss needs are written here with smp's semantics (tests check them on
 hand-computed cases). Every loss counts labelled pixels only (`ignore_index`; NaN for regression), and a batch without
 any labelled pixel gives a loss of 0 whose gradients are 0 (a random crop can land entirely in nodata), instead of NaN.
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-SEGMENTATION_LOSSES = ("ce", "dice", "focal", "lovasz")
+SEGMENTATION_LOSSES = ("ce", "dice", "focal", "lovasz", "jaccard")
 REGRESSION_LOSSES = ("mse", "mae", "l1", "rmse", "huber")
 FOCAL_GAMMA = 2.0
 DICE_EPS = 1e-7  # smp's clamp of the dice denominator
@@ -62,18 +62,33 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.
     return F.cross_entropy(logits, labels, weight=weight, ignore_index=ignore_index)
 
 
-def dice_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
-              weight: torch.Tensor | None, ignore_index: int) -> torch.Tensor:  # fmt: skip
-    """smp's multiclass DiceLoss: 1 - soft dice of the softmax per class over the whole batch, 0 for classes absent
-    from the labels (they still count in the mean, as in smp); class weights make it a weighted mean."""
+def _soft_overlap(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per class over the labelled pixels of the batch: soft intersection and cardinality of the softmax with the
+    one-hot labels, and whether the class occurs in the labels."""
     classes = logits.shape[1]
     probabilities = logits.float().softmax(dim=1) * valid[:, None]
     one_hot = F.one_hot(torch.where(valid, labels, 0), classes).movedim(-1, 1) * valid[:, None]
     dims = (0, *range(2, logits.ndim))
     intersection = (probabilities * one_hot).sum(dims)
-    cardinality = probabilities.sum(dims) + one_hot.sum(dims)
-    per_class = (1.0 - 2.0 * intersection / cardinality.clamp_min(DICE_EPS)) * (one_hot.sum(dims) > 0)
-    return _weighted_mean(per_class, torch.ones_like(per_class, dtype=torch.bool), weight)
+    return intersection, probabilities.sum(dims) + one_hot.sum(dims), one_hot.sum(dims) > 0
+
+
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+              weight: torch.Tensor | None, ignore_index: int) -> torch.Tensor:  # fmt: skip
+    """smp's multiclass DiceLoss: 1 - soft dice of the softmax per class over the whole batch, 0 for classes absent
+    from the labels (they still count in the mean, as in smp); class weights make it a weighted mean."""
+    intersection, cardinality, present = _soft_overlap(logits, labels, valid)
+    per_class = (1.0 - 2.0 * intersection / cardinality.clamp_min(DICE_EPS)) * present
+    return _weighted_mean(per_class, torch.ones_like(present), weight)
+
+
+def jaccard_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                 weight: torch.Tensor | None, ignore_index: int) -> torch.Tensor:  # fmt: skip
+    """smp's multiclass JaccardLoss: 1 - soft IoU of the softmax per class, as `dice_loss` otherwise (here with
+    `ignore_index`, which TerraTorch refuses for this loss)."""
+    intersection, cardinality, present = _soft_overlap(logits, labels, valid)
+    per_class = (1.0 - intersection / (cardinality - intersection).clamp_min(DICE_EPS)) * present
+    return _weighted_mean(per_class, torch.ones_like(present), weight)
 
 
 def focal_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
@@ -113,7 +128,7 @@ def lovasz_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
 
 
 SEGMENTATION_LOSS_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "ce": cross_entropy_loss, "dice": dice_loss, "focal": focal_loss, "lovasz": lovasz_loss,
+    "ce": cross_entropy_loss, "dice": dice_loss, "focal": focal_loss, "lovasz": lovasz_loss, "jaccard": jaccard_loss,
 }  # fmt: skip
 
 
@@ -171,6 +186,7 @@ __all__ = [
     "classification_cross_entropy",
     "dice_loss",
     "focal_loss",
+    "jaccard_loss",
     "lovasz_loss",
     "parse_loss",
     "regression_loss",

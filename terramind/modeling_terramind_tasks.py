@@ -21,8 +21,9 @@ Task settings are TerraMindConfig keyword arguments (`TerraMindConfig(..., num_l
 - `decoder_hidden_size` (UperNet/FCN channels, 256), `pool_scales` ((1, 2, 3, 6)), `unet_channels`
   ([512, 256, 128, 64]), `fcn_num_convs` (2).
 - `ignore_index` (-100), `class_weights` (one weight per class) for segmentation (and single-label classification).
-- `loss` (TerraTorch's names, `losses.py`): segmentation "ce" (default), "dice", "focal", "lovasz"; regression "mse"
-  (default), "mae"/"l1", "rmse", "huber"; or weighted combinations such as `{"ce": 0.5, "dice": 0.5}`.
+- `loss` (TerraTorch's names, `losses.py`): segmentation "ce" (default), "dice", "focal", "lovasz", "jaccard";
+  regression "mse" (default), "mae"/"l1", "rmse", "huber"; or weighted combinations such as
+  `{"ce": 0.5, "dice": 0.5}`.
 - `num_regression_outputs` (1), `regression_loss` (the older name of a regression `loss`) for pixel regression;
   non-finite labels (and `ignore_index`, when set) are ignored.
 - `head_dropout` (0.0): dropout before the final classifier of every head (TerraTorch's `head_dropout`);
@@ -444,7 +445,11 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
         """The encoder over the inputs; time series (B, C, T, H, W) go through it one time step at a time (folded
         into the batch) and its outputs are merged over time by `temporal_merge` (attentions stay per time step,
         (B * T, heads, N, N)). Returns the output and the (folded) inputs."""
-        inputs, steps = fold_time(self._gather_inputs(pixel_values, modalities))
+        inputs = self._gather_inputs(pixel_values, modalities)
+        tokens = inputs.pop("input_tokens", None)  # ready token grids (B, h, w), as TerraMindModel takes them
+        inputs, steps = fold_time(inputs)
+        if tokens is not None and steps is not None:
+            tokens = {name: grid.repeat_interleave(steps, dim=0) for name, grid in tokens.items()}
         merge = task_setting(self.config, "temporal_merge")
         if steps is None and (merge in ("concat", "diff") or task_setting(self.config, "num_timesteps")):
             raise ValueError(f"This model merges time series (temporal_merge={merge!r}, num_timesteps="
@@ -452,7 +457,7 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
         expected = task_setting(self.config, "num_timesteps")
         if steps is not None and expected is not None and steps != expected:
             raise ValueError(f"The inputs have {steps} time steps, this model was built for num_timesteps={expected}.")
-        outputs = self.terramind(inputs, output_hidden_states=output_hidden_states,
+        outputs = self.terramind(inputs, input_tokens=tokens, output_hidden_states=output_hidden_states,
                                  output_attentions=output_attentions, return_dict=True)  # fmt: skip
         if steps is None:
             return outputs, inputs

@@ -55,34 +55,42 @@ def parse_inputs(entries: Sequence[str]) -> dict[str, list[str]]:
     return paths
 
 
+def _from_pretrained(loader: Any, sources: Sequence[str | os.PathLike | None]) -> Any:
+    """The first of `sources` (folders or Hub repos) that `loader` can load, else None."""
+    for source in sources:
+        if source is None:
+            continue
+        try:
+            return loader(source)
+        except OSError:  # no such file there (e.g. a plain PEFT adapter has no config.json)
+            continue
+    return None
+
+
 def load_predictor(model: str | os.PathLike, adapter: str | os.PathLike | None = None,
                    dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[Any, Any]:  # fmt: skip
     """The dense task model (merged with its LoRA adapter, if given) in eval mode, and the processor it was trained
-    with (the adapter's or model's folder, else the default v1 statistics)."""
+    with (the adapter's or the model's, else the default v1 statistics). The task settings come from the adapter's
+    config.json (saved by `save_adapter`) or the model's."""
     import terramind
 
     from .configuration_terramind import TerraMindConfig
     from .image_processing_terramind import TerraMindImageProcessor
 
-    folders = [Path(f) for f in (adapter, model) if f is not None]
-    config_folder = next((f for f in folders if (f / "config.json").is_file()), None)
-    config = TerraMindConfig.from_pretrained(config_folder) if config_folder is not None else None
+    config = _from_pretrained(TerraMindConfig.from_pretrained, [adapter, model])
     architectures = (getattr(config, "architectures", None) or []) if config is not None else []
     names = [name for name in architectures if name in DENSE_TASK_MODELS]
     if not names:
-        found = f"its config names {architectures}" if config is not None else "no config.json was found"
-        raise ValueError(f"{config_folder or model} is not a fine-tuned segmentation or regression model ({found}); "
-                         "give a folder saved by `terramind finetune` or --adapter with a saved adapter.")  # fmt: skip
-    model_class = getattr(terramind, names[0])
-    loaded = model_class.from_pretrained(model, config=config, dtype=dtype)
+        found = f"its config names {architectures}" if config is not None else "no TerraMind config.json was found"
+        raise ValueError(f"{adapter or model} is not a fine-tuned segmentation or regression model ({found}); give "
+                         "a model saved by `terramind finetune`, or --adapter with an adapter saved by it.")  # fmt: skip
+    loaded = getattr(terramind, names[0]).from_pretrained(model, config=config, dtype=dtype)
     if adapter is not None:
         from peft import PeftModel
 
         loaded = PeftModel.from_pretrained(loaded, adapter).merge_and_unload()
-    processor_folder = next((f for f in folders if (f / "preprocessor_config.json").is_file()), None)
-    processor = TerraMindImageProcessor.from_pretrained(processor_folder) if processor_folder else \
-        TerraMindImageProcessor()  # fmt: skip
-    return loaded.to(device).eval(), processor
+    processor = _from_pretrained(TerraMindImageProcessor.from_pretrained, [adapter, model])
+    return loaded.to(device).eval(), processor or TerraMindImageProcessor()
 
 
 def read_scene(paths: dict[str, list[str]], processor: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:

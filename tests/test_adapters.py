@@ -55,6 +55,9 @@ def test_saved_adapter_records_the_absolute_base_and_carries_a_card(base_folder,
     save_adapter(model, tmp_path / "adapter", metrics={"eval_mIoU": 0.4567})
     adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(base_folder.resolve())
+    model.save_pretrained(tmp_path / "plain")  # PEFT's own save records it too (apply_lora set it)
+    plain = json.loads((tmp_path / "plain" / "adapter_config.json").read_text())
+    assert plain["base_model_name_or_path"] == str(base_folder.resolve())
     config = json.loads((tmp_path / "adapter" / "config.json").read_text())
     assert config["architectures"] == ["TerraMindForSemanticSegmentation"] and len(config["id2label"]) == 3
     card = (tmp_path / "adapter" / "README.md").read_text()

@@ -33,6 +33,12 @@ def test_dice_matches_hand_computed_soft_dice():
     assert weighted == pytest.approx((0.25 + 0.75) / 8, abs=1e-6)
 
 
+def test_jaccard_matches_hand_computed_soft_iou():
+    logits, labels = two_pixels()
+    # per class: intersection 0.75, union 2 - 0.75 = 1.25 -> IoU 0.6, loss 0.4
+    assert segmentation_loss(logits, labels, "jaccard").item() == pytest.approx(0.4, abs=1e-6)
+
+
 def test_focal_matches_hand_computed_value():
     logits, labels = two_pixels()
     expected = -(0.25**2) * math.log(0.75)  # both pixels have p_t = 0.75
@@ -67,12 +73,12 @@ def test_combinations_and_ignore_index():
     # ignored pixels do not count: changing their logits changes nothing
     changed = logits.clone()
     changed[0, :, :3] = 100.0
-    for name in ("ce", "dice", "focal", "lovasz"):
+    for name in ("ce", "dice", "focal", "lovasz", "jaccard"):
         torch.testing.assert_close(segmentation_loss(changed, labels, name, ignore_index=255),
                                    segmentation_loss(logits, labels, name, ignore_index=255))  # fmt: skip
 
 
-@pytest.mark.parametrize("loss", ["ce", "dice", "focal", "lovasz", {"ce": 0.5, "dice": 0.5}])
+@pytest.mark.parametrize("loss", ["ce", "dice", "focal", "lovasz", "jaccard", {"ce": 0.5, "dice": 0.5}])
 def test_all_ignored_batch_gives_zero_loss_and_zero_gradients(loss):
     logits = torch.randn(2, 3, 4, 4, requires_grad=True)
     value = segmentation_loss(logits, torch.full((2, 4, 4), -100), loss, class_weights=[1.0, 2.0, 1.0])
@@ -96,7 +102,7 @@ def test_regression_losses():
 def test_parse_loss_errors():
     assert parse_loss(["ce", "dice"], ("ce", "dice"), "segmentation") == {"ce": 1.0, "dice": 1.0}
     with pytest.raises(ValueError, match="Unknown segmentation loss"):
-        parse_loss("jaccard", ("ce", "dice"), "segmentation")
+        parse_loss("tversky", ("ce", "dice"), "segmentation")
     with pytest.raises(ValueError, match="non-negative numbers"):
         parse_loss({"ce": -1.0}, ("ce", "dice"), "segmentation")
     with pytest.raises(ValueError, match="names a loss twice"):

@@ -294,7 +294,7 @@ def test_segmentation_loss_option_and_all_ignored_batch():
     assert ignored.item() == 0.0
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
     with pytest.raises(ValueError, match="Unknown segmentation loss"):
-        TerraMindForSemanticSegmentation(config(loss="jaccard", **SMALL_HEAD))
+        TerraMindForSemanticSegmentation(config(loss="tversky", **SMALL_HEAD))
 
 
 def test_regression_loss_option_and_all_nan_batch():
@@ -413,3 +413,41 @@ def test_temporal_setting_errors():
         TerraMindBackbone(config())(S2L2A=series(steps=3)["S2L2A"], S1RTC=series(steps=2)["S1RTC"])
     with pytest.raises(ValueError, match="needs exactly two time steps"):
         TerraMindBackbone(config(temporal_merge="diff"))(**series(steps=3))
+
+
+def test_saved_head_with_new_options_loads_as_remote_code(tmp_path):
+    """The task module's helpers (losses, temporal merging, tiling) travel with a saved folder: it loads with
+    trust_remote_code where `terramind` is not importable, and gives the same logits and loss."""
+    from conftest import run_without_package
+
+    model = TerraMindForSemanticSegmentation(config(modalities=["S2L2A"], loss={"ce": 0.5, "dice": 0.5},
+                                                    head_dropout=0.1, **SMALL_HEAD)).eval()  # fmt: skip
+    model.save_pretrained(tmp_path / "model")
+    x, labels = torch.randn(1, 12, 2, 32, 32), torch.randint(0, 5, (1, 32, 32))
+    torch.save({"x": x, "labels": labels}, tmp_path / "inputs.pt")
+    stdout = run_without_package(f"""
+        import torch
+        from transformers import AutoModelForSemanticSegmentation
+        model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path / "model")!r},
+                                                                 trust_remote_code=True).eval()
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        with torch.no_grad():
+            output = model(inputs["x"], labels=inputs["labels"])
+        torch.save((output.logits, output.loss), {str(tmp_path / "out.pt")!r})
+        print(type(model).__module__)
+    """, tmp_path)  # fmt: skip
+    assert "terramind" not in stdout.split(".")[0]
+    logits, loss = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        reference = model(x, labels=labels)
+    torch.testing.assert_close(logits, reference.logits)
+    torch.testing.assert_close(loss, reference.loss)
+
+
+def test_heads_take_token_grids_also_next_to_time_series():
+    model = TerraMindForSemanticSegmentation(config(modalities=["S2L2A", "LULC"], **SMALL_HEAD)).eval()
+    grid = torch.randint(0, 100, (2, 2, 2))
+    with torch.no_grad():
+        single = model(S2L2A=series(steps=2)["S2L2A"][:, :, 0], input_tokens={"LULC": grid}).logits
+        steps = model(S2L2A=series(steps=2)["S2L2A"], input_tokens={"LULC": grid}).logits
+    assert single.shape == steps.shape == (2, 5, 32, 32)
