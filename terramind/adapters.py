@@ -26,6 +26,7 @@ TASK_NAMES = {
     "TerraMindForImageClassification": ("image classification", "image-classification"),
     "TerraMindBackbone": ("feature extraction (backbone)", "image-feature-extraction"),
     "TerraMindModel": ("feature extraction (encoder)", "image-feature-extraction"),
+    "TerraMindForGeneration": ("any-to-any generation", "image-to-image"),
 }
 
 
@@ -148,8 +149,9 @@ def adapter_card(config: Any, peft_config: Any, repo: str, metrics: Mapping[str,
               f'base = {model_class}.from_pretrained("{base}", config=config)',
               f'model = PeftModel.from_pretrained(base, "{repo}").eval()', "```", "",
               "Inputs are standardized pixels per modality, e.g. from `terramind.TerraMindImageProcessor`; "
-              f"`terramind predict --model {base} --adapter {repo} --input MODALITY=scene.tif --output out.tif` "
-              "predicts whole scenes.", ""]  # fmt: skip
+              + ("`model.generate(S2L2A=x, output_modalities=[...])` generates." if model_class ==
+                 "TerraMindForGeneration" else f"`terramind predict --model {base} --adapter {repo} --input "
+                 "MODALITY=scene.tif --output out.tif` predicts whole scenes."), ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -71,6 +71,9 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
         initializer_range: std of the normal init of embeddings.
         generator_modalities: the modalities whose embeddings `TerraMindForGeneration` holds (default: every
             pretrained one); set when a generator is built for a subset, so that it reloads as built.
+        target_reveal_rate: training `TerraMindForGeneration` with labels reveals a fraction, drawn uniformly in
+            [0, target_reveal_rate] per batch, of each image target's tokens as context (multi-step ROAR
+            decoding); 0 predicts every target token from the inputs (one-step generation).
         out_indices / out_features: backbone stages (`stage_names`: "stem" = embeddings, "stage1".."stageL" = block
             outputs, the last one normed), kept in sync as in Transformers' backbones. Neither given: the last stage
             for `TerraMindBackbone`, and the task heads' own defaults (`TERRATORCH_OUT_INDICES` for UperNet/UNet).
@@ -106,6 +109,7 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
     initializer_range: float = 0.02
     variant: str | None = None
     generator_modalities: list[str] | None = None
+    target_reveal_rate: float | int = 0.0
     tie_word_embeddings: bool = True  # the decoder's logits heads share the token embeddings
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
@@ -198,7 +202,7 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"modality_drop_rate must be in [0, 1], got {self.modality_drop_rate}.")
         if self.num_register_tokens < 0:
             raise ValueError(f"num_register_tokens must be >= 0, got {self.num_register_tokens}.")
-        for name in ("drop_path_rate", "attention_dropout", "hidden_dropout"):
+        for name in ("drop_path_rate", "attention_dropout", "hidden_dropout", "target_reveal_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
 

@@ -30,13 +30,14 @@ from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
 from .configuration_terramind import TerraMindConfig
+from .data_generation import build_generation_dataset, token_accuracy_metrics, token_predictions
 from .data_terramind import (
     TerraMindDataCollator,
     build_compute_metrics,
     build_dataset,
     preprocess_logits_for_metrics,
 )
-from .modeling_terramind import TerraMindModel
+from .modeling_terramind import TerraMindForGeneration, TerraMindModel
 from .modeling_terramind_tasks import (
     TerraMindForImageClassification,
     TerraMindForPixelRegression,
@@ -79,7 +80,9 @@ def apply_lora(
     replace_qkv: str | None = None,
     **lora_kwargs: Any,
 ):
-    """Wrap a TerraMind model (task head or TerraMindModel) in a PEFT LoRA model; only adapters and heads train.
+    """Wrap a TerraMind model (task head, TerraMindModel or the generator) in a PEFT LoRA model; only adapters and
+    heads train. On `TerraMindForGeneration` the adapters go into the encoder and decoder blocks (cross-attention
+    included) and the modality embeddings stay frozen.
 
     `replace_qkv="qkv"` with targets such as `["qkv.q_linear", "qkv.v_linear", "mlp.fc1", "mlp.fc2"]` (TerraTorch's
     `peft_config`) adapts q and v of the fused projection separately (see the module docstring). The adapter records
@@ -91,10 +94,13 @@ def apply_lora(
 
     config = model.config
     encoder = model if isinstance(model, TerraMindModel) else getattr(model, "terramind", None)
-    if getattr(encoder, "tim_generator", None) is not None:
+    generator = isinstance(model, TerraMindForGeneration)
+    if generator:  # adapters in the encoder and decoder blocks; the modality embeddings and logits heads stay
+        lora_kwargs.setdefault("exclude_modules", r".*embeddings\..*")
+    elif getattr(encoder, "tim_generator", None) is not None:
         lora_kwargs.setdefault("exclude_modules", r".*tim_generator\..*")
     if target_modules is None:
-        target_modules = lora_target_modules(config)
+        target_modules = lora_target_modules(config) + (["q", "kv"] if generator else [])  # + cross-attention
     elif not isinstance(target_modules, str):  # a str is a regex over full module names
         target_modules = list(target_modules)
     target_modules, parts = split_qkv_targets(target_modules, replace_qkv)
@@ -190,7 +196,15 @@ class FinetuningArguments:
     modalities: list[str] = field(default_factory=lambda: ["S2L2A", "S1RTC"],
                                   metadata={"help": "Input modalities (subfolders of data_root)."})  # fmt: skip
     label_dir: str = field(default="LULC", metadata={"help": "Label folder (under data_root or a path)."})
-    task: str = field(default="segmentation", metadata={"help": "segmentation, regression or classification."})
+    task: str = field(default="segmentation",
+                      metadata={"help": "segmentation, regression, classification or generation."})  # fmt: skip
+    target_modalities: list[str] | None = field(
+        default=None, metadata={"help": "generation: modalities the generator learns to generate (e.g. LULC)."}
+    )
+    target_reveal_rate: float = field(
+        default=0.0, metadata={"help": "generation: reveal up to this fraction of target tokens as context "
+                               "(trains multi-step decoding)."}  # fmt: skip
+    )
     num_labels: int = field(default=10, metadata={"help": "Number of classes (segmentation, classification)."})
     ignore_index: int = field(default=-100, metadata={"help": "Label value that does not count in loss/metrics."})
     class_names: list[str] | None = field(default=None, metadata={"help": "Names of the classes, for metrics."})
@@ -236,10 +250,24 @@ class FinetuningResult:
     eval_metrics: dict[str, float]
 
 
+def build_generator(args: FinetuningArguments) -> TerraMindForGeneration:
+    """The generator to fine-tune: pretrained from `model_name_or_path`, or a fresh `variant`."""
+    if not args.target_modalities:
+        raise ValueError("task generation needs target_modalities (e.g. --target_modalities LULC).")
+    overrides = json.loads(args.config_overrides) if args.config_overrides else {}
+    settings = {"target_reveal_rate": args.target_reveal_rate, **overrides}
+    if args.model_name_or_path:
+        return TerraMindForGeneration.from_pretrained(args.model_name_or_path, **settings)
+    logger.warning(f"No model_name_or_path: training a randomly initialized TerraMind-{args.variant} from scratch.")
+    return TerraMindForGeneration(TerraMindConfig.from_variant(args.variant, **settings))
+
+
 def build_model(args: FinetuningArguments) -> torch.nn.Module:
     """The task model: pretrained encoder from `model_name_or_path` (new head), or a fresh `variant`."""
+    if args.task == "generation":
+        return build_generator(args)
     if args.task not in TASK_MODELS:
-        raise ValueError(f"task must be one of {', '.join(TASK_MODELS)}, got {args.task!r}.")
+        raise ValueError(f"task must be one of {', '.join(TASK_MODELS)} or generation, got {args.task!r}.")
     model_class = TASK_MODELS[args.task]
     settings: dict[str, Any] = {"modalities": list(args.modalities), "merge_method": args.merge_method,
                                 "modality_drop_rate": args.modality_drop_rate}  # fmt: skip
@@ -270,8 +298,16 @@ def build_model(args: FinetuningArguments) -> torch.nn.Module:
     return model_class(config)
 
 
-def build_datasets(args: FinetuningArguments, config: TerraMindConfig, processor: Any = None) -> tuple[Any, Any]:
-    """Training (with crops/flips) and evaluation (center crops) datasets; evaluation defaults to the training split."""
+def build_datasets(args: FinetuningArguments, config: TerraMindConfig, processor: Any = None,
+                   model: torch.nn.Module | None = None) -> tuple[Any, Any]:  # fmt: skip
+    """Training (with crops/flips) and evaluation (center crops) datasets; evaluation defaults to the training split.
+    For generation, the targets are tokenized once by `model`'s tokenizers (center crops only)."""
+    if args.task == "generation":
+        common = dict(data_root=args.data_root, input_modalities=list(args.modalities),
+                      target_modalities=list(args.target_modalities), model=model, processor=processor,
+                      image_grep=args.image_grep, crop_size=args.crop_size)  # fmt: skip
+        train = build_generation_dataset(split=args.train_split, **common)
+        return train, build_generation_dataset(split=args.eval_split or args.train_split, **common)
     common = dict(data_root=args.data_root, modalities=list(args.modalities),
                   label_dir=args.label_dir if args.task != "classification" else None, image_grep=args.image_grep,
                   label_grep=args.label_grep, processor=processor, config=config, task=args.task,
@@ -301,7 +337,7 @@ def finetune(
         from .image_processing_terramind import TerraMindImageProcessor
 
         processor = TerraMindImageProcessor()
-    train_dataset, eval_dataset = build_datasets(args, config, processor)
+    train_dataset, eval_dataset = build_datasets(args, config, processor, model)
     if args.use_lora:
         model = apply_lora(model, r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                            target_modules=args.lora_target_modules, replace_qkv=args.lora_replace_qkv)  # fmt: skip
@@ -317,9 +353,11 @@ def finetune(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=TerraMindDataCollator(),
-        compute_metrics=build_compute_metrics(args.task, args.num_labels, args.ignore_index, args.class_names),
-        preprocess_logits_for_metrics=preprocess_logits_for_metrics if args.task == "segmentation" else None,
-    )
+        compute_metrics=token_accuracy_metrics if args.task == "generation" else
+        build_compute_metrics(args.task, args.num_labels, args.ignore_index, args.class_names),
+        preprocess_logits_for_metrics={"segmentation": preprocess_logits_for_metrics,
+                                       "generation": token_predictions}.get(args.task),
+    )  # fmt: skip
     train_output = trainer.train()
     eval_metrics = trainer.evaluate()
     trainer.log_metrics("eval", eval_metrics)
@@ -365,13 +403,17 @@ def main(argv: list[str] | None = None) -> FinetuningResult:
         args, training_args = parser.parse_json_file(argv[0])
     else:
         args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if args.task != "segmentation":
-        parser.error("This command fine-tunes segmentation; use terramind.finetuning.finetune for other tasks.")
+    if args.task not in ("segmentation", "generation"):
+        parser.error("This command fine-tunes segmentation and generation; use terramind.finetuning.finetune for "
+                     "other tasks.")  # fmt: skip
     result = finetune(args, training_args)
     if result.trainer.is_world_process_zero():
         losses = [entry["loss"] for entry in result.trainer.state.log_history if "loss" in entry]
         if losses:
             logger.warning(f"training loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+        if args.task == "generation":
+            logger.warning(f"evaluation token accuracy {result.eval_metrics.get('eval_token_accuracy', float('nan')):.4f}")
+            return result
         logger.warning(f"evaluation mIoU {result.eval_metrics.get('eval_mIoU', float('nan')):.4f}, "
                        f"accuracy {result.eval_metrics.get('eval_accuracy', float('nan')):.4f}")  # fmt: skip
     return result

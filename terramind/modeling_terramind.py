@@ -348,6 +348,8 @@ class TerraMindGenerationOutput(ModelOutput):
         encoder_last_hidden_state: the decoder's context (B, N_in, D): encoder output, normed and projected.
         encoder_hidden_states / encoder_attentions: the encoder's, with `output_hidden_states` / `output_attentions`.
         decoder_hidden_states / decoder_attentions / cross_attentions: per target modality, the decoder's.
+        predicted_positions: with revealed target tokens (`reveal_fraction`), target -> the flat grid positions
+            whose logits `logits` holds, in order.
     """
 
     loss: torch.Tensor | None = None
@@ -358,6 +360,7 @@ class TerraMindGenerationOutput(ModelOutput):
     decoder_hidden_states: dict[str, tuple[torch.Tensor, ...]] | None = None
     decoder_attentions: dict[str, tuple[torch.Tensor, ...]] | None = None
     cross_attentions: dict[str, tuple[torch.Tensor, ...]] | None = None
+    predicted_positions: dict[str, torch.Tensor] | None = None
 
 
 # ----------------------------------------------------------------------------- base class
@@ -817,6 +820,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
 
     _keys_to_ignore_on_load_unexpected = [r"embeddings\."]  # embeddings of modalities left out by `modalities`
     generation_config_class = TerraMindGenerationConfig
+    # `**modalities` is not `**loss_kwargs`: Trainer must not pass `num_items_in_batch` as an input.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: TerraMindConfig, modalities: Sequence[str] | None = None, **kwargs: Any):
         _check_model_kwargs(type(self), kwargs)
@@ -921,6 +926,7 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         input_tokens: dict[str, torch.Tensor] | None = None,
         target_modalities: Sequence[str] | None = None,
         labels: dict[str, torch.Tensor] | None = None,
+        reveal_fraction: float | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -933,6 +939,10 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             get logits at every grid position from mask-token queries.
         labels: target modality -> token ids: grids (B, h, w) for image modalities, (B, L) for Coordinates
             (teacher-forced; padding id 0 does not count). Gives `loss`: the sum of the targets' cross-entropies.
+        reveal_fraction: with `labels`, this fraction of each image target's tokens (random positions) joins the
+            encoder input as context and only the others are predicted, as in multi-step ROAR decoding (4M's
+            masked pre-training); `predicted_positions` says which. Default: none in evaluation, and in training
+            a fraction drawn uniformly in [0, `config.target_reveal_rate`] per batch (0 unless configured).
         """
         config = self.config
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
@@ -942,9 +952,10 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         return_dict = return_dict if return_dict is not None else config.return_dict
         targets = self._forward_targets(target_modalities, labels)
         inputs = self.terramind.collect_inputs(pixel_values, modalities, input_tokens)
-        context, encoder_outputs = self.encode_context(inputs, output_attentions=output_attentions,
-                                                       output_hidden_states=output_hidden_states)  # fmt: skip
         grid = self.terramind.patch_grid(inputs) if any(MODALITIES[k].is_image for k in targets.values()) else None
+        predicted, revealed = self._reveal_targets(inputs, targets, labels, grid, reveal_fraction)
+        context, encoder_outputs = self.encode_context(inputs, revealed, output_attentions=output_attentions,
+                                                       output_hidden_states=output_hidden_states)  # fmt: skip
         logits, decoder_states, decoder_attentions, cross_attentions, losses = {}, {}, {}, {}, []
         for name, key in targets.items():
             target_labels = None if labels is None else _find_label(labels, name)
@@ -954,10 +965,11 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
                 target_logits, outputs = self.decode_sequence(key, context, self._sequence_decoder_input(target_labels),
                                                               output_attentions, output_hidden_states)  # fmt: skip
             else:
-                target_logits, outputs = self.decode(key, context, grid, None, output_attentions, output_hidden_states)
+                target_logits, outputs = self.decode(key, context, grid, predicted.get(name), output_attentions,
+                                                     output_hidden_states)  # fmt: skip
             logits[name] = target_logits
             if target_labels is not None:
-                losses.append(self._token_loss(key, name, target_logits, target_labels, grid))
+                losses.append(self._token_loss(key, name, target_logits, target_labels, grid, predicted.get(name)))
             if output_hidden_states:
                 decoder_states[name] = outputs.hidden_states
             if output_attentions:
@@ -967,9 +979,36 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             loss=loss, logits=logits, encoder_last_hidden_state=context,
             encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions,
             decoder_hidden_states=decoder_states or None, decoder_attentions=decoder_attentions or None,
-            cross_attentions=cross_attentions or None,
+            cross_attentions=cross_attentions or None, predicted_positions=predicted or None,
         )  # fmt: skip
         return output if return_dict else output.to_tuple()
+
+    def _reveal_targets(
+        self, inputs: dict[str, torch.Tensor], targets: Mapping[str, str], labels: Mapping[str, torch.Tensor] | None,
+        grid: tuple[int, int] | None, reveal_fraction: float | None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:  # fmt: skip
+        """Reveal part of each image target's label tokens as encoder context (added to `inputs`): returns the
+        predicted positions per target name and the revealed positions per embedding key."""
+        rate = reveal_fraction if reveal_fraction is not None else (self.config.target_reveal_rate if self.training
+                                                                    else 0.0)  # fmt: skip
+        if labels is None or not rate:
+            return {}, {}
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"reveal_fraction must be in [0, 1), got {rate}.")
+        predicted, revealed = {}, {}
+        for name, key in targets.items():
+            target_labels = _find_label(labels, name)
+            if not MODALITIES[key].is_image or target_labels is None:
+                continue
+            total = grid[0] * grid[1]
+            fraction = rate if reveal_fraction is not None else float(torch.rand(())) * rate
+            count = int(fraction * total)
+            if count == 0:
+                continue
+            order = torch.randperm(total).to(target_labels.device)
+            revealed[key], predicted[name] = order[:count], order[count:].sort().values
+            inputs[key] = target_labels.to(self.device).long().clamp(min=0)  # ignored (-100) tokens: any id
+        return predicted, revealed
 
     def _forward_targets(self, target_modalities: Sequence[str] | None, labels: Mapping[str, Any] | None) -> dict:
         """User target name -> decoder embedding key, checked against this generator's decoder modalities."""
@@ -997,8 +1036,9 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         return torch.cat([first, labels[:, :-1]], dim=1)
 
     def _token_loss(self, key: str, name: str, logits: torch.Tensor, labels: torch.Tensor,
-                    grid: tuple[int, int] | None) -> torch.Tensor:  # fmt: skip
-        """Cross-entropy of one target's token ids (image grids: -100 ignored; sequences: padding 0 ignored)."""
+                    grid: tuple[int, int] | None, positions: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Cross-entropy of one target's token ids (image grids: -100 ignored, only the predicted `positions`;
+        sequences: padding 0 ignored). A batch with no token to learn from gives 0, not NaN."""
         if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
             raise ValueError(f"labels[{name!r}] must be an integer tensor of token ids.")
         labels = labels.to(logits.device)
@@ -1007,7 +1047,12 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         if tuple(labels.shape) != (logits.shape[0], *grid):
             raise ValueError(f"labels[{name!r}] must be a (B, h, w) = {(logits.shape[0], *grid)} token grid matching "
                              f"the inputs, got shape {tuple(labels.shape)}.")  # fmt: skip
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100)
+        labels = labels.flatten(1).long()
+        if positions is not None:
+            labels = labels[:, positions]
+        if not (labels != -100).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
 
 def _find_label(labels: Mapping[str, torch.Tensor], name: str) -> torch.Tensor | None:
