@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -137,3 +138,23 @@ def run_without_package(body: str, workdir: Path) -> str:
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
+
+
+@contextlib.contextmanager
+def transformers_warnings():
+    """Collect the messages Transformers logs at warning level (e.g. loading reports) inside the block."""
+    import logging as pylogging
+
+    from transformers.utils import logging
+
+    records: list[str] = []
+    handler = pylogging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    root = logging.get_logger("transformers")
+    root.addHandler(handler)
+    logging.set_verbosity_warning()
+    try:
+        yield records
+    finally:
+        logging.set_verbosity_error()
+        root.removeHandler(handler)

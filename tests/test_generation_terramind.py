@@ -200,21 +200,10 @@ def test_coordinates_generation_parity(generators):
 def test_tim_loading_reports_nothing(converted):
     """The TiM generator is filled from the same folder after loading: no false "corrupted" tied-weights warning,
     no report of its keys, and its tied logits head really shares the token embedding."""
-    import logging as pylogging
+    from conftest import transformers_warnings
 
-    from transformers.utils import logging
-
-    records: list[str] = []
-    handler = pylogging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    root = logging.get_logger("transformers")
-    root.addHandler(handler)
-    logging.set_verbosity_warning()
-    try:
+    with transformers_warnings() as records:
         model = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A"], tim_modalities=["LULC"])
-    finally:
-        logging.set_verbosity_error()
-        root.removeHandler(handler)
     assert records == [], records
     lulc = model.tim_generator.decoder_embeddings["LULC"]
     assert lulc.to_logits.weight is lulc.token_emb.weight and lulc.to_logits.weight.device.type == "cpu"

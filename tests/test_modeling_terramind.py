@@ -287,21 +287,10 @@ def test_tokenized_input_errors(converted, monkeypatch, tmp_path):
 
 
 def test_loading_reports_new_weights_once_without_decoder_noise(converted):
-    import logging as pylogging
+    from conftest import transformers_warnings
 
-    from transformers.utils import logging
-
-    records: list[str] = []
-    handler = pylogging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    root = logging.get_logger("transformers")
-    root.addHandler(handler)
-    logging.set_verbosity_warning()
-    try:
+    with transformers_warnings() as records:
         TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A", {"PLANET": 3}])
-    finally:
-        logging.set_verbosity_error()
-        root.removeHandler(handler)
     text = "\n".join(records)
     assert "encoder_embeddings.PLANET.proj.weight" in text and text.count("PLANET.proj.weight") == 1
     assert "decoder" not in text and "mask_token" not in text and "S1GRD" not in text
