@@ -46,6 +46,19 @@ def filter_logits(logits: torch.Tensor, top_k: int | float = 0, top_p: float = 0
     return logits
 
 
+def check_sampling_options(temperature: float = 1.0, top_k: int | float = 0, top_p: float = 0.0,
+                           decoding_steps: int = 1) -> None:  # fmt: skip
+    """One-line ValueErrors for sampling settings outside their ranges (instead of silently odd tokens)."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}.")
+    if not top_k >= 0:
+        raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {top_k}.")
+    if not 0 <= top_p <= 1:
+        raise ValueError(f"top_p must be in [0, 1] (0 keeps every token), got {top_p}.")
+    if isinstance(decoding_steps, bool) or not isinstance(decoding_steps, int) or decoding_steps < 1:
+        raise ValueError(f"decoding_steps must be an int >= 1, got {decoding_steps!r}.")
+
+
 def sample_tokens(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -64,6 +77,16 @@ def sample_tokens(
     else:
         samples = torch.multinomial(probs, 1, generator=generator)
     return samples[:, 0].reshape(shape)
+
+
+def check_tokenizer_modality(modality: str, tokenizer: Any) -> None:
+    """A tokenizer used for `modality` must be that modality's (its config says which): a mix-up would otherwise
+    run and give plausible-looking nonsense."""
+    found = getattr(getattr(tokenizer, "config", None), "modality", None)
+    if found is not None and modality != "Coordinates" and found != modality:
+        source = getattr(tokenizer, "name_or_path", "") or getattr(tokenizer.config, "_name_or_path", "")
+        raise ValueError(f"The tokenizer given for {modality} {('(' + str(source) + ') ') if source else ''}is the "
+                         f"{found} tokenizer.")  # fmt: skip
 
 
 class TerraMindGenerationMixin:
@@ -113,13 +136,14 @@ class TerraMindGenerationMixin:
         modalities, token grids (B, h, w) for token modalities, token ids (B, L) for sequences. Targets are
         decoded in order, each one conditioning the next.
         """
+        check_sampling_options(temperature, top_k, top_p, decoding_steps)
         pieces = [self._embed_input(key, value) for key, value in inputs.items()]
         batch = pieces[0][0].shape[0]
         device = pieces[0][0].device
         num_tokens = grid[0] * grid[1]
         out: dict[str, torch.Tensor] = {}
         schedule = linear_token_schedule(decoding_steps, num_tokens)
-        bar = tqdm(total=len(targets) * len(schedule), desc="TerraMind generation", disable=not progress)
+        bar = tqdm(total=len(targets) * len(schedule), desc="TerraMind tokens", disable=not progress, leave=False)
         for target in targets:
             if MODALITIES[target].kind == "sequence":
                 out[target] = self._generate_sequence(target, pieces, temperature, top_k, top_p, generator)
@@ -242,6 +266,7 @@ class TerraMindGenerationMixin:
         if not outputs:
             raise ValueError("output_modalities is empty; name at least one of S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI, "
                              "Coordinates.")  # fmt: skip
+        check_sampling_options(temperature, top_k, top_p, decoding_steps)
         model_inputs, grid = self.prepare_generation_inputs(given, input_tokens, standardize, tokenizers)
         targets = [token_modality(name) for name in outputs]
         tokens = self.generate_tokens(model_inputs, targets, grid, decoding_steps, temperature, top_k, top_p,
@@ -254,7 +279,7 @@ class TerraMindGenerationMixin:
             if name == "Coordinates":
                 result[name] = tokenizer.decode_coordinates(result[name])  # (B, 2) lon, lat; NaN if unparseable
                 continue
-            decoded = tokenizer.decode_tokens(result[name], timesteps=timesteps, generator=generator)
+            decoded = tokenizer.decode_tokens(result[name], timesteps=timesteps, generator=generator, progress=progress)
             if standardize and name != "LULC":
                 mean, std = _statistics(name, decoded.device)
                 decoded = decoded * std + mean
@@ -314,7 +339,7 @@ class TerraMindGenerationMixin:
             crops = {name: torch.cat([v[..., t : t + tile_size, x : x + tile_size] for t, x in chunk])
                      for name, v in images.items()}  # fmt: skip
             out = self.generate(crops, output_modalities=output_modalities, generator=generator, decode=decode,
-                                **kwargs)  # fmt: skip
+                                progress=progress, **kwargs)  # fmt: skip
             for name, value in out.items():
                 parts = value.split(batch) if value.shape[0] == batch * len(chunk) else [value]
                 for (top, left), part in zip(chunk, parts, strict=True):
@@ -376,6 +401,7 @@ class TerraMindGenerationMixin:
         name = resolve_output_modality(modality)
         for key, tokenizer in (tokenizers or {}).items():
             if resolve_output_modality(key) == name:
+                check_tokenizer_modality(name, tokenizer)
                 return tokenizer
         return self.terramind.get_tokenizer(name)
 

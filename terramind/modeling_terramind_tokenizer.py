@@ -21,11 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_terramind_tokenizer import TerraMindTokenizerConfig
+from .hub import resolve_source
 from .modeling_terramind import (
     TerraMindAttention,
     TerraMindLayer,
@@ -546,6 +548,8 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
         """Transformers' `from_pretrained`; an original release (folder or Hub repo holding `TerraMind_Tokenizer_*.pt`
         and no config.json) is converted on the fly into the cache first."""
+        if pretrained_model_name_or_path is not None:
+            pretrained_model_name_or_path = resolve_source(pretrained_model_name_or_path, kwargs)
         if pretrained_model_name_or_path is not None and kwargs.get("config") is None:
             from .tokenizer_conversion import resolve_original_tokenizer_release
 
@@ -636,6 +640,7 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
         timesteps: int | None = None,
         generator: torch.Generator | None = None,
         image_size: int | tuple[int, int] | None = None,
+        progress: bool = False,
     ) -> torch.Tensor:
         """Token ids (B, h, w) (or (B, h*w) for a square grid) -> image (B, C, h * 16, w * 16).
 
@@ -644,9 +649,11 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
         generator: draws the start noise, on the CPU as the original (`torch.randn((B, C, H, W), generator=...)`),
             for reproducible decodes. Ignored by the ViT decoder.
         image_size: output size (int or (H, W)); default: the token grid times the patch size.
+        progress: show a progress bar over the diffusion steps (most of a generation's time).
         """
         quantized = self.tokens_to_quantized(tokens.to(self.device))
-        return self.decode_quantized(quantized, timesteps=timesteps, generator=generator, image_size=image_size)
+        return self.decode_quantized(quantized, timesteps=timesteps, generator=generator, image_size=image_size,
+                                     progress=progress)  # fmt: skip
 
     def decode_quantized(
         self,
@@ -654,6 +661,7 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
         timesteps: int | None = None,
         generator: torch.Generator | None = None,
         image_size: int | tuple[int, int] | None = None,
+        progress: bool = False,
     ) -> torch.Tensor:
         """FSQ codes (B, latent_dim, h, w) -> image; see `decode_tokens`."""
         config = self.config
@@ -667,11 +675,11 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
                                  f"{quantized.shape[2]}x{quantized.shape[3]} token grid decodes to {grid}, not "
                                  f"image_size={size}.")  # fmt: skip
             return self.decoder(self.post_quant_proj(quantized.to(self.dtype)))
-        return self._sample(quantized, timesteps, generator, size)
+        return self._sample(quantized, timesteps, generator, size, progress)
 
     @torch.no_grad()
     def _sample(self, quantized: torch.Tensor, timesteps: int | None, generator: torch.Generator | None,
-                size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+                size: tuple[int, int], progress: bool = False) -> torch.Tensor:  # fmt: skip
         """DDIM sampling without gradients, as the original pipeline (train the UNet through `self.decoder`)."""
         config = self.config
         steps = config.num_inference_steps if timesteps is None else timesteps
@@ -689,7 +697,8 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
         sample = sample.to(self.device)
         condition = quantized.to(self.device, self.dtype)
         scheduler = self.noise_scheduler
-        for t in scheduler.timesteps(steps):
+        description = f"{config.modality or 'tokenizer'} diffusion decoding"
+        for t in tqdm(scheduler.timesteps(steps), desc=description, disable=not progress, leave=False):
             step = torch.full((batch,), t, dtype=torch.long, device=self.device)
             model_output = self.decoder(sample.to(self.dtype), step, condition)
             sample = scheduler.step(model_output.float(), t, sample, steps)

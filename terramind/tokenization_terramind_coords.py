@@ -22,6 +22,8 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import cached_file
 
+from .hub import resolve_source
+
 ORIGINAL_VOCABULARY_FILE = "config.json"
 GRID_DEGREES = 0.25
 _COORDS_TEXT = re.compile(r"^\s*lat=([-+]?\d+(?:\.\d*)?)\s+lon=([-+]?\d+(?:\.\d*)?)\s*$")
@@ -59,6 +61,7 @@ class TerraMindCoordsTokenizer(PreTrainedTokenizerFast):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *init_inputs: Any, **kwargs: Any):
         """Transformers' `from_pretrained`; a folder or Hub repo holding only the original vocabulary (a tokenizers
         JSON named config.json, no tokenizer.json) is read from that file."""
+        pretrained_model_name_or_path = resolve_source(pretrained_model_name_or_path, kwargs)
         hub = {k: kwargs[k] for k in ("cache_dir", "token", "revision", "local_files_only") if k in kwargs}
         original = _original_vocabulary(pretrained_model_name_or_path, **hub)
         if original is not None:
