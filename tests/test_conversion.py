@@ -102,6 +102,12 @@ def test_conversion_script(tmp_path):
                          text=True, timeout=300)  # fmt: skip
     assert bad.returncode != 0
     assert bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr  # an existing folder is kept
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     trimmed = subprocess.run(command[:3] + [str(FIXTURES / "terramind_base_original.pt"), "--output", str(out),
-                                            "--num-heads", "2"], capture_output=True, text=True, timeout=300)  # fmt: skip
+                                            "--num-heads", "2", "--overwrite"], capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
     assert trimmed.returncode == 2 and "size mismatch" in trimmed.stderr and "Traceback" not in trimmed.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # a failed conversion replaces nothing
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # and leaves no staging behind
