@@ -77,7 +77,7 @@ def finetune(output_dir: Path, argv: list[str]) -> float:
     from terramind.finetuning import main
 
     start = time.perf_counter()
-    result = main([str(a) for a in argv], prog="terramind finetune")
+    result = main([str(a) for a in argv])
     seconds = time.perf_counter() - start
     losses = [entry["loss"] for entry in result.trainer.state.log_history if "loss" in entry]
     (output_dir / "first_loss.json").write_text(json.dumps(losses[0]))

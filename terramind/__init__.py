@@ -1,14 +1,18 @@
 """TerraMind (IBM/ESA) as a Hugging Face Transformers model.
 
-`import terramind` is cheap: the classes below, and torch, Transformers and rasterio with them, load on first use
-(`from terramind import TerraMindModel`), which also makes Transformers' Auto classes know TerraMind. Code that
-only calls Auto classes registers them with `terramind.register_auto_classes()`.
+`import terramind` is cheap (`terramind --help` does not load torch): the classes below, and torch, Transformers
+and rasterio with them, load on first use. Transformers' Auto classes know TerraMind as before: the registration
+runs once Transformers' Auto machinery or one of this package's modules is loaded (post-import hooks).
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+import sys
 from typing import TYPE_CHECKING, Any
+
+import wrapt
 
 # public name -> module that defines it (relative to this package, or absolute)
 _EXPORTS = {
@@ -93,16 +97,26 @@ if TYPE_CHECKING:
     from .tokenization_terramind_coords import TerraMindCoordsTokenizer
 
 _registered = False
+_registering = False
 
 
 def register_auto_classes() -> None:
     """Make AutoConfig, AutoModel, AutoBackbone, AutoModelFor{SemanticSegmentation,ImageClassification},
     AutoTokenizer, AutoImageProcessor and AutoProcessor load TerraMind folders, and let `save_pretrained` write
     `auto_map` and the code files, so that saved folders also load with `trust_remote_code=True` where this package
-    is not installed. Runs once; done on first use of any class of the package."""
-    global _registered
-    if _registered:
+    is not installed. Runs once, by itself (see `_register_when_ready`)."""
+    global _registered, _registering
+    if _registered or _registering:
         return
+    _registering = True
+    try:
+        _register()
+        _registered = True
+    finally:
+        _registering = False
+
+
+def _register() -> None:
     from transformers import (
         AutoBackbone,
         AutoConfig,
@@ -143,14 +157,46 @@ def register_auto_classes() -> None:
     TerraMindBackbone.register_for_auto_class("AutoBackbone")
     TerraMindForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
     TerraMindForImageClassification.register_for_auto_class("AutoModelForImageClassification")
-    _registered = True
+
+
+# Registration needs the classes, which need torch and Transformers (seconds to import), so it waits until those
+# are loaded anyway: when Transformers' Auto machinery (or a base module that loads it) has been imported, e.g. a
+# user calling AutoModel after `import terramind`, or when a module of this package that defines a registered class
+# has been imported. It never runs while a module of this package or of Transformers is half-imported (its names
+# are not defined yet); the hook of that module, once complete, runs it.
+_TRANSFORMERS_MODULES = tuple(f"transformers.models.auto.{name}" for name in ("configuration_auto", "modeling_auto",
+                              "tokenization_auto", "image_processing_auto", "processing_auto")) + (
+                              "transformers.modeling_utils", "transformers.image_processing_utils",
+                              "transformers.processing_utils")  # fmt: skip
+_CLASS_MODULES = tuple(f"{__name__}.{name}" for name in ("configuration_terramind", "configuration_terramind_tokenizer",
+                       "modeling_terramind", "modeling_terramind_tasks", "modeling_terramind_tokenizer",
+                       "image_processing_terramind", "processing_terramind", "tokenization_terramind_coords"))  # fmt: skip
+
+
+def _half_imported(finished: str) -> bool:
+    """Whether a module of this package or of Transformers, other than `finished`, its packages and this package's
+    `__init__`, is being executed right now."""
+    parts = finished.split(".")
+    done = {".".join(parts[:i]) for i in range(1, len(parts) + 1)} | {__name__}  # this package may import its own
+    for name, module in list(sys.modules.items()):
+        if name not in done and name.split(".")[0] in (__name__, "transformers"):
+            if getattr(getattr(module, "__spec__", None), "_initializing", False):
+                return True
+    return False
+
+
+def _register_when_ready(module: Any) -> None:
+    if _registered or _registering or _half_imported(module.__name__):
+        return
+    if module.__name__.startswith(f"{__name__}.") and not any(name in sys.modules for name in _CLASS_MODULES):
+        return  # e.g. the command line alone, before it loads a model: nothing to register yet
+    register_auto_classes()
 
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    register_auto_classes()
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
@@ -158,3 +204,9 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+for _module in _TRANSFORMERS_MODULES:
+    wrapt.register_post_import_hook(_register_when_ready, _module)
+for _info in pkgutil.iter_modules(__path__):
+    wrapt.register_post_import_hook(_register_when_ready, f"{__name__}.{_info.name}")

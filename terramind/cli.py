@@ -90,8 +90,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> None:
-    from .atomic_io import atomic_folder
     from .conversion import check_checkpoint_file
+    from .outputs import atomic_folder
 
     overrides = {}
     if args.config:
@@ -124,8 +124,6 @@ DEFAULT_EMBED_MODEL = "ibm-esa-geospatial/TerraMind-1.0-tiny"
 DEFAULT_GENERATE_MODEL = "ibm-esa-geospatial/TerraMind-1.0-base"
 OUTPUT_DTYPES = {"S2L2A": "int16", "S2L1C": "int16", "RGB": "uint8", "DEM": "float32", "NDVI": "float32",
                  "S1GRD": "float32", "S1RTC": "float32", "LULC": "uint8"}  # fmt: skip
-# The nodata value of each output data type: outside what the modality's valid values take.
-NODATA_VALUES = {"int16": -32768, "uint8": 255, "float32": math.nan}
 
 
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
@@ -219,7 +217,7 @@ def _model_type(folder: Path) -> str | None:
 
 
 def _check_tokenizer(modality: str, name: str) -> None:
-    """A local --tokenizer must be a tokenizer folder or release of that modality (checked before loading)."""
+    """A local --tokenizer must be a tokenizer folder or release (checked before anything is loaded)."""
     from .hub import local_source
     from .tokenizer_conversion import ORIGINAL_TOKENIZER_FILE, find_original_tokenizer_checkpoint
 
@@ -228,15 +226,34 @@ def _check_tokenizer(modality: str, name: str) -> None:
         return
     path = Path(local)
     release = path if path.is_file() else find_original_tokenizer_checkpoint(path)
-    if release is not None and ORIGINAL_TOKENIZER_FILE.match(release.name):
-        found = ORIGINAL_TOKENIZER_FILE.match(release.name).group(1)
-    elif path.is_dir() and _model_type(path) == "terramind_tokenizer":
-        found = json.loads((path / "config.json").read_text()).get("modality")
-    else:
-        raise UsageError(f"--tokenizer {modality}={name} is not a TerraMind tokenizer (a converted folder, an "
-                         "original release folder or a TerraMind_Tokenizer_<MODALITY>.pt file).")  # fmt: skip
-    if found is not None and found != modality:
-        raise UsageError(f"--tokenizer {modality}={name} is the {found} tokenizer, not the {modality} one.")
+    if release is None or not ORIGINAL_TOKENIZER_FILE.match(release.name):
+        if not (path.is_dir() and _model_type(path) == "terramind_tokenizer"):
+            raise UsageError(f"--tokenizer {modality}={name} is not a TerraMind tokenizer (a converted folder, an "
+                             "original release folder or a TerraMind_Tokenizer_<MODALITY>.pt file).")  # fmt: skip
+
+
+def _load_tokenizers(paths: dict[str, str]) -> dict[str, Any]:
+    """The --tokenizer models, loaded before the model and checked to be of their modality."""
+    from .errors import first_line
+    from .modeling_terramind_tokenizer import TerraMindTokenizerModel, check_tokenizer_modality
+
+    tokenizers = {}
+    for modality, path in paths.items():
+        try:
+            if modality == "Coordinates":
+                from .tokenization_terramind_coords import TerraMindCoordsTokenizer
+
+                tokenizers[modality] = TerraMindCoordsTokenizer.from_pretrained(path)
+                continue
+            tokenizer = TerraMindTokenizerModel.from_pretrained(path)
+        except OSError as error:
+            raise UsageError(f"could not load --tokenizer {modality}={path} ({first_line(error)}).") from None
+        try:
+            check_tokenizer_modality(tokenizer, modality)
+        except ValueError as error:
+            raise UsageError(f"--tokenizer {modality}={path}: {error}") from None
+        tokenizers[modality] = tokenizer.eval()
+    return tokenizers
 
 
 def _load(model_class, name: str, default: str, **kwargs):
@@ -297,9 +314,9 @@ def _run_embed(args: argparse.Namespace) -> None:
     import torch
     from tqdm.auto import tqdm
 
-    from .atomic_io import atomic_file, check_target
     from .geotiff import grid_transform, write_geotiff
     from .modeling_terramind import TerraMindModel
+    from .outputs import atomic_file, check_target
 
     if not args.output.endswith((".tif", ".tiff", ".safetensors")):
         raise UsageError("--output must end in .tif/.tiff (GeoTIFF) or .safetensors.")
@@ -375,10 +392,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> None:
     import torch
 
-    from .atomic_io import atomic_outputs, check_target
     from .geotiff import write_geotiff
     from .modalities import resolve_output_modality
     from .modeling_terramind import TerraMindForGeneration
+    from .outputs import NODATA_VALUES, atomic_outputs, check_target
     from .quicklook import save_quicklook
 
     outputs = [resolve_output_modality(m.strip()) for m in args.output_modalities.split(",") if m.strip()]
@@ -407,9 +424,10 @@ def _run_generate(args: argparse.Namespace) -> None:
     tile = min(args.tile_size, padded_h, padded_w)
     if "Coordinates" in outputs and (padded_h, padded_w) != (tile, tile):
         raise UsageError("Coordinates are generated for one tile; give a scene of one tile (--tile-size).")
+    tokenizers = _load_tokenizers(tokenizer_paths)
     model = _load(TerraMindForGeneration, args.model, DEFAULT_GENERATE_MODEL, dtype=_torch_dtype(args.dtype))
-    model.config.tokenizer_paths = {**(model.config.tokenizer_paths or {}), **tokenizer_paths}
-    model.terramind.config.tokenizer_paths = model.config.tokenizer_paths
+    for modality, tokenizer in tokenizers.items():
+        model.terramind.set_tokenizer(modality, tokenizer)
     model = model.to(args.device).eval()
     inputs = {k: v.to(args.device) for k, v in batch.items()}
     options = dict(output_modalities=outputs, decoding_steps=args.decoding_steps, temperature=args.temperature,
@@ -456,7 +474,79 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 def _run_finetune(args: argparse.Namespace) -> None:
     from .finetuning import main as finetune_main
 
-    finetune_main(args.arguments, prog="terramind finetune")
+    argv = list(args.arguments)
+    if not (len(argv) == 1 and argv[0].endswith(".json")):  # a JSON file of arguments is parsed by the script
+        parser = _finetune_parser()
+        finetuning_args, training_args = parser.parse_args_into_dataclasses(args=argv)  # one-line errors, --help
+        _advise_finetuning(finetuning_args, training_args)
+    finetune_main(argv)
+
+
+# The TrainingArguments that `terramind finetune --help` shows; `--help-all` shows all of them (over a hundred).
+COMMON_TRAINING_OPTIONS = (
+    "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+    "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_steps", "lr_scheduler_type",
+    "eval_strategy", "eval_steps", "save_strategy", "save_steps", "logging_steps", "seed", "bf16", "use_cpu",
+    "report_to", "dataloader_num_workers", "disable_tqdm", "resume_from_checkpoint",
+)  # fmt: skip
+
+
+class _HelpAll(argparse.Action):
+    """`--help-all`: the help with every option, all TrainingArguments included."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None):
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for action in parser._actions:
+            action.help = getattr(action, "full_help", action.help)
+        parser.print_help()
+        parser.exit()
+
+
+def _finetune_parser() -> argparse.ArgumentParser:
+    """The fine-tuning options (FinetuningArguments, TrainingArguments) with one-line errors and a `--help` that
+    lists the fine-tuning options and the common training ones."""
+    from dataclasses import fields
+
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from .finetuning import FinetuningArguments
+
+    class Parser(OneLineErrors, HfArgumentParser):
+        pass
+
+    parser = Parser((FinetuningArguments, TrainingArguments), prog="terramind finetune",
+                    usage="%(prog)s --data_root DIR [options]",
+                    description="Fine-tune TerraMind for segmentation on a GeoTIFF folder with Trainer.")  # fmt: skip
+    parser.add_argument("--help-all", action=_HelpAll, help="show every option, all TrainingArguments included")
+    shown = {f.name for f in fields(FinetuningArguments)} | set(COMMON_TRAINING_OPTIONS) | {"help", "help_all"}
+    for action in parser._actions:
+        if action.option_strings and action.dest not in shown:
+            action.full_help, action.help = action.help, argparse.SUPPRESS
+    return parser
+
+
+def _advise_finetuning(finetuning_args: Any, training_args: Any) -> None:
+    """Warnings before a fine-tuning run: evaluation on training samples, bf16 where the CPU emulates it."""
+    import torch
+    from transformers.utils import logging
+
+    from .data_terramind import read_split
+    from .hardware import warn_if_slow_bf16
+
+    logger = logging.get_logger("terramind.cli")
+    train, evaluation = finetuning_args.train_split, finetuning_args.eval_split
+    if not evaluation or evaluation == train:
+        logger.warning("Evaluating on the training samples (no --eval_split of other samples): the metrics measure "
+                       "fit, not generalisation.")  # fmt: skip
+    elif train and Path(train).is_file() and Path(evaluation).is_file():
+        shared = set(read_split(train)) & set(read_split(evaluation))
+        if shared:
+            logger.warning(f"{len(shared)} evaluation samples are also training samples ({sorted(shared)[:3]}...): "
+                           "the metrics partly measure fit, not generalisation.")  # fmt: skip
+    on_cpu = training_args.use_cpu or not torch.cuda.is_available()
+    warn_if_slow_bf16("cpu" if on_cpu else "cuda", training_args.bf16)
 
 
 def build_parser() -> argparse.ArgumentParser:

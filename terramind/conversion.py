@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from .atomic_io import partial_path, remove, remove_stale_partials
 from .configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
+from .hub import looks_like_path, resolve_source
 from .modalities import ORIGINAL_KEY_TO_NAME, RAW_IMAGE_MODALITIES
+from .outputs import partial_path, remove, remove_stale_partials
 
 ORIGINAL_MODEL_FILE = re.compile(r"^TerraMind_v1_(tiny|small|base|large)\.pt$")
 CACHE_ENV = "TERRAMIND_CACHE"
@@ -245,17 +246,21 @@ def resolve_release(
     **hub_kwargs: Any,
 ) -> str | None:
     """If `name_or_path` is an original release — a checkpoint file matching `pattern`, or a folder or Hub repo
-    holding one and no config.json — convert it once into the cache (atomically; keyed by file and version) and
-    return the converted folder. Anything else gives None and is left to Transformers."""
-    path = Path(name_or_path)
-    if path.is_file():
+    holding one and no config.json — convert it once into the cache (atomically; keyed by the file's content and the
+    converter's version) and return the converted folder. A name that looks like a path and is missing raises
+    FileNotFoundError; a `~` path is returned expanded; anything else gives None and is left to Transformers (a Hub
+    id after one check that the Hub is reachable, see `hub.resolve_source`)."""
+    source = resolve_source(name_or_path, local_files_only=bool(hub_kwargs.get("local_files_only")))
+    expanded = source if source != str(name_or_path) else None
+    path = Path(source)
+    if looks_like_path(name_or_path) and path.is_file():
         checkpoint = path if pattern.match(path.name) else None
-    elif path.exists():
+    elif looks_like_path(name_or_path):
         checkpoint = find_release_file(path, pattern)
     else:
-        checkpoint = _download_release_file(str(name_or_path), pattern, guess_file, **hub_kwargs)
+        checkpoint = _download_release_file(source, pattern, guess_file, **hub_kwargs)
     if checkpoint is None:
-        return None
+        return expanded
     checkpoint = checkpoint.absolute()  # not resolved: a Hub cache symlink keeps the release's file name
     key = hashlib.sha256(f"{content_digest(checkpoint)}|{converter_version()}".encode()).hexdigest()[:16]
     target = default_cache_dir() / "converted" / f"{checkpoint.stem}-{key}"

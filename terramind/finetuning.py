@@ -12,10 +12,9 @@ generator of Thinking-in-Modalities models is never adapted.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -188,12 +187,6 @@ def build_datasets(args: FinetuningArguments, config: TerraMindConfig, processor
     train = build_dataset(split=args.train_split, random_crop=args.crop_size is not None,
                           random_flip=args.random_flip, **common)  # fmt: skip
     evaluation = build_dataset(split=args.eval_split or args.train_split, **common)
-    shared = set(train["sample_id"]) & set(evaluation["sample_id"])
-    if shared:
-        how = "no eval_split given" if not args.eval_split else "the splits overlap"
-        logger.warning(f"Evaluating on training data ({how}): {len(shared)} of {len(evaluation)} evaluation samples "
-                       "are also trained on, so the metrics measure fit, not generalisation; give an eval_split of "
-                       "other samples.")  # fmt: skip
     return train, evaluation
 
 
@@ -209,12 +202,9 @@ def finetune(
     during training if `eval_strategy` says so). Saves the model (or only the adapter with LoRA) and the processor to
     `output_dir`. Works in one process and under `accelerate launch` / `torchrun` (DDP).
     """
-    from .hardware import warn_if_slow_bf16
-
     if model is None:
         model = build_model(args)
     config = model.config
-    warn_if_slow_bf16(str(training_args.device), training_args.bf16)
     if processor is None:
         from .image_processing_terramind import TerraMindImageProcessor
 
@@ -264,55 +254,14 @@ __all__ = [
 ]
 
 
-# The TrainingArguments `--help` shows; `--help-all` shows all of them (over a hundred).
-COMMON_TRAINING_OPTIONS = (
-    "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
-    "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_steps", "lr_scheduler_type",
-    "eval_strategy", "eval_steps", "save_strategy", "save_steps", "logging_steps", "seed", "bf16", "use_cpu",
-    "report_to", "dataloader_num_workers", "disable_tqdm", "resume_from_checkpoint",
-)  # fmt: skip
-
-
-class _HelpAll(argparse.Action):
-    """`--help-all`: the help with every TrainingArguments option."""
-
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None):
-        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        for action in parser._actions:
-            action.help = getattr(action, "full_help", action.help)
-        parser.print_help()
-        parser.exit()
-
-
-def build_argument_parser(prog: str | None = None):
-    """The fine-tuning command's parser: FinetuningArguments and TrainingArguments, one-line errors, and a `--help`
-    that lists the fine-tuning options and the common training ones (`--help-all`: every option)."""
-    from transformers import HfArgumentParser
-
-    from .cli import OneLineErrors
-
-    class Parser(OneLineErrors, HfArgumentParser):
-        pass
-
-    parser = Parser((FinetuningArguments, TrainingArguments), prog=prog, usage="%(prog)s --data_root DIR [options]",
-                    description="Fine-tune TerraMind for segmentation on a GeoTIFF folder with Trainer.")  # fmt: skip
-    parser.add_argument("--help-all", action=_HelpAll, help="show every option, all TrainingArguments included")
-    finetuning_options = {f.name for f in fields(FinetuningArguments)}
-    for action in parser._actions:
-        if action.dest not in finetuning_options and action.dest not in COMMON_TRAINING_OPTIONS:
-            if action.option_strings and action.dest not in ("help", "help_all"):
-                action.full_help, action.help = action.help, argparse.SUPPRESS
-    return parser
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> FinetuningResult | None:
+def main(argv: list[str] | None = None) -> FinetuningResult:
     """Command-line fine-tuning for segmentation (`terramind finetune`, scripts/finetune_segmentation.py): parse the
     arguments (or a JSON file of them), fine-tune, log loss and mIoU, and return the `FinetuningResult`."""
     import sys
 
-    parser = build_argument_parser(prog)
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((FinetuningArguments, TrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         args, training_args = parser.parse_json_file(argv[0])

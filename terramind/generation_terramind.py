@@ -46,19 +46,6 @@ def filter_logits(logits: torch.Tensor, top_k: int | float = 0, top_p: float = 0
     return logits
 
 
-def check_sampling_options(temperature: float = 1.0, top_k: int | float = 0, top_p: float = 0.0,
-                           decoding_steps: int = 1) -> None:  # fmt: skip
-    """One-line ValueErrors for sampling settings outside their ranges (instead of silently odd tokens)."""
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}.")
-    if not top_k >= 0:
-        raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {top_k}.")
-    if not 0 <= top_p <= 1:
-        raise ValueError(f"top_p must be in [0, 1] (0 keeps every token), got {top_p}.")
-    if isinstance(decoding_steps, bool) or not isinstance(decoding_steps, int) or decoding_steps < 1:
-        raise ValueError(f"decoding_steps must be an int >= 1, got {decoding_steps!r}.")
-
-
 def sample_tokens(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -77,16 +64,6 @@ def sample_tokens(
     else:
         samples = torch.multinomial(probs, 1, generator=generator)
     return samples[:, 0].reshape(shape)
-
-
-def check_tokenizer_modality(modality: str, tokenizer: Any) -> None:
-    """A tokenizer used for `modality` must be that modality's (its config says which): a mix-up would otherwise
-    run and give plausible-looking nonsense."""
-    found = getattr(getattr(tokenizer, "config", None), "modality", None)
-    if found is not None and modality != "Coordinates" and found != modality:
-        source = getattr(tokenizer, "name_or_path", "") or getattr(tokenizer.config, "_name_or_path", "")
-        raise ValueError(f"The tokenizer given for {modality} {('(' + str(source) + ') ') if source else ''}is the "
-                         f"{found} tokenizer.")  # fmt: skip
 
 
 class TerraMindGenerationMixin:
@@ -136,14 +113,13 @@ class TerraMindGenerationMixin:
         modalities, token grids (B, h, w) for token modalities, token ids (B, L) for sequences. Targets are
         decoded in order, each one conditioning the next.
         """
-        check_sampling_options(temperature, top_k, top_p, decoding_steps)
         pieces = [self._embed_input(key, value) for key, value in inputs.items()]
         batch = pieces[0][0].shape[0]
         device = pieces[0][0].device
         num_tokens = grid[0] * grid[1]
         out: dict[str, torch.Tensor] = {}
         schedule = linear_token_schedule(decoding_steps, num_tokens)
-        bar = tqdm(total=len(targets) * len(schedule), desc="TerraMind tokens", disable=not progress, leave=False)
+        bar = tqdm(total=len(targets) * len(schedule), desc="TerraMind generation", disable=not progress)
         for target in targets:
             if MODALITIES[target].kind == "sequence":
                 out[target] = self._generate_sequence(target, pieces, temperature, top_k, top_p, generator)
@@ -266,7 +242,6 @@ class TerraMindGenerationMixin:
         if not outputs:
             raise ValueError("output_modalities is empty; name at least one of S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI, "
                              "Coordinates.")  # fmt: skip
-        check_sampling_options(temperature, top_k, top_p, decoding_steps)
         model_inputs, grid = self.prepare_generation_inputs(given, input_tokens, standardize, tokenizers)
         targets = [token_modality(name) for name in outputs]
         tokens = self.generate_tokens(model_inputs, targets, grid, decoding_steps, temperature, top_k, top_p,
@@ -401,7 +376,6 @@ class TerraMindGenerationMixin:
         name = resolve_output_modality(modality)
         for key, tokenizer in (tokenizers or {}).items():
             if resolve_output_modality(key) == name:
-                check_tokenizer_modality(name, tokenizer)
                 return tokenizer
         return self.terramind.get_tokenizer(name)
 

@@ -1,17 +1,19 @@
 """Where a `from_pretrained` name points: a local path, or a Hub repo id.
 
 A name that looks like a path and is missing fails at once ("no such folder") instead of becoming a Hub id. A Hub
-id is tried once: when the Hub cannot be reached, loading goes on from the local cache only, instead of every file
-request retrying with back-off (about 25 s each).
+id is tried once: when the Hub cannot be reached, the process goes offline (as with `HF_HUB_OFFLINE=1`) and loads
+from the local cache, instead of every file request retrying with back-off (about 25 s each).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
-_HUB_REACHABLE: dict[str, bool] = {}
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+_PROBED: dict[str, bool] = {}
 
 
 def looks_like_path(name: str | os.PathLike) -> bool:
@@ -35,32 +37,36 @@ def local_source(name: str | os.PathLike, what: str = "folder") -> str | None:
 
 
 def hub_reachable() -> bool:
-    """One request, no retries, to the Hub endpoint (remembered for the process); False offline (HF_HUB_OFFLINE)."""
+    """One request, without retries, to the Hub endpoint (once per process and endpoint). When it fails, the process
+    goes offline, so that later loads look in the local cache once instead of retrying every file."""
     from huggingface_hub import constants
 
     if constants.is_offline_mode():
         return False
     endpoint = constants.ENDPOINT
-    if endpoint not in _HUB_REACHABLE:
+    if endpoint not in _PROBED:
         from huggingface_hub.utils import get_session
 
         try:
             get_session().head(endpoint, timeout=constants.HF_HUB_ETAG_TIMEOUT)
-            _HUB_REACHABLE[endpoint] = True
-        except Exception:  # noqa: BLE001 - any transport error (DNS, refused, timeout) means unreachable
-            _HUB_REACHABLE[endpoint] = False
-    return _HUB_REACHABLE[endpoint]
+            _PROBED[endpoint] = True
+        except Exception as error:  # noqa: BLE001 - any transport error (DNS, refused, timeout) means unreachable
+            _PROBED[endpoint] = False
+            constants.HF_HUB_OFFLINE = True
+            logger.warning(f"The Hugging Face Hub ({endpoint}) cannot be reached ({type(error).__name__}); working "
+                           "offline (as with HF_HUB_OFFLINE=1), from the local cache.")  # fmt: skip
+    return _PROBED[endpoint]
 
 
-def resolve_source(name: str | os.PathLike, kwargs: dict[str, Any], what: str = "folder") -> str | os.PathLike:
-    """The name to load: an existing local path (expanded), or a Hub id; when the Hub is unreachable, sets
-    `local_files_only=True` in `kwargs` so that the load looks in the cache once instead of retrying."""
+def resolve_source(name: str | os.PathLike, local_files_only: bool = False, what: str = "folder") -> str:
+    """The name to load: an existing local path (`~` expanded), or a Hub id after checking once that the Hub can be
+    reached (see `hub_reachable`); FileNotFoundError for a missing path."""
     local = local_source(name, what)
     if local is not None:
         return local
-    if not kwargs.get("local_files_only") and not hub_reachable():
-        kwargs["local_files_only"] = True
-    return name
+    if not local_files_only:
+        hub_reachable()
+    return str(name)
 
 
 __all__ = ["hub_reachable", "local_source", "looks_like_path", "resolve_source"]

@@ -28,9 +28,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_terramind import TerraMindConfig
 from .conversion import resolve_original_release
-from .errors import first_line
-from .generation_terramind import TerraMindGenerationMixin, check_tokenizer_modality
-from .hub import resolve_source
+from .generation_terramind import TerraMindGenerationMixin
 from .modalities import MODALITIES, NODATA_MASK_SUFFIX, resolve_modality, token_modality
 
 logger = logging.get_logger(__name__)
@@ -428,8 +426,7 @@ class TerraMindPreTrainedModel(PreTrainedModel):
         """Standard loading, plus original releases: a folder or Hub repo holding `TerraMind_v1_*.pt` and no
         config.json (e.g. `ibm-esa-geospatial/TerraMind-1.0-base`) is converted once into the cache first."""
         if pretrained_model_name_or_path is not None:
-            pretrained_model_name_or_path = resolve_source(pretrained_model_name_or_path, kwargs)
-            hub = {k: kwargs.get(k) for k in ("token", "revision", "cache_dir", "local_files_only")}
+            hub = {k: kwargs.get(k) for k in ("token", "revision")}
             converted = resolve_original_release(pretrained_model_name_or_path, **hub)
             if converted is not None:
                 pretrained_model_name_or_path = converted
@@ -701,11 +698,10 @@ class TerraMindModel(TerraMindPreTrainedModel):
 
                     tokenizer = TerraMindTokenizerModel.from_pretrained(path).eval().requires_grad_(False)
             except (OSError, ValueError) as error:
-                raise ValueError(f"The {name} tokenizer could not be loaded from {path!r} ({first_line(error)}). "
-                                 f"Pass it with `set_tokenizer('{name}', tokenizer)` (generate: tokenizers="
-                                 f"{{'{name}': ...}}) or set config.tokenizer_paths['{name}'] to a converted or "
-                                 "original tokenizer folder.") from None  # fmt: skip
-            check_tokenizer_modality(name, tokenizer)
+                raise ValueError(f"The {name} tokenizer could not be loaded from {path!r} ({error}). Pass it with "
+                                 f"`set_tokenizer('{name}', tokenizer)` (generate: tokenizers={{'{name}': ...}}) or "
+                                 f"set config.tokenizer_paths['{name}'] to a converted or original tokenizer "
+                                 "folder.") from None  # fmt: skip
             cache[name] = tokenizer
         tokenizer = cache[name]
         if isinstance(tokenizer, nn.Module) and tokenizer.device != self.device:
@@ -715,7 +711,6 @@ class TerraMindModel(TerraMindPreTrainedModel):
     def set_tokenizer(self, modality: str, tokenizer: Any) -> None:
         """Use `tokenizer` for `modality` (frozen; kept outside the model's weights)."""
         name = resolve_modality(modality).removesuffix("_TOKENS")
-        check_tokenizer_modality(name, tokenizer)
         if isinstance(tokenizer, nn.Module):
             tokenizer = tokenizer.eval().requires_grad_(False)
         self.__dict__.setdefault("_tokenizers", {})[name] = tokenizer

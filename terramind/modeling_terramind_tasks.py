@@ -531,7 +531,7 @@ class TerraMindForSemanticSegmentation(TerraMindDenseModel):
             labels = check_segmentation_labels(labels, logits, self.config.num_labels, self.ignore_index)
             weights = task_setting(self.config, "class_weights")
             weight = torch.tensor(weights, dtype=logits.dtype, device=logits.device) if weights is not None else None
-            loss = cross_entropy_over_labelled(logits, labels, self.ignore_index, weight)
+            loss = F.cross_entropy(logits, labels, weight=weight, ignore_index=self.ignore_index)
         hidden_states = outputs.hidden_states if output_hidden_states else None
         if not return_dict:
             output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
@@ -575,11 +575,11 @@ class TerraMindForPixelRegression(TerraMindDenseModel):
         if labels is not None:
             labels = check_regression_labels(labels, logits)
             valid = torch.isfinite(labels)
+            if not valid.any():
+                raise ValueError("All label pixels of the batch are NaN/inf; there is nothing to learn from.")
             prediction, target = logits[valid], labels[valid].to(logits.dtype)
             kind = task_setting(self.config, "regression_loss")
-            loss_function = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}[kind]
-            total = loss_function(prediction, target, reduction="sum")
-            loss = total / valid.sum().clamp_min(1)  # the mean over finite labels; 0 (no gradient) without any
+            loss = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}[kind](prediction, target)
         hidden_states = outputs.hidden_states if output_hidden_states else None
         if not return_dict:
             output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
@@ -667,26 +667,11 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
                 raise ValueError(f"Class ids {sorted(set(bad.tolist()))[:10]} are out of range for num_labels="
                                  f"{self.num_labels} (valid: 0..{self.num_labels - 1} or ignore_index="
                                  f"{ignore}).")  # fmt: skip
-            return cross_entropy_over_labelled(logits, labels.long(), ignore)
+            return F.cross_entropy(logits, labels.long(), ignore_index=ignore)
         if labels.shape != logits.shape:
             raise ValueError(f"Multi-label labels must be (B, num_labels)={tuple(logits.shape)}, got "
                              f"{tuple(labels.shape)}.")  # fmt: skip
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-
-
-# ----------------------------------------------------------------------------- losses
-def cross_entropy_over_labelled(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """`F.cross_entropy`'s (weighted) mean over the labels that are not `ignore_index`; a batch without any gives 0
-    with zero gradients instead of NaN (which would poison the weights through the optimizer)."""
-    total = F.cross_entropy(logits, labels, weight=weight, ignore_index=ignore_index, reduction="sum")
-    valid = labels != ignore_index
-    if weight is None:
-        count = valid.sum().to(total.dtype)
-    else:
-        count = (weight[torch.where(valid, labels, 0)] * valid).sum()
-    return total / torch.where(count > 0, count, torch.ones_like(count))
 
 
 # ----------------------------------------------------------------------------- label checks

@@ -26,8 +26,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .configuration_terramind_tokenizer import TerraMindTokenizerConfig
-from .hub import resolve_source
+from .configuration_terramind_tokenizer import TerraMindTokenizerConfig, canonical_tokenizer_modality
 from .modeling_terramind import (
     TerraMindAttention,
     TerraMindLayer,
@@ -548,8 +547,6 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
         """Transformers' `from_pretrained`; an original release (folder or Hub repo holding `TerraMind_Tokenizer_*.pt`
         and no config.json) is converted on the fly into the cache first."""
-        if pretrained_model_name_or_path is not None:
-            pretrained_model_name_or_path = resolve_source(pretrained_model_name_or_path, kwargs)
         if pretrained_model_name_or_path is not None and kwargs.get("config") is None:
             from .tokenizer_conversion import resolve_original_tokenizer_release
 
@@ -728,6 +725,16 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
                                         tokens=encoded.tokens)  # fmt: skip
 
 
+def check_tokenizer_modality(tokenizer: Any, modality: str) -> None:
+    """A tokenizer used for `modality` must be that modality's (its config says which): a mix-up, e.g. the S1GRD
+    tokenizer decoding LULC tokens, would otherwise run and give plausible-looking nonsense."""
+    expected = canonical_tokenizer_modality(modality)
+    found = getattr(getattr(tokenizer, "config", None), "modality", None)
+    if found is not None and canonical_tokenizer_modality(found) != expected:
+        source = getattr(tokenizer, "name_or_path", "") or ""
+        raise ValueError(f"The tokenizer for {expected}{f' ({source})' if source else ''} is the {found} tokenizer.")
+
+
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(size, int) and not isinstance(size, bool):
         return (size, size)
@@ -737,6 +744,7 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 __all__ = [
+    "check_tokenizer_modality",
     "TerraMindTokenizerPreTrainedModel",
     "TerraMindTokenizerModel",
     "TerraMindTokenizerEncoderOutput",

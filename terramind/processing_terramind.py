@@ -153,7 +153,8 @@ class TerraMindProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Transformers' loading; a missing local path fails at once, an unreachable Hub is tried once."""
-        return super().from_pretrained(resolve_source(pretrained_model_name_or_path, kwargs), **kwargs)
+        source = resolve_source(pretrained_model_name_or_path, bool(kwargs.get("local_files_only")))
+        return super().from_pretrained(source, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
         files = []

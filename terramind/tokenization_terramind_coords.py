@@ -61,8 +61,8 @@ class TerraMindCoordsTokenizer(PreTrainedTokenizerFast):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *init_inputs: Any, **kwargs: Any):
         """Transformers' `from_pretrained`; a folder or Hub repo holding only the original vocabulary (a tokenizers
         JSON named config.json, no tokenizer.json) is read from that file."""
-        pretrained_model_name_or_path = resolve_source(pretrained_model_name_or_path, kwargs)
         hub = {k: kwargs[k] for k in ("cache_dir", "token", "revision", "local_files_only") if k in kwargs}
+        pretrained_model_name_or_path = resolve_source(pretrained_model_name_or_path, bool(hub.get("local_files_only")))
         original = _original_vocabulary(pretrained_model_name_or_path, **hub)
         if original is not None:
             ignored = set(hub) | {"force_download", "trust_remote_code"}

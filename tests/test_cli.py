@@ -237,9 +237,18 @@ def mistakes(assets, tmp_path) -> dict[str, str]:
             "release": str(tmp_path / "release"), **{k: str(v) for k, v in assets.items()}}  # fmt: skip
 
 
-EMBED = ["embed", "--model", "{model}", "--input", f"S2L2A={scene('S2L2A')}", "--output", "{tmp}/e.tif"]
-GENERATE = ["generate", "--model", "{model}", "--input", f"S1RTC={scene('S1RTC')}", "--output-modalities", "LULC",
-            "--output-dir", "{tmp}/out"]  # fmt: skip
+EMBED = [
+    "embed",
+    "--model",
+    "{model}",
+    "--no-progress",
+    "--input",
+    f"S2L2A={scene('S2L2A')}",
+    "--output",
+    "{tmp}/e.tif",
+]
+GENERATE = ["generate", "--model", "{model}", "--no-progress", "--input", f"S1RTC={scene('S1RTC')}",
+            "--output-modalities", "LULC", "--output-dir", "{tmp}/out"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -265,7 +274,7 @@ GENERATE = ["generate", "--model", "{model}", "--input", f"S1RTC={scene('S1RTC')
         ([*GENERATE, "--temperature", "-1"], "argument --temperature: expected a number >= 0, got '-1'"),
         ([*GENERATE, "--top-k", "-5"], "argument --top-k: expected an integer >= 0, got '-5'"),
         ([*GENERATE, "--top-p", "2"], "argument --top-p: expected a number in [0, 1], got '2'"),
-        ([*GENERATE, "--tokenizer", "LULC={S1GRD}"], "is the S1GRD tokenizer, not the LULC one"),
+        ([*GENERATE, "--tokenizer", "LULC={S1GRD}"], "is the S1GRD tokenizer"),
         ([*GENERATE, "--tokenizer", "DEM={DEM}"], "--tokenizer DEM is given but not generated"),
         ([*EMBED[:2], "./missing_model", *EMBED[3:]], "./missing_model: no such folder"),
         ([], "the following arguments are required"),

@@ -1,4 +1,4 @@
-"""Outputs written whole or not at all, and never over an existing file unasked.
+"""Outputs on the user's disk: written whole or not at all, never over an existing file unasked, nodata marked.
 
 Every file (or folder) is written under a hidden temporary name next to its target and renamed into place when it
 is complete (`os.replace`: atomic within a file system). An error or an interruption removes the temporary; a
@@ -8,6 +8,7 @@ the same target once its process is gone.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -17,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+# The nodata value written for each output data type: outside what valid values of the outputs take.
+NODATA_VALUES = {"int16": -32768, "uint8": 255, "float32": math.nan}
 PARTIAL_MARK = ".partial-"
 STALE_AFTER_S = 24 * 3600  # partials of another host (or of unknown origin) older than this are abandoned
 
@@ -136,4 +139,12 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         remove(staging)
 
 
-__all__ = ["atomic_file", "atomic_folder", "atomic_outputs", "check_target", "partial_path", "remove_stale_partials"]
+__all__ = [
+    "NODATA_VALUES",
+    "atomic_file",
+    "atomic_folder",
+    "atomic_outputs",
+    "check_target",
+    "partial_path",
+    "remove_stale_partials",
+]
