@@ -74,8 +74,11 @@ def build_assets(folder: Path, width: str) -> dict[str, Path]:
 def finetune(output_dir: Path, argv: list[str]) -> float:
     """`terramind finetune` (its Python entry point, which returns the trainer): the wall time; the first logged
     training loss goes to output_dir/first_loss.json."""
+    from transformers import set_seed
+
     from terramind.finetuning import main
 
+    set_seed(0)  # the new head and the LoRA weights are drawn before Trainer seeds: the same on every device
     start = time.perf_counter()
     result = main([str(a) for a in argv])
     seconds = time.perf_counter() - start
@@ -96,8 +99,10 @@ def run(argv: list[str]) -> float:
 
 
 def read(path: Path) -> tuple[np.ndarray, dict]:
+    """Values and georeference of a GeoTIFF (nodata as a string, so that NaN compares equal to NaN)."""
     with rasterio.open(path) as src:
-        return src.read(), {"crs": src.crs, "transform": src.transform, "dtype": src.dtypes[0], "nodata": src.nodata}
+        meta = {"crs": src.crs, "transform": src.transform, "dtype": src.dtypes[0], "nodata": str(src.nodata)}
+        return src.read(), meta
 
 
 def relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -121,7 +126,7 @@ def jobs(assets: dict[str, Path], out: Path, device: str, dtype: str) -> dict[st
                              "--output-modalities", "LULC,S2L2A", "--output-dir", out / "generated",
                              "--tokenizer", f"LULC={assets['LULC']}", "--tokenizer", f"S2L2A={assets['S2L2A']}",
                              "--temperature", "0", "--timesteps", "2", "--batch-size", "2", *common])  # fmt: skip
-    device_options = ["--use_cpu"] if device == "cpu" else (["--bf16"] if dtype == "bf16" else [])
+    device_options = (["--use_cpu"] if device == "cpu" else []) + (["--bf16"] if dtype == "bf16" else [])
     times["finetune"] = finetune(out / "finetuned", ["--data_root", SCENE, "--modalities", "S2L2A", "S1RTC", "--label_dir", "LULC",
                              "--num_labels", "11", "--model_name_or_path", assets["model"], "--use_lora", "--crop_size",
                              "64", "--output_dir", out / "finetuned", "--max_steps", "3", "--logging_steps", "1",

@@ -266,12 +266,13 @@ def resolve_release(
     target = default_cache_dir() / "converted" / f"{checkpoint.stem}-{key}"
     if not (target / "config.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)  # with the umask's permissions, so a group can share it
-        remove_stale_partials(target)
+        remove_stale_partials(target, every_target=True)  # of any killed conversion, not only of this one
         remove_legacy_staging(target.parent)
         staging = partial_path(target)
         staging.mkdir()
         try:
             convert(checkpoint, staging)
+            _permissions_of_umask(staging)
             try:
                 os.replace(staging, target)
             except OSError:  # converted meanwhile by another process
@@ -280,6 +281,14 @@ def resolve_release(
         finally:
             remove(staging)
     return str(target)
+
+
+def _permissions_of_umask(folder: Path) -> None:
+    """Give the files of `folder` the umask's permissions, which `mkdir` gave the folder (writers such as
+    safetensors create 0600 files), so that a cache shared by a group (umask 002) serves the whole group."""
+    mode = folder.stat().st_mode & 0o777
+    for path in folder.rglob("*"):
+        path.chmod(mode if path.is_dir() else mode & 0o666)
 
 
 # The modules whose code decides what a converted folder holds; a change to any of them is a new converter version.

@@ -50,11 +50,12 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{name}{PARTIAL_MARK}{tag}{path.suffix}")
 
 
-def _owner_gone(name: str, prefix: str) -> bool:
-    """Whether the process that wrote the partial `name` (`prefix` + host-pid-id[suffix]) no longer runs here."""
-    host, _, rest = name[len(prefix) :].rpartition("-")[0].rpartition("-")
-    pid = rest if rest.isdigit() else ""
-    if host != socket.gethostname() or not pid:
+def _owner_gone(name: str) -> bool:
+    """Whether the process that wrote the partial `name` (`.<target>.partial-<host>-<pid>-<id>[suffix]`) no longer
+    runs on this host."""
+    tag = name[name.index(PARTIAL_MARK) + len(PARTIAL_MARK) :]
+    host, _, pid = tag.rpartition("-")[0].rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -65,20 +66,21 @@ def _owner_gone(name: str, prefix: str) -> bool:
     return False
 
 
-def remove_stale_partials(path: Path) -> None:
-    """Remove leftovers of killed writes of `path`: partials whose process is gone, or older than a day."""
-    prefix = f".{path.name}{PARTIAL_MARK}"
+def remove_stale_partials(path: Path, every_target: bool = False) -> None:
+    """Remove leftovers of killed writes of `path` (with `every_target`, of anything in its folder): partials whose
+    process is gone, or older than a day."""
+    prefix = "." if every_target else f".{path.name}{PARTIAL_MARK}"
     if not path.parent.is_dir():
         return
     now = time.time()
     for candidate in path.parent.iterdir():
-        if not candidate.name.startswith(prefix):
+        if not candidate.name.startswith(prefix) or PARTIAL_MARK not in candidate.name:
             continue
         try:
             old = now - candidate.lstat().st_mtime > STALE_AFTER_S
         except FileNotFoundError:
             continue
-        if old or _owner_gone(candidate.name, prefix):
+        if old or _owner_gone(candidate.name):
             remove(candidate)
 
 

@@ -131,7 +131,7 @@ def test_console_entry_point_exits_non_zero(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_finetune_wraps_the_finetuning_script(tmp_path):
+def test_finetune_wraps_the_finetuning_script(tmp_path, caplog):
     import json
 
     overrides = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_decoder_layers": 1,
@@ -143,6 +143,7 @@ def test_finetune_wraps_the_finetuning_script(tmp_path):
                  "--disable_tqdm", "true"])  # fmt: skip
     assert code == 0
     assert (tmp_path / "model.safetensors").exists()
+    assert "Evaluating on the training samples" in caplog.text  # no eval_split: the metrics measure fit
 
 
 def test_convert_a_tokenizer_checkpoint(tmp_path):
@@ -402,3 +403,33 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(assets, tmp_path, monkeypatch, 
     assert main(["embed", "--model", str(assets["model"]), "--input", f"S2L2A={scene('S2L2A')}", "--output",
                  str(tmp_path / "f.tif"), "--no-progress"]) == 0  # fmt: skip
     assert "bf16" not in caplog.text
+
+
+def test_auto_classes_after_a_bare_import(assets):
+    """`import terramind` loads nothing heavy, yet Transformers' Auto classes know TerraMind afterwards."""
+    body = f"""
+import sys
+import terramind
+assert not {{"torch", "transformers"}} & set(sys.modules)
+from transformers import AutoConfig, AutoModel, AutoProcessor
+print(type(AutoConfig.from_pretrained({str(assets["model"])!r})).__name__)
+print(type(AutoModel.from_pretrained({str(assets["model"])!r})).__name__)
+print(type(AutoProcessor.from_pretrained({str(assets["model"])!r})).__name__)
+from terramind.modeling_terramind import TerraMindModel
+print(TerraMindModel._auto_class)
+"""
+    result = subprocess.run([sys.executable, "-c", body], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["TerraMindConfig", "TerraMindModel", "TerraMindProcessor", "AutoModel"]
+
+
+@pytest.mark.slow
+def test_device_check_script_runs(tmp_path):
+    """scripts/check_device.py (what scripts/check_gpu.sh runs on a GPU) on the CPU against itself, narrow."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_device.py"), "--device", "cpu", "--dtype",
+                             "fp32", "--width", "narrow", "--work-dir", str(tmp_path)], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "4 of 4 checks passed" in result.stdout
+    assert (tmp_path / "1_cpu_fp32" / "generated" / "LULC.tif").exists()
