@@ -393,7 +393,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     import torch
 
     from .geotiff import write_geotiff
-    from .modalities import resolve_output_modality
+    from .modalities import MODALITIES, resolve_output_modality
     from .modeling_terramind import TerraMindForGeneration
     from .outputs import NODATA_VALUES, atomic_outputs, check_target
     from .quicklook import save_quicklook
@@ -403,18 +403,19 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise UsageError("--output-modalities is empty; e.g. --output-modalities S2L2A,LULC.")
     if len(set(outputs)) < len(outputs):
         raise UsageError(f"--output-modalities names a modality twice: {args.output_modalities}.")
+    paths = _parse_inputs(args.input)
     tokenizer_paths = _parse_pairs(args.tokenizer, "--tokenizer", resolve_output_modality)
-    unused = sorted(set(tokenizer_paths) - set(outputs))
+    tokenized_inputs = {name for name in paths if MODALITIES[name].kind == "image_tokens"}  # LULC, NDVI
+    unused = sorted(set(tokenizer_paths) - set(outputs) - tokenized_inputs)
     if unused:
-        raise UsageError(f"--tokenizer {', '.join(unused)} is given but not generated (--output-modalities "
-                         f"{args.output_modalities}).")  # fmt: skip
+        raise UsageError(f"--tokenizer {', '.join(unused)} is given but neither generated (--output-modalities "
+                         f"{args.output_modalities}) nor a tokenized input.")  # fmt: skip
     out_dir = check_target(args.output_dir, overwrite=True, folder=True)
     images = [name for name in outputs if name != "Coordinates"]
     targets = [out_dir / f"{name}.{suffix}" for name in images for suffix in ("tif", "png")]
     targets += [out_dir / "Coordinates.json"] if "Coordinates" in outputs else []
     for target in targets:
         check_target(target, args.overwrite)
-    paths = _parse_inputs(args.input)
     for modality, path in tokenizer_paths.items():
         _check_tokenizer(modality, path)
     _prepare_run(args)

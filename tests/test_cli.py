@@ -276,7 +276,7 @@ GENERATE = ["generate", "--model", "{model}", "--no-progress", "--input", f"S1RT
         ([*GENERATE, "--top-k", "-5"], "argument --top-k: expected an integer >= 0, got '-5'"),
         ([*GENERATE, "--top-p", "2"], "argument --top-p: expected a number in [0, 1], got '2'"),
         ([*GENERATE, "--tokenizer", "LULC={S1GRD}"], "is the S1GRD tokenizer"),
-        ([*GENERATE, "--tokenizer", "DEM={DEM}"], "--tokenizer DEM is given but not generated"),
+        ([*GENERATE, "--tokenizer", "DEM={DEM}"], "--tokenizer DEM is given but neither generated"),
         ([*EMBED[:2], "./missing_model", *EMBED[3:]], "./missing_model: no such folder"),
         ([], "the following arguments are required"),
     ],
