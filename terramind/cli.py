@@ -4,33 +4,94 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 class UsageError(Exception):
     """A user mistake: reported in one line, without a traceback."""
 
 
+class OneLineErrors:
+    """argparse mix-in: a mistake in the arguments is one line on stderr and exit code 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Parser(OneLineErrors, argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- argument types
+def _integer(low: int, multiple_of: int = 1) -> Callable[[str], int]:
+    """An argparse type: an int >= `low` (and a multiple of `multiple_of`)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or value % multiple_of:
+            multiple = f", a multiple of {multiple_of}" if multiple_of > 1 else ""
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}{multiple}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _number(low: float, high: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a float in [low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"expected a number {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("terramind")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------- convert
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("convert", help="convert an original TerraMind model or tokenizer checkpoint")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="original model file, e.g. TerraMind_v1_base.pt")
     source.add_argument("--tokenizer-checkpoint", help="original tokenizer file, e.g. TerraMind_Tokenizer_S2L2A.pt")
     parser.add_argument("--output", required=True, help="folder to write (config + safetensors)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
     parser.add_argument("--variant", choices=["tiny", "small", "base", "large"], help="released architecture")
     parser.add_argument("--modality", help="tokenizer modality (S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI); default: "
                         "from the file name")  # fmt: skip
-    parser.add_argument("--num-heads", type=int, help="attention heads, for checkpoints of no released variant")
-    parser.add_argument("--config", help="JSON of config overrides (TerraMindConfig, or TerraMindTokenizerConfig with "
-                        "--tokenizer-checkpoint), e.g. '{\"hidden_act\": \"gelu\"}'")  # fmt: skip
+    parser.add_argument("--num-heads", type=_integer(1), help="attention heads, for checkpoints of no released variant")
+    parser.add_argument("--config", help="JSON object of config overrides (TerraMindConfig, or TerraMindTokenizerConfig "
+                        "with --tokenizer-checkpoint), e.g. '{\"hidden_act\": \"gelu\"}'")  # fmt: skip
     parser.add_argument("--push-to-hub", metavar="REPO", help="also push the converted folder to this Hub repo")
     parser.set_defaults(run=_run_convert)
 
 
 def _run_convert(args: argparse.Namespace) -> None:
-    from .conversion import convert_checkpoint
+    from .conversion import check_checkpoint_file
+    from .outputs import atomic_folder
 
     overrides = {}
     if args.config:
@@ -38,17 +99,24 @@ def _run_convert(args: argparse.Namespace) -> None:
             overrides = json.loads(args.config)
         except json.JSONDecodeError as error:
             raise UsageError(f"--config is not valid JSON: {error}") from None
-    if args.tokenizer_checkpoint:
-        from .tokenizer_conversion import convert_tokenizer_checkpoint
+        if not isinstance(overrides, dict):
+            raise UsageError(f"--config must be a JSON object of settings, e.g. '{{\"hidden_act\": \"gelu\"}}', got "
+                             f"{args.config!r}.")  # fmt: skip
+    check_checkpoint_file(args.tokenizer_checkpoint or args.checkpoint)
+    with atomic_folder(args.output, args.overwrite) as staging:
+        if args.tokenizer_checkpoint:
+            from .tokenizer_conversion import convert_tokenizer_checkpoint
 
-        out = convert_tokenizer_checkpoint(args.tokenizer_checkpoint, args.output, args.modality,
-                                           push_to_hub=args.push_to_hub, config_overrides=overrides or None)  # fmt: skip
-    else:
-        if args.num_heads:
-            overrides["num_attention_heads"] = args.num_heads
-        out = convert_checkpoint(args.checkpoint, args.output, variant=args.variant, config_overrides=overrides,
-                                 push_to_hub=args.push_to_hub)  # fmt: skip
-    print(f"Converted into {out}")
+            convert_tokenizer_checkpoint(args.tokenizer_checkpoint, staging, args.modality, push_to_hub=args.push_to_hub,
+                                         config_overrides=overrides or None)  # fmt: skip
+        else:
+            from .conversion import convert_checkpoint
+
+            if args.num_heads:
+                overrides["num_attention_heads"] = args.num_heads
+            convert_checkpoint(args.checkpoint, staging, variant=args.variant, config_overrides=overrides,
+                               push_to_hub=args.push_to_hub)  # fmt: skip
+    print(f"Converted into {args.output}")
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -63,21 +131,35 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
                         help="an input GeoTIFF per modality, e.g. --input S2L2A=scene.tif (repeat for more)")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="model precision")
-    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
-    parser.add_argument("--tile-size", type=int, default=224, help="tile size in pixels (multiple of 16)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--batch-size", type=_integer(1), default=8, help="tiles per forward pass")
+    parser.add_argument("--tile-size", type=_integer(16, 16), default=224, help="tile size in pixels")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars (loading ones too)")
+
+
+def _parse_pairs(entries: list[str], option: str, resolve: Callable[[str], str]) -> dict[str, str]:
+    """MODALITY=PATH entries -> {canonical modality: path}; one-line errors for malformed or repeated ones."""
+    pairs: dict[str, str] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"{option} takes MODALITY=PATH (e.g. S2L2A=scene.tif), got {entry!r}.")
+        modality = resolve(name)  # clear error for unknown names
+        if modality in pairs:
+            raise UsageError(f"{option} names {modality} twice ({pairs[modality]} and {path}).")
+        pairs[modality] = path
+    return pairs
 
 
 def _parse_inputs(entries: list[str]) -> dict[str, str]:
     from .modalities import resolve_modality
 
-    paths = {}
-    for entry in entries:
-        name, sep, path = entry.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"--input takes MODALITY=PATH (e.g. S2L2A=scene.tif), got {entry!r}.")
-        resolve_modality(name)  # clear error for unknown names
-        paths[name] = path
+    paths = _parse_pairs(entries, "--input", resolve_modality)
+    for path in paths.values():
+        if Path(path).is_dir():
+            raise UsageError(f"input {path} is a folder; give a GeoTIFF file.")
+        if not Path(path).is_file():
+            raise UsageError(f"input file {path} does not exist.")
     return paths
 
 
@@ -87,29 +169,134 @@ def _torch_dtype(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def _check_device(name: str) -> None:
+    """The device must exist in this torch build and machine (checked before anything is loaded)."""
+    import torch
+
+    from .errors import first_line
+
+    try:
+        torch.empty(0, device=torch.device(name))
+    except (RuntimeError, AssertionError) as error:
+        raise UsageError(f"--device {name} is not available here ({first_line(error)}); use --device cpu.") from None
+
+
+def _check_model(name: str, option: str = "--model") -> None:
+    """A local --model must be a TerraMind model folder (converted, or an original release); checked before
+    loading, so that a tokenizer folder or a typo fails in one line."""
+    from .conversion import ORIGINAL_MODEL_FILE, find_release_file
+    from .hub import local_source
+
+    local = local_source(name)
+    if local is None:  # a Hub repo id
+        return
+    path = Path(local)
+    if path.is_file():
+        if not ORIGINAL_MODEL_FILE.match(path.name):
+            raise UsageError(f"{option} {name} is a file; give a converted model folder, an original release folder "
+                             "or a TerraMind_v1_<variant>.pt file.")  # fmt: skip
+        return
+    if (path / "config.json").is_file():
+        model_type = _model_type(path)
+        if model_type == "terramind_tokenizer":
+            raise UsageError(f"{option} {name} is a TerraMind tokenizer, not a TerraMind model; pass tokenizers as "
+                             "--tokenizer MODALITY=PATH.")  # fmt: skip
+        if model_type != "terramind":
+            raise UsageError(f"{option} {name} holds a {model_type!r} model (config.json), not a TerraMind model.")
+        return
+    if find_release_file(path, ORIGINAL_MODEL_FILE) is None:
+        raise UsageError(f"{option} {name} holds neither a config.json nor an original TerraMind_v1_<variant>.pt.")
+
+
+def _model_type(folder: Path) -> str | None:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+def _check_tokenizer(modality: str, name: str) -> None:
+    """A local --tokenizer must be a tokenizer folder or release (checked before anything is loaded)."""
+    from .hub import local_source
+    from .tokenizer_conversion import ORIGINAL_TOKENIZER_FILE, find_original_tokenizer_checkpoint
+
+    local = local_source(name)
+    if local is None or modality == "Coordinates":
+        return
+    path = Path(local)
+    release = path if path.is_file() else find_original_tokenizer_checkpoint(path)
+    if release is None or not ORIGINAL_TOKENIZER_FILE.match(release.name):
+        if not (path.is_dir() and _model_type(path) == "terramind_tokenizer"):
+            raise UsageError(f"--tokenizer {modality}={name} is not a TerraMind tokenizer (a converted folder, an "
+                             "original release folder or a TerraMind_Tokenizer_<MODALITY>.pt file).")  # fmt: skip
+
+
+def _load_tokenizers(paths: dict[str, str]) -> dict[str, Any]:
+    """The --tokenizer models, loaded before the model and checked to be of their modality."""
+    from .errors import first_line
+    from .modeling_terramind_tokenizer import TerraMindTokenizerModel, check_tokenizer_modality
+
+    tokenizers = {}
+    for modality, path in paths.items():
+        try:
+            if modality == "Coordinates":
+                from .tokenization_terramind_coords import TerraMindCoordsTokenizer
+
+                tokenizers[modality] = TerraMindCoordsTokenizer.from_pretrained(path)
+                continue
+            tokenizer = TerraMindTokenizerModel.from_pretrained(path)
+        except OSError as error:
+            raise UsageError(f"could not load --tokenizer {modality}={path} ({first_line(error)}).") from None
+        try:
+            check_tokenizer_modality(tokenizer, modality)
+        except ValueError as error:
+            raise UsageError(f"--tokenizer {modality}={path}: {error}") from None
+        tokenizers[modality] = tokenizer.eval()
+    return tokenizers
+
+
 def _load(model_class, name: str, default: str, **kwargs):
-    """from_pretrained with a one-line error when an official model cannot be reached (offline)."""
+    """from_pretrained with a one-line error when a model cannot be reached (offline) or read."""
     try:
         return model_class.from_pretrained(name, **kwargs)
     except OSError as error:
+        from .errors import first_line
+
         hint = (" Without network access, pass --model PATH to a converted folder or to a folder holding the "
                 "original TerraMind_v1_*.pt.") if name == default else ""  # fmt: skip
-        raise UsageError(f"could not load model {name!r} ({str(error).splitlines()[0]}).{hint}") from None
+        raise UsageError(f"could not load model {name!r} ({first_line(error)}).{hint}") from None
 
 
-def _read_inputs(args: argparse.Namespace):
+def _prepare_run(args: argparse.Namespace) -> None:
+    """Checks and settings every model-running command shares: device, model source, dtype advice, progress."""
+    from .hardware import warn_if_slow_bf16
+
+    _check_device(args.device)
+    _check_model(args.model)
+    warn_if_slow_bf16(args.device, args.dtype == "bf16")
+    if args.no_progress:
+        from transformers.utils import logging as transformers_logging
+
+        args.restore_progress_bars = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()  # also the Hub's download bars
+
+
+def _read_inputs(paths: dict[str, str]):
+    """The scene: rasters, processed inputs (padded to multiples of 16) and a (H', W') mask, True where no input
+    has data (nodata in every modality, or padding)."""
     from .geotiff import read_sample
-    from .image_processing_terramind import TerraMindImageProcessor
+    from .image_processing_terramind import TerraMindImageProcessor, nodata_mask_key
 
-    paths = _parse_inputs(args.input)
-    for path in paths.values():
-        if not Path(path).is_file():
-            raise UsageError(f"input file {path} does not exist.")
     sample = read_sample(paths)
     processor = TerraMindImageProcessor(do_pad=True, size_divisor=16)
-    batch = processor(sample.images, band_names=sample.band_names, nodata_value=sample.nodata)
-    height, width = next(iter(sample.images.values())).shape[-2:]
-    return sample, processor, {k: v for k, v in batch.items()}, (height, width)
+    batch = dict(processor(sample.images, band_names=sample.band_names, nodata_value=sample.nodata,
+                           return_nodata_mask=True))  # fmt: skip
+    masks = [batch.pop(nodata_mask_key(name)) for name in sample.images]
+    no_data = masks[0][0]
+    for mask in masks[1:]:
+        no_data = no_data & mask[0]
+    return sample, processor, batch, no_data
 
 
 # ----------------------------------------------------------------------------- embed
@@ -127,42 +314,51 @@ def _run_embed(args: argparse.Namespace) -> None:
     import torch
     from tqdm.auto import tqdm
 
-    from .geotiff import write_geotiff
+    from .geotiff import grid_transform, write_geotiff
     from .modeling_terramind import TerraMindModel
+    from .outputs import atomic_file, check_target
 
     if not args.output.endswith((".tif", ".tiff", ".safetensors")):
         raise UsageError("--output must end in .tif/.tiff (GeoTIFF) or .safetensors.")
-    sample, _, batch, (height, width) = _read_inputs(args)
+    check_target(args.output, args.overwrite)
+    paths = _parse_inputs(args.input)
+    _prepare_run(args)
+    sample, _, batch, no_data = _read_inputs(paths)
+    height, width = next(iter(sample.images.values())).shape[-2:]
     model = _load(TerraMindModel, args.model, DEFAULT_EMBED_MODEL, modalities=list(batch),
                   merge_method=args.merge_method, dtype=_torch_dtype(args.dtype))  # fmt: skip
     model = model.to(args.device).eval()
     inputs = {k: v.to(args.device, _torch_dtype(args.dtype)) for k, v in batch.items()}
-    padded_h, padded_w = next(iter(inputs.values())).shape[-2:]
+    padded_h, padded_w = no_data.shape
     tile = min(args.tile_size, padded_h, padded_w)
+    side = tile // 16
     tiles = [(t, x) for t in _starts(padded_h, tile) for x in _starts(padded_w, tile)]
     grid = None
     with torch.inference_mode():
         for start in tqdm(range(0, len(tiles), args.batch_size), desc="embedding tiles", disable=args.no_progress):
             chunk = tiles[start : start + args.batch_size]
             crops = {k: torch.cat([v[..., t : t + tile, x : x + tile] for t, x in chunk]) for k, v in inputs.items()}
-            tokens = model(**crops).last_hidden_state.float()
-            side = tile // 16
+            tokens = model(**crops).last_hidden_state.float().cpu()
             if grid is None:
                 grid = torch.zeros(tokens.shape[-1], padded_h // 16, padded_w // 16)
             for (t, x), emb in zip(chunk, tokens, strict=True):
-                grid[:, t // 16 : t // 16 + side, x // 16 : x // 16 + side] = emb.reshape(side, side, -1).permute(2, 0, 1)
+                rows, cols = slice(t // 16, t // 16 + side), slice(x // 16, x // 16 + side)
+                grid[:, rows, cols] = emb.reshape(side, side, -1).permute(2, 0, 1)
+        empty_patches = no_data.reshape(padded_h // 16, 16, padded_w // 16, 16).all(dim=3).all(dim=1)
+        grid[:, empty_patches] = math.nan  # patches without any input data: nodata, not made-up embeddings
     grid = grid[:, : -(-height // 16), : -(-width // 16)]
-    if args.output.endswith(".safetensors"):
-        from safetensors.torch import save_file
+    # whole patches: the grid covers the scene padded to multiples of 16
+    padded = dict(sample.profile, height=grid.shape[1] * 16, width=grid.shape[2] * 16)
+    with atomic_file(args.output, args.overwrite) as partial:
+        if args.output.endswith(".safetensors"):
+            from safetensors.torch import save_file
 
-        profile = sample.profile
-        metadata = {"crs": str(profile.get("crs")), "transform": json.dumps(list(profile["transform"])[:6]),
-                    "patch_size": "16", "modalities": ",".join(batch)}  # fmt: skip
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        save_file({"embeddings": grid.contiguous()}, args.output, metadata=metadata)
-    else:  # whole patches: the reference extent is the scene padded to multiples of 16
-        reference = dict(sample.profile, height=grid.shape[1] * 16, width=grid.shape[2] * 16)
-        write_geotiff(args.output, grid.numpy(), reference, dtype="float32")
+            transform = grid_transform(padded, grid.shape[1], grid.shape[2])
+            metadata = {"crs": str(sample.profile.get("crs")), "transform": json.dumps(list(transform)[:6]),
+                        "patch_size": "16", "modalities": ",".join(batch), "nodata": "nan"}  # fmt: skip
+            save_file({"embeddings": grid.contiguous()}, partial, metadata=metadata)
+        else:
+            write_geotiff(partial, grid.numpy(), padded, dtype="float32", nodata=math.nan)
     print(f"Wrote {tuple(grid.shape)} embeddings to {args.output}")
 
 
@@ -181,13 +377,15 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", required=True, help="folder for <MODALITY>.tif and <MODALITY>.png")
     parser.add_argument("--tokenizer", action="append", default=[], metavar="MODALITY=PATH",
                         help="tokenizer folder or repo per output modality (default: the official repos)")  # fmt: skip
-    parser.add_argument("--timesteps", type=int, default=50, help="diffusion steps of the tokenizer decoders")
-    parser.add_argument("--decoding-steps", type=int, default=1, help="ROAR steps per modality")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
-    parser.add_argument("--top-p", type=float, default=0.8)
-    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--timesteps", type=_integer(1), default=50, help="diffusion steps of the tokenizer decoders")
+    parser.add_argument("--decoding-steps", type=_integer(1), default=1, help="ROAR steps per modality")
+    parser.add_argument("--temperature", type=_number(0), default=1.0, help="sampling temperature (0: greedy)")
+    parser.add_argument("--top-p", type=_number(0, 1), default=0.8,
+                        help="nucleus sampling: keep the most likely tokens up to this probability mass (0: off)")  # fmt: skip
+    parser.add_argument("--top-k", type=_integer(0), default=0, help="keep only the k most likely tokens (0: off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    parser.add_argument("--overlap", type=int, default=64, help="tile overlap for scenes larger than a tile")
+    parser.add_argument("--overlap", type=_integer(0, 16), default=64,
+                        help="tile overlap in pixels for scenes larger than a tile")  # fmt: skip
     _add_runtime_options(parser)
     parser.set_defaults(run=_run_generate)
 
@@ -196,52 +394,67 @@ def _run_generate(args: argparse.Namespace) -> None:
     import torch
 
     from .geotiff import write_geotiff
-    from .modalities import resolve_output_modality
+    from .modalities import MODALITIES, resolve_output_modality
     from .modeling_terramind import TerraMindForGeneration
+    from .outputs import NODATA_VALUES, atomic_outputs, check_target
     from .quicklook import save_quicklook
 
     outputs = [resolve_output_modality(m.strip()) for m in args.output_modalities.split(",") if m.strip()]
     if not outputs:
         raise UsageError("--output-modalities is empty; e.g. --output-modalities S2L2A,LULC.")
-    tokenizer_paths = {}
-    for entry in args.tokenizer:
-        name, sep, path = entry.partition("=")
-        if not sep:
-            raise UsageError(f"--tokenizer takes MODALITY=PATH, got {entry!r}.")
-        tokenizer_paths[resolve_output_modality(name)] = path
-    sample, processor, batch, (height, width) = _read_inputs(args)
-    model = _load(TerraMindForGeneration, args.model, DEFAULT_GENERATE_MODEL, dtype=_torch_dtype(args.dtype))
-    model.config.tokenizer_paths = {**(model.config.tokenizer_paths or {}), **tokenizer_paths}
-    model.terramind.config.tokenizer_paths = model.config.tokenizer_paths
-    model = model.to(args.device).eval()
-    inputs = {k: v.to(args.device) for k, v in batch.items()}
-    padded_h, padded_w = next(iter(inputs.values())).shape[-2:]
-    options = dict(output_modalities=outputs, decoding_steps=args.decoding_steps, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, timesteps=args.timesteps, progress=not args.no_progress)  # fmt: skip
-    generator = torch.Generator().manual_seed(args.seed)
+    if len(set(outputs)) < len(outputs):
+        raise UsageError(f"--output-modalities names a modality twice: {args.output_modalities}.")
+    paths = _parse_inputs(args.input)
+    tokenizer_paths = _parse_pairs(args.tokenizer, "--tokenizer", resolve_output_modality)
+    tokenized_inputs = {name for name in paths if MODALITIES[name].kind == "image_tokens"}  # LULC, NDVI
+    unused = sorted(set(tokenizer_paths) - set(outputs) - tokenized_inputs)
+    if unused:
+        raise UsageError(f"--tokenizer {', '.join(unused)} is given but neither generated (--output-modalities "
+                         f"{args.output_modalities}) nor a tokenized input.")  # fmt: skip
+    out_dir = check_target(args.output_dir, overwrite=True, folder=True)
+    images = [name for name in outputs if name != "Coordinates"]
+    targets = [out_dir / f"{name}.{suffix}" for name in images for suffix in ("tif", "png")]
+    targets += [out_dir / "Coordinates.json"] if "Coordinates" in outputs else []
+    for target in targets:
+        check_target(target, args.overwrite)
+    for modality, path in tokenizer_paths.items():
+        _check_tokenizer(modality, path)
+    _prepare_run(args)
+    sample, processor, batch, no_data = _read_inputs(paths)
+    height, width = next(iter(sample.images.values())).shape[-2:]
+    padded_h, padded_w = no_data.shape
     tile = min(args.tile_size, padded_h, padded_w)
     if "Coordinates" in outputs and (padded_h, padded_w) != (tile, tile):
         raise UsageError("Coordinates are generated for one tile; give a scene of one tile (--tile-size).")
+    tokenizers = _load_tokenizers(tokenizer_paths)
+    model = _load(TerraMindForGeneration, args.model, DEFAULT_GENERATE_MODEL, dtype=_torch_dtype(args.dtype))
+    for modality, tokenizer in tokenizers.items():
+        model.terramind.set_tokenizer(modality, tokenizer)
+    model = model.to(args.device).eval()
+    inputs = {k: v.to(args.device) for k, v in batch.items()}
+    options = dict(output_modalities=outputs, decoding_steps=args.decoding_steps, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, timesteps=args.timesteps, progress=not args.no_progress)  # fmt: skip
+    generator = torch.Generator().manual_seed(args.seed)
     if (padded_h, padded_w) == (tile, tile):
         generated = model.generate(inputs, generator=generator, **options)
     else:
         generated = model.generate_tiled(inputs, tile_size=tile, overlap=min(args.overlap, tile - 16),
                                          batch_size=args.batch_size, generator=generator, **options)  # fmt: skip
-    physical = processor.post_process_generation(generated)
-    out_dir = Path(args.output_dir)
-    if "Coordinates" in physical:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lon, lat = (float(v) for v in physical.pop("Coordinates")[0])
-        (out_dir / "Coordinates.json").write_text(json.dumps({"lon": lon, "lat": lat}))
-        print(f"Wrote {out_dir / 'Coordinates.json'} (lon {lon:.2f}, lat {lat:.2f})")
-        outputs = [name for name in outputs if name != "Coordinates"]
-    for name in outputs:
-        values = physical[name][0, :, :height, :width].float().numpy() if name != "LULC" else \
-            physical[name][0, :, :height, :width].numpy()  # fmt: skip
-        tif = write_geotiff(out_dir / f"{name}.tif", values, sample.profile, dtype=OUTPUT_DTYPES.get(name, "float32"),
-                            band_names=_band_names(name, values.shape[0]))  # fmt: skip
-        png = save_quicklook(out_dir / f"{name}.png", name, values)
-        print(f"Wrote {tif} and {png}")
+    physical = {name: value.cpu() for name, value in processor.post_process_generation(generated).items()}
+    missing = no_data[:height, :width].numpy()
+    with atomic_outputs(targets, args.overwrite) as partial:
+        if "Coordinates" in physical:
+            lon, lat = (float(v) for v in physical.pop("Coordinates")[0])
+            partial[out_dir / "Coordinates.json"].write_text(json.dumps({"lon": lon, "lat": lat}))
+        for name in images:
+            values = physical[name][0, :, :height, :width].float().numpy()
+            values[:, missing] = math.nan  # pixels without input data: nodata, not made-up values
+            dtype = OUTPUT_DTYPES.get(name, "float32")
+            write_geotiff(partial[out_dir / f"{name}.tif"], values, sample.profile, dtype=dtype,
+                          nodata=NODATA_VALUES[dtype], band_names=_band_names(name, values.shape[0]))  # fmt: skip
+            save_quicklook(partial[out_dir / f"{name}.png"], name, values)
+    for target in targets:
+        print(f"Wrote {target}")
 
 
 def _band_names(name: str, count: int) -> list[str] | None:
@@ -254,7 +467,7 @@ def _band_names(name: str, count: int) -> list[str] | None:
 # ----------------------------------------------------------------------------- finetune
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("finetune", add_help=False,
-                            help="fine-tune for segmentation on a GeoTIFF folder (scripts/finetune_segmentation.py)")  # fmt: skip
+                            help="fine-tune for segmentation on a GeoTIFF folder (`terramind finetune --help`)")  # fmt: skip
     parser.add_argument("arguments", nargs=argparse.REMAINDER,
                         help="the fine-tuning and TrainingArguments options; `terramind finetune --help` lists them")  # fmt: skip
     parser.set_defaults(run=_run_finetune)
@@ -263,7 +476,79 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 def _run_finetune(args: argparse.Namespace) -> None:
     from .finetuning import main as finetune_main
 
-    finetune_main(args.arguments)
+    argv = list(args.arguments)
+    if not (len(argv) == 1 and argv[0].endswith(".json")):  # a JSON file of arguments is parsed by the script
+        parser = _finetune_parser()
+        finetuning_args, training_args = parser.parse_args_into_dataclasses(args=argv)  # one-line errors, --help
+        _advise_finetuning(finetuning_args, training_args)
+    finetune_main(argv)
+
+
+# The TrainingArguments that `terramind finetune --help` shows; `--help-all` shows all of them (over a hundred).
+COMMON_TRAINING_OPTIONS = (
+    "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+    "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_steps", "lr_scheduler_type",
+    "eval_strategy", "eval_steps", "save_strategy", "save_steps", "logging_steps", "seed", "bf16", "use_cpu",
+    "report_to", "dataloader_num_workers", "disable_tqdm", "resume_from_checkpoint",
+)  # fmt: skip
+
+
+class _HelpAll(argparse.Action):
+    """`--help-all`: the help with every option, all TrainingArguments included."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None):
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for action in parser._actions:
+            action.help = getattr(action, "full_help", action.help)
+        parser.print_help()
+        parser.exit()
+
+
+def _finetune_parser() -> argparse.ArgumentParser:
+    """The fine-tuning options (FinetuningArguments, TrainingArguments) with one-line errors and a `--help` that
+    lists the fine-tuning options and the common training ones."""
+    from dataclasses import fields
+
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from .finetuning import FinetuningArguments
+
+    class Parser(OneLineErrors, HfArgumentParser):
+        pass
+
+    parser = Parser((FinetuningArguments, TrainingArguments), prog="terramind finetune",
+                    usage="%(prog)s --data_root DIR [options]",
+                    description="Fine-tune TerraMind for segmentation on a GeoTIFF folder with Trainer.")  # fmt: skip
+    parser.add_argument("--help-all", action=_HelpAll, help="show every option, all TrainingArguments included")
+    shown = {f.name for f in fields(FinetuningArguments)} | set(COMMON_TRAINING_OPTIONS) | {"help", "help_all"}
+    for action in parser._actions:
+        if action.option_strings and action.dest not in shown:
+            action.full_help, action.help = action.help, argparse.SUPPRESS
+    return parser
+
+
+def _advise_finetuning(finetuning_args: Any, training_args: Any) -> None:
+    """Warnings before a fine-tuning run: evaluation on training samples, bf16 where the CPU emulates it."""
+    import torch
+    from transformers.utils import logging
+
+    from .data_terramind import read_split
+    from .hardware import warn_if_slow_bf16
+
+    logger = logging.get_logger("terramind.cli")
+    train, evaluation = finetuning_args.train_split, finetuning_args.eval_split
+    if not evaluation or evaluation == train:
+        logger.warning("Evaluating on the training samples (no --eval_split of other samples): the metrics measure "
+                       "fit, not generalisation.")  # fmt: skip
+    elif train and Path(train).is_file() and Path(evaluation).is_file():
+        shared = set(read_split(train)) & set(read_split(evaluation))
+        if shared:
+            logger.warning(f"{len(shared)} evaluation samples are also training samples ({sorted(shared)[:3]}...): "
+                           "the metrics partly measure fit, not generalisation.")  # fmt: skip
+    on_cpu = training_args.use_cpu or not torch.cuda.is_available()
+    warn_if_slow_bf16("cpu" if on_cpu else "cuda", training_args.bf16)
 
 
 # ----------------------------------------------------------------------------- predict
@@ -304,14 +589,19 @@ def _run_predict(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="terramind", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="terramind", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,embed,generate,finetune}")
     _add_convert(sub)
     _add_embed(sub)
     _add_generate(sub)
     _add_finetune(sub)
     _add_predict(sub)
     return parser
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,12 +613,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from .conversion import ConversionError
 
+    # SIGTERM (kill, a scheduler's time limit) unwinds like Ctrl-C, so that partial outputs are removed
+    previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
     try:
         args.run(args)
-    except (UsageError, ConversionError, ValueError, FileNotFoundError) as error:
-        print(f"terramind {args.command}: error: {error}", file=sys.stderr)
+    except (UsageError, ConversionError, ValueError, OSError) as error:
+        from .errors import one_line
+
+        print(f"terramind {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"terramind {args.command}: interrupted; no partial output was left behind", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if getattr(args, "restore_progress_bars", False):  # main() may run again in this process
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.enable_progress_bar()
     return 0
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

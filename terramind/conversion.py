@@ -7,11 +7,11 @@ read with `torch.load(..., weights_only=True)` only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
-import shutil
-import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,10 @@ import torch
 from transformers.utils import logging
 
 from .configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
+from .hub import looks_like_path, resolve_source
 from .modalities import ORIGINAL_KEY_TO_NAME, RAW_IMAGE_MODALITIES
 from .model_card import push_folder, write_model_card
+from .outputs import partial_path, remove, remove_stale_partials
 
 ORIGINAL_MODEL_FILE = re.compile(r"^TerraMind_v1_(tiny|small|base|large)\.pt$")
 CACHE_ENV = "TERRAMIND_CACHE"
@@ -37,11 +39,21 @@ def default_cache_dir() -> Path:
     return Path(base)
 
 
-def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read an original checkpoint safely (no code execution) and unwrap `{"model": ...}` containers."""
+def check_checkpoint_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path if it is a file; a ConversionError that says what is there otherwise."""
     path = Path(path)
+    if path.is_dir():
+        files = sorted(p.name for p in path.glob("*.pt"))
+        hint = f" ({', '.join(files[:3])} there)" if files else ""
+        raise ConversionError(f"Checkpoint {path} is a folder; give the checkpoint file in it{hint}.")
     if not path.is_file():
         raise ConversionError(f"Checkpoint {path} does not exist.")
+    return path
+
+
+def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read an original checkpoint safely (no code execution) and unwrap `{"model": ...}` containers."""
+    path = check_checkpoint_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a plain state dict"
@@ -241,34 +253,89 @@ def resolve_release(
     **hub_kwargs: Any,
 ) -> str | None:
     """If `name_or_path` is an original release — a checkpoint file matching `pattern`, or a folder or Hub repo
-    holding one and no config.json — convert it once into the cache (atomically; keyed by file and version) and
-    return the converted folder. Anything else gives None and is left to Transformers."""
-    path = Path(name_or_path)
-    if path.is_file():
+    holding one and no config.json — convert it once into the cache (atomically; keyed by the file's content and the
+    converter's version) and return the converted folder. A name that looks like a path and is missing raises
+    FileNotFoundError; a `~` path is returned expanded; anything else gives None and is left to Transformers (a Hub
+    id after one check that the Hub is reachable, see `hub.resolve_source`)."""
+    source = resolve_source(name_or_path, local_files_only=bool(hub_kwargs.get("local_files_only")))
+    expanded = source if source != str(name_or_path) else None
+    path = Path(source)
+    if looks_like_path(name_or_path) and path.is_file():
         checkpoint = path if pattern.match(path.name) else None
-    elif path.exists():
+    elif looks_like_path(name_or_path):
         checkpoint = find_release_file(path, pattern)
     else:
-        checkpoint = _download_release_file(str(name_or_path), pattern, guess_file, **hub_kwargs)
+        checkpoint = _download_release_file(source, pattern, guess_file, **hub_kwargs)
     if checkpoint is None:
-        return None
-    checkpoint = checkpoint.resolve()
-    stat = checkpoint.stat()
-    digest = hashlib.sha256(f"{checkpoint}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = default_cache_dir() / "converted" / f"{checkpoint.stem}-{digest}"
+        return expanded
+    checkpoint = checkpoint.absolute()  # not resolved: a Hub cache symlink keeps the release's file name
+    key = hashlib.sha256(f"{content_digest(checkpoint)}|{converter_version()}".encode()).hexdigest()[:16]
+    target = default_cache_dir() / "converted" / f"{checkpoint.stem}-{key}"
     if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{checkpoint.stem}-", dir=target.parent))
+        target.parent.mkdir(parents=True, exist_ok=True)  # with the umask's permissions, so a group can share it
+        remove_stale_partials(target, every_target=True)  # of any killed conversion, not only of this one
+        remove_legacy_staging(target.parent)
+        staging = partial_path(target)
+        staging.mkdir()
         try:
             convert(checkpoint, staging)
+            _permissions_of_umask(staging)
             try:
                 os.replace(staging, target)
             except OSError:  # converted meanwhile by another process
                 if not (target / "config.json").exists():
                     raise
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove(staging)
     return str(target)
+
+
+def _permissions_of_umask(folder: Path) -> None:
+    """Give the files of `folder` the umask's permissions, which `mkdir` gave the folder (writers such as
+    safetensors create 0600 files), so that a cache shared by a group (umask 002) serves the whole group."""
+    mode = folder.stat().st_mode & 0o777
+    for path in folder.rglob("*"):
+        path.chmod(mode if path.is_dir() else mode & 0o666)
+
+
+# The modules whose code decides what a converted folder holds; a change to any of them is a new converter version.
+CONVERTER_MODULES = ("conversion.py", "tokenizer_conversion.py", "configuration_terramind.py",
+                     "configuration_terramind_tokenizer.py", "modalities.py", "modeling_terramind.py",
+                     "modeling_terramind_tokenizer.py", "processing_terramind.py", "image_processing_terramind.py")  # fmt: skip
+_HUB_BLOB = re.compile(r"^[0-9a-f]{64}$")
+
+
+@functools.cache
+def converter_version() -> str:
+    """Digest of the converter's code: part of the cache key, so that a fixed converter reconverts old caches."""
+    digest = hashlib.sha256()
+    for name in CONVERTER_MODULES:
+        digest.update((Path(__file__).with_name(name)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def content_digest(path: Path) -> str:
+    """SHA-256 of a file's content; for a file of the Hub cache, the blob's name, which is that SHA-256 already."""
+    target = path.resolve()
+    if target != path and target.parent.name == "blobs" and _HUB_BLOB.match(target.name):
+        return target.name
+    digest = hashlib.sha256()
+    with open(target, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_LEGACY_STAGING = re.compile(r"^\.TerraMind_.+-[a-z0-9_]{8}$")  # tempfile.mkdtemp folders of earlier versions
+
+
+def remove_legacy_staging(folder: Path, older_than_s: float = 3600.0) -> None:
+    """Remove staging folders that conversions of earlier versions left behind when killed."""
+    now = time.time()
+    for candidate in folder.iterdir():
+        if _LEGACY_STAGING.match(candidate.name) and candidate.is_dir():
+            if now - candidate.stat().st_mtime > older_than_s:
+                remove(candidate)
 
 
 def _download_release_file(

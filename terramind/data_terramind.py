@@ -7,9 +7,9 @@ optional split files (one sample id per line)::
     data_root/
         S2L2A/282D_485L_3_3.tif   S1RTC/282D_485L_3_3.tif   LULC/282D_485L_3_3.tif   train.txt
 
-`build_dataset` indexes the files (paths only), checks the layout, the labels and the model's modalities before any
-training, and reads the GeoTIFFs lazily through `set_transform`: each access reads the rasters (`geotiff.read_sample`),
-crops/flips jointly with the label, and runs the processor. Rows are `{"S2L2A": (C, H, W), "S1RTC": (C, H, W), ...,
+`build_dataset` indexes the files (paths only), checks the layout, every file's metadata, the labels and the model's
+modalities before any training, and reads the GeoTIFFs lazily through `set_transform`: each access reads the rasters
+(`geotiff.read_sample`), crops/flips jointly with the label, and runs the processor. Rows are `{"S2L2A": (C, H, W), "S1RTC": (C, H, W), ...,
 "labels": (H, W)}` (the processor's output plus labels), which `TerraMindDataCollator` batches and every TerraMind
 task model takes as `model(**batch)`. The stored columns are "sample_id", "pixel_values" (the paths per modality) and
 "labels", names that `Trainer` keeps with its default `remove_unused_columns=True`.
@@ -22,15 +22,17 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-import rasterio
 import torch
 import torch.nn.functional as F
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
 
 from .configuration_terramind import TerraMindConfig
-from .geotiff import GeoSample, read_sample
+from .errors import first_line
+from .geotiff import SUPPORTED_DTYPES, GeoSample, open_raster, read_sample
 from .modalities import MODALITIES, resolve_modality
 
 TASKS = ("segmentation", "regression", "classification")
@@ -215,9 +217,30 @@ def check_label_values(values: np.ndarray, num_labels: int, ignore_index: int, s
                          f"{ignore_index}.")  # fmt: skip
 
 
-def _raster_size(path: Path) -> tuple[int, int, int]:
-    with rasterio.open(path) as src:
-        return src.count, src.height, src.width
+class RasterFacts(NamedTuple):
+    """What `build_dataset` checks of every file before training: band count, size and georeference."""
+
+    count: int
+    height: int
+    width: int
+    crs: Any
+    transform: Any
+
+
+def raster_facts(path: str | Path) -> RasterFacts:
+    """Metadata of a raster, after checking that it opens, has a supported data type and that its last block reads
+    (a truncated file fails here); one-line ValueErrors name the full path."""
+    path = Path(path).absolute()
+    with open_raster(path) as src:
+        unsupported = sorted(set(src.dtypes) - set(SUPPORTED_DTYPES))
+        if unsupported:
+            raise ValueError(f"{path}: unsupported data type {unsupported}; supported are {SUPPORTED_DTYPES}.")
+        try:  # the last pixel of every band: its blocks are the last ones written, so truncation shows
+            src.read(window=Window(src.width - 1, src.height - 1, 1, 1))
+        except RasterioError as error:
+            raise ValueError(f"{path}: the pixels cannot be read, the file is damaged or truncated "
+                             f"({first_line(error)}).") from None  # fmt: skip
+        return RasterFacts(src.count, src.height, src.width, src.crs, src.transform)
 
 
 # ----------------------------------------------------------------------------- time series
@@ -323,7 +346,7 @@ class TerraMindSampleTransform:
 
     def read_label(self, path: str | Path) -> np.ndarray:
         """(H, W) label: int64 class ids (nodata -> ignore_index, `label_map` applied) or float32 targets (NaN)."""
-        with rasterio.open(path) as src:
+        with open_raster(path) as src:
             if src.count != 1:
                 raise ValueError(f"{path}: a label raster must have 1 band, got {src.count}.")
             values, nodata = src.read(1), src.nodata
@@ -445,8 +468,9 @@ def build_dataset(
         crop_size, random_crop, random_flip: joint crops (center unless random) and flips of images and labels.
         band_names: bands to read per modality (names or 1-based indexes, see `geotiff.read_geotiff`).
         extra_transform: `f(images, label) -> (images, label)` on numpy arrays before the processor.
-        validate: check every label file (shape, class ids) and read the first sample now, so that bad data fails
-            here instead of during training.
+        validate: check every file now (readable to its last block, data type, band count, each sample's size, CRS
+            and transform; labels' class ids) and process the first sample, so that bad data fails here, naming the
+            file, instead of during training.
 
     Returns a dataset with columns "sample_id", "pixel_values" ({modality: path}) and "labels"; indexing it gives
     `{modality: tensor, ..., "labels": tensor}`.
@@ -522,24 +546,50 @@ def build_dataset(
 
 def _validate_files(rows: dict[str, list], transform: TerraMindSampleTransform, num_labels: int | None,
                     ignore_index: int) -> None:  # fmt: skip
-    """Sizes of every raster of a sample agree; label rasters have one band and valid class ids."""
+    """Every file of every sample, before training: readable to its last block, a supported data type, the band
+    count of that modality's other files, and within a sample one size, CRS and transform; label rasters have one
+    band and valid class ids. Errors name the full path."""
+    band_counts: dict[str, tuple[int, Path]] = {}
     for sample, paths, label in zip(rows["sample_id"], rows["pixel_values"], rows["labels"], strict=True):
-        sizes = {name: _raster_size(Path(path))[1:] for name, path in paths.items()}
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"Sample {sample!r}: rasters differ in size {sizes}; TerraMind needs co-registered "
-                             f"modalities.")  # fmt: skip
+        facts = {name: (Path(path).absolute(), raster_facts(path)) for name, path in paths.items()}
+        first_path, first = next(iter(facts.values()))
+        for name, (path, fact) in facts.items():
+            if name not in band_counts:
+                band_counts[name] = (fact.count, path)
+            elif fact.count != band_counts[name][0]:
+                count, other = band_counts[name]
+                raise ValueError(f"{path} has {fact.count} bands, {other} has {count}; every {name} file needs the "
+                                 "same bands.")  # fmt: skip
+            _check_co_registered(path, fact, first_path, first)
         if transform.task == "classification":
             if num_labels is not None and isinstance(label, (int, np.integer)):
                 check_label_values(np.asarray([label]), num_labels, ignore_index, f"Sample {sample!r}")
             continue
-        count, height, width = _raster_size(Path(label))
-        if count != 1:
-            raise ValueError(f"Label {label} has {count} bands; a label raster has one band of class ids/targets.")
-        if (height, width) != next(iter(sizes.values())):
-            raise ValueError(f"Label {label} is {height}x{width}, the images of sample {sample!r} are "
-                             f"{'x'.join(map(str, next(iter(sizes.values()))))}.")  # fmt: skip
+        label_path = Path(label).absolute()
+        fact = raster_facts(label_path)
+        if fact.count != 1:
+            raise ValueError(f"Label {label_path} has {fact.count} bands; a label raster has one band of class "
+                             "ids/targets.")  # fmt: skip
+        _check_co_registered(label_path, fact, first_path, first, label=True)
         if transform.task == "segmentation":
-            check_label_values(transform.read_label(label), num_labels, ignore_index, f"Label {label}")
+            check_label_values(transform.read_label(label_path), num_labels, ignore_index, f"Label {label_path}")
+
+
+def _check_co_registered(path: Path, fact: RasterFacts, first_path: Path, first: RasterFacts,
+                         label: bool = False) -> None:  # fmt: skip
+    """A sample's rasters share size, CRS and transform (a label without georeference only the size)."""
+    if (fact.height, fact.width) != (first.height, first.width):
+        raise ValueError(f"{'Label ' if label else ''}{path} is {fact.height}x{fact.width}, {first_path} of the same "
+                         f"sample is {first.height}x{first.width}; TerraMind needs co-registered rasters.")  # fmt: skip
+    if label and fact.crs is None:
+        return
+    if fact.crs != first.crs:
+        raise ValueError(f"{path} is in {fact.crs}, {first_path} of the same sample in {first.crs}; reproject "
+                         "first.")  # fmt: skip
+    if not fact.transform.almost_equals(first.transform):
+        raise ValueError(f"{path} and {first_path} of the same sample have different geotransforms "
+                         f"({tuple(fact.transform)[:6]} vs {tuple(first.transform)[:6]}); the rasters are not "
+                         "aligned.")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- collator

@@ -278,7 +278,8 @@ class TerraMindGenerationMixin:
             if name == "Coordinates":
                 result[name] = tokenizer.decode_coordinates(result[name])  # (B, 2) lon, lat; NaN if unparseable
                 continue
-            decoded = tokenizer.decode_tokens(result[name], timesteps=config.timesteps, generator=generator)
+            decoded = tokenizer.decode_tokens(result[name], timesteps=config.timesteps, generator=generator,
+                                              progress=progress)  # fmt: skip
             if standardize and name != "LULC":
                 mean, std = _statistics(name, decoded.device)
                 decoded = decoded * std + mean
@@ -338,7 +339,7 @@ class TerraMindGenerationMixin:
             crops = {name: torch.cat([v[..., t : t + tile_size, x : x + tile_size] for t, x in chunk])
                      for name, v in images.items()}  # fmt: skip
             out = self.generate(crops, output_modalities=output_modalities, generator=generator, decode=decode,
-                                **kwargs)  # fmt: skip
+                                progress=progress, **kwargs)  # fmt: skip
             for name, value in out.items():
                 parts = value.split(batch) if value.shape[0] == batch * len(chunk) else [value]
                 for (top, left), part in zip(chunk, parts, strict=True):

@@ -8,7 +8,8 @@ input, scaling the transform when the output has another resolution.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,10 +17,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import rasterio
 import torch
+from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 
+from .errors import first_line
 from .image_processing_terramind import match_bands
 from .modalities import resolve_modality
+from .outputs import atomic_file
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float32", "float64")
 
@@ -75,6 +79,22 @@ def _band_indexes(bands: Sequence[str | int], names: tuple[str, ...] | None, cou
     return indexes
 
 
+@contextmanager
+def open_raster(path: str | Path) -> Iterator[rasterio.DatasetReader]:
+    """`rasterio.open` for reading, with a one-line ValueError naming the full path when the file is missing or is
+    not a raster GDAL can read (e.g. a text file named .tif)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path.resolve()} is a folder, not a raster file.")
+    try:
+        src = rasterio.open(path)
+    except RasterioError as error:
+        what = "does not exist" if not path.exists() else f"is not a readable GeoTIFF ({first_line(error)})"
+        raise ValueError(f"{path.resolve()} {what}.") from None
+    with src:
+        yield src
+
+
 def _valid_pixels(array: np.ndarray, nodata: float | None) -> np.ndarray:
     valid = np.isfinite(array) if array.dtype.kind == "f" else np.ones(array.shape, dtype=bool)
     if nodata is not None and not math.isnan(nodata):
@@ -89,13 +109,17 @@ def read_geotiff(path: str | Path, bands: Sequence[str | int] | None = None) -> 
     match "BLUE") or by 1-based index. `ValueError` on unsupported dtypes, missing bands and all-nodata tiles.
     """
     path = Path(path)
-    with rasterio.open(path) as src:
+    with open_raster(path) as src:
         unsupported = sorted(set(src.dtypes) - set(SUPPORTED_DTYPES))
         if unsupported:
             raise ValueError(f"{path}: unsupported data type {unsupported}; supported are {SUPPORTED_DTYPES}.")
         names = _band_names(src)
         indexes = list(range(1, src.count + 1)) if bands is None else _band_indexes(bands, names, src.count, path)
-        array = src.read(indexes)
+        try:
+            array = src.read(indexes)
+        except RasterioError as error:
+            raise ValueError(f"{path}: the pixels cannot be read, the file is damaged or truncated "
+                             f"({first_line(error)}).") from None  # fmt: skip
         profile = dict(src.profile)
     if not _valid_pixels(array, profile.get("nodata")).any():
         raise ValueError(f"{path}: every pixel is nodata (nodata={profile.get('nodata')}, NaN); the tile is empty.")
@@ -157,8 +181,11 @@ def _cast(values: np.ndarray, dtype: np.dtype, nodata: float | None) -> np.ndarr
         raise ValueError(f"The array has NaN/inf values; give `nodata=` to write them as {dtype.name}.")
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
+        low, high = info.min, info.max
+        if nodata is not None and nodata in (low, high):  # valid values never take the nodata value
+            low, high = low + (nodata == low), high - (nodata == high)
         values = np.where(missing, 0, values)
-        values = np.clip(np.rint(values) if values.dtype.kind == "f" else values, info.min, info.max)
+        values = np.clip(np.rint(values) if values.dtype.kind == "f" else values, low, high)
     values = values.astype(dtype)
     if nodata is not None:
         values[missing] = nodata
@@ -204,11 +231,6 @@ def write_geotiff(
         raise ValueError(f"{len(band_names)} band names for {values.shape[0]} bands.")
 
     count, height, width = values.shape
-    transform = profile["transform"]
-    if (height, width) != (profile["height"], profile["width"]):
-        scale_x, scale_y = profile["width"] / width, profile["height"] / height  # transform x Affine.scale(sx, sy)
-        t = transform
-        transform = Affine(t.a * scale_x, t.b * scale_y, t.c, t.d * scale_x, t.e * scale_y, t.f)
     out_profile = {
         "driver": "GTiff",
         "height": height,
@@ -216,17 +238,35 @@ def write_geotiff(
         "count": count,
         "dtype": dtype.name,
         "crs": profile.get("crs"),
-        "transform": transform,
+        "transform": grid_transform(profile, height, width),
         "nodata": nodata,
         "compress": "deflate",
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", **out_profile) as dst:
+    with atomic_file(path, overwrite=True) as partial, rasterio.open(partial, "w", **out_profile) as dst:
         dst.write(_cast(values, dtype, nodata))
         for index, name in enumerate(band_names or (), start=1):
             dst.set_band_description(index, str(name))
     return path
 
 
-__all__ = ["SUPPORTED_DTYPES", "GeoSample", "GeoTiff", "read_geotiff", "read_sample", "write_geotiff"]
+def grid_transform(reference_profile: Mapping[str, Any], height: int, width: int) -> Affine:
+    """The transform of a (height, width) grid over the extent of `reference_profile`: e.g. the 16x coarser
+    transform of per-patch embeddings."""
+    t = reference_profile["transform"]
+    if (height, width) == (reference_profile["height"], reference_profile["width"]):
+        return t
+    scale_x, scale_y = reference_profile["width"] / width, reference_profile["height"] / height
+    return Affine(t.a * scale_x, t.b * scale_y, t.c, t.d * scale_x, t.e * scale_y, t.f)  # t x Affine.scale(sx, sy)
+
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "GeoSample",
+    "GeoTiff",
+    "grid_transform",
+    "open_raster",
+    "read_geotiff",
+    "read_sample",
+    "write_geotiff",
+]

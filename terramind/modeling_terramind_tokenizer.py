@@ -22,11 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .configuration_terramind_tokenizer import TerraMindTokenizerConfig
+from .configuration_terramind_tokenizer import TerraMindTokenizerConfig, canonical_tokenizer_modality
 from .modeling_terramind_layers import (
     TerraMindAttention,
     TerraMindLayer,
@@ -639,6 +640,7 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
         timesteps: int | None = None,
         generator: torch.Generator | None = None,
         image_size: int | tuple[int, int] | None = None,
+        progress: bool = False,
     ) -> torch.Tensor:
         """Token ids (B, h, w) (or (B, h*w) for a square grid) -> image (B, C, h * 16, w * 16).
 
@@ -647,9 +649,11 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
         generator: draws the start noise, on the CPU as the original (`torch.randn((B, C, H, W), generator=...)`),
             for reproducible decodes. Ignored by the ViT decoder.
         image_size: output size (int or (H, W)); default: the token grid times the patch size.
+        progress: show a progress bar over the diffusion steps (most of a generation's time).
         """
         quantized = self.tokens_to_quantized(tokens.to(self.device))
-        return self.decode_quantized(quantized, timesteps=timesteps, generator=generator, image_size=image_size)
+        return self.decode_quantized(quantized, timesteps=timesteps, generator=generator, image_size=image_size,
+                                     progress=progress)  # fmt: skip
 
     def decode_quantized(
         self,
@@ -657,6 +661,7 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
         timesteps: int | None = None,
         generator: torch.Generator | None = None,
         image_size: int | tuple[int, int] | None = None,
+        progress: bool = False,
     ) -> torch.Tensor:
         """FSQ codes (B, latent_dim, h, w) -> image; see `decode_tokens`."""
         config = self.config
@@ -670,11 +675,11 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
                                  f"{quantized.shape[2]}x{quantized.shape[3]} token grid decodes to {grid}, not "
                                  f"image_size={size}.")  # fmt: skip
             return self.decoder(self.post_quant_proj(quantized.to(self.dtype)))
-        return self._sample(quantized, timesteps, generator, size)
+        return self._sample(quantized, timesteps, generator, size, progress)
 
     @torch.no_grad()
     def _sample(self, quantized: torch.Tensor, timesteps: int | None, generator: torch.Generator | None,
-                size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+                size: tuple[int, int], progress: bool = False) -> torch.Tensor:  # fmt: skip
         """DDIM sampling without gradients, as the original pipeline (train the UNet through `self.decoder`)."""
         config = self.config
         steps = config.num_inference_steps if timesteps is None else timesteps
@@ -692,7 +697,8 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
         sample = sample.to(self.device)
         condition = quantized.to(self.device, self.dtype)
         scheduler = self.noise_scheduler
-        for t in scheduler.timesteps(steps):
+        description = f"{config.modality or 'tokenizer'} diffusion decoding"
+        for t in tqdm(scheduler.timesteps(steps), desc=description, disable=not progress, leave=False):
             step = torch.full((batch,), t, dtype=torch.long, device=self.device)
             model_output = self.decoder(sample.to(self.dtype), step, condition)
             sample = scheduler.step(model_output.float(), t, sample, steps)
@@ -722,6 +728,16 @@ class TerraMindTokenizerModel(TerraMindTokenizerPreTrainedModel):
                                         tokens=encoded.tokens)  # fmt: skip
 
 
+def check_tokenizer_modality(tokenizer: Any, modality: str) -> None:
+    """A tokenizer used for `modality` must be that modality's (its config says which): a mix-up, e.g. the S1GRD
+    tokenizer decoding LULC tokens, would otherwise run and give plausible-looking nonsense."""
+    expected = canonical_tokenizer_modality(modality)
+    found = getattr(getattr(tokenizer, "config", None), "modality", None)
+    if found is not None and canonical_tokenizer_modality(found) != expected:
+        source = getattr(tokenizer, "name_or_path", "") or ""
+        raise ValueError(f"The tokenizer for {expected}{f' ({source})' if source else ''} is the {found} tokenizer.")
+
+
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(size, int) and not isinstance(size, bool):
         return (size, size)
@@ -731,6 +747,7 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 __all__ = [
+    "check_tokenizer_modality",
     "TerraMindTokenizerPreTrainedModel",
     "TerraMindTokenizerModel",
     "TerraMindTokenizerEncoderOutput",

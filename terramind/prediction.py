@@ -136,7 +136,8 @@ def write_prediction(prediction: ScenePrediction, output: str | os.PathLike,
             raise ValueError(f"{len(prediction.class_names)} classes do not fit a uint8 class map.")
         classes = logits.argmax(dim=0).numpy().astype(np.uint8)
         classes[nodata] = CLASS_NODATA
-        written.append(write_geotiff(output, classes, prediction.profile, dtype="uint8", nodata=CLASS_NODATA,
+        marked = np.where(nodata, np.nan, classes.astype(np.float32))  # NaN: written as nodata, never a class
+        written.append(write_geotiff(output, marked, prediction.profile, dtype="uint8", nodata=CLASS_NODATA,
                                      band_names=["class"]))  # fmt: skip
         written.append(save_class_quicklook(Path(output).with_suffix(".png"), classes, len(prediction.class_names),
                                             nodata=CLASS_NODATA))  # fmt: skip

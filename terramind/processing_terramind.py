@@ -14,6 +14,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import cached_file
 
+from .hub import resolve_source
 from .image_processing_terramind import TerraMindImageProcessor
 
 COORDINATES_KEY = "Coordinates"
@@ -148,6 +149,12 @@ class TerraMindProcessor(ProcessorMixin):
                 f"This TerraMindProcessor has no coordinates tokenizer with `{method}`; pass `tokenizer=` to use it."
             )
         return self.tokenizer
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """Transformers' loading; a missing local path fails at once, an unreachable Hub is tried once."""
+        source = resolve_source(pretrained_model_name_or_path, bool(kwargs.get("local_files_only")))
+        return super().from_pretrained(source, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
         files = []

@@ -37,11 +37,17 @@ def colour_ramp(values: np.ndarray) -> np.ndarray:
 
 
 def render(modality: str, array: np.ndarray) -> np.ndarray:
-    """(C, H, W) physical values of a modality -> (H, W, 3) uint8 picture."""
-    name = resolve_modality(modality).removesuffix("_TOKENS")
+    """(C, H, W) physical values of a modality -> (H, W, 3) uint8 picture; nodata (NaN) pixels are black."""
     array = np.asarray(array)
     if array.ndim == 2:
         array = array[None]
+    picture = _render(resolve_modality(modality).removesuffix("_TOKENS"), array)
+    if array.dtype.kind == "f":
+        picture[~np.isfinite(array).all(axis=0)] = 0
+    return picture
+
+
+def _render(name: str, array: np.ndarray) -> np.ndarray:
     if name == "LULC":
         classes = np.nan_to_num(array[0]).astype(int).clip(0, len(LULC_PALETTE) - 1)
         return LULC_PALETTE[classes]

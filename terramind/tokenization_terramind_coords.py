@@ -22,6 +22,8 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import cached_file
 
+from .hub import resolve_source
+
 ORIGINAL_VOCABULARY_FILE = "config.json"
 GRID_DEGREES = 0.25
 _COORDS_TEXT = re.compile(r"^\s*lat=([-+]?\d+(?:\.\d*)?)\s+lon=([-+]?\d+(?:\.\d*)?)\s*$")
@@ -60,6 +62,7 @@ class TerraMindCoordsTokenizer(PreTrainedTokenizerFast):
         """Transformers' `from_pretrained`; a folder or Hub repo holding only the original vocabulary (a tokenizers
         JSON named config.json, no tokenizer.json) is read from that file."""
         hub = {k: kwargs[k] for k in ("cache_dir", "token", "revision", "local_files_only") if k in kwargs}
+        pretrained_model_name_or_path = resolve_source(pretrained_model_name_or_path, bool(hub.get("local_files_only")))
         original = _original_vocabulary(pretrained_model_name_or_path, **hub)
         if original is not None:
             ignored = set(hub) | {"force_download", "trust_remote_code"}

@@ -102,6 +102,76 @@ def test_conversion_script(tmp_path):
                          text=True, timeout=300)  # fmt: skip
     assert bad.returncode != 0
     assert bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr  # an existing folder is kept
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     trimmed = subprocess.run(command[:3] + [str(FIXTURES / "terramind_base_original.pt"), "--output", str(out),
-                                            "--num-heads", "2"], capture_output=True, text=True, timeout=300)  # fmt: skip
+                                            "--num-heads", "2", "--overwrite"], capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
     assert trimmed.returncode == 2 and "size mismatch" in trimmed.stderr and "Traceback" not in trimmed.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # a failed conversion replaces nothing
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # and leaves no staging behind
+
+
+# ----------------------------------------------------------------------------- the conversion cache
+def cached_folders(cache: Path) -> list[Path]:
+    return sorted((cache / "converted").glob("TerraMind_v1_tiny-*"))
+
+
+def test_cache_is_keyed_on_content_and_converter_version(tmp_path, monkeypatch):
+    import os
+
+    import terramind.conversion as conversion
+
+    monkeypatch.setenv("TERRAMIND_CACHE", str(tmp_path / "cache"))
+    release = small_release(tmp_path / "release")
+    first = conversion.resolve_original_release(release)
+    assert conversion.resolve_original_release(release) == first  # cached
+    checkpoint = release / "TerraMind_v1_tiny.pt"
+    stat = checkpoint.stat()
+    state = torch.load(checkpoint, weights_only=True)
+    state["mask_token"] = state["mask_token"] + 1  # same size, and the old mtime restored below
+    torch.save(state, checkpoint)
+    assert checkpoint.stat().st_size == stat.st_size
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = conversion.resolve_original_release(release)
+    assert second != first and len(cached_folders(tmp_path / "cache")) == 2
+    model = TerraMindForGeneration.from_pretrained(second)
+    torch.testing.assert_close(model.mask_token, state["mask_token"])  # the changed file, not the stale cache
+    monkeypatch.setattr(conversion, "converter_version", lambda: "a-fixed-converter")
+    assert conversion.resolve_original_release(release) not in (first, second)  # a converter fix reconverts
+
+
+def test_cache_cleans_killed_conversions_and_serves_a_group(tmp_path, monkeypatch):
+    import os
+    import socket
+    import time
+
+    from transformers import AutoProcessor
+
+    from terramind import TerraMindProcessor
+    from terramind.conversion import resolve_original_release
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TERRAMIND_CACHE", str(cache))
+    (cache / "converted").mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = cache / "converted" / f".TerraMind_v1_tiny-x.partial-{socket.gethostname()}-{int(dead.stdout)}-0123abcd"
+    legacy = cache / "converted" / ".TerraMind_v1_tiny-k2j4h5g6"  # tempfile.mkdtemp folders of earlier versions
+    running = cache / "converted" / ".TerraMind_v1_base-m3n4b5v6"
+    for folder in (stale, legacy, running):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"0" * 1024)
+    old = time.time() - 7200
+    os.utime(legacy, (old, old))
+    release = small_release(tmp_path / "release")
+    umask = os.umask(0o002)  # a group-shared cache
+    try:
+        converted = Path(resolve_original_release(release))
+    finally:
+        os.umask(umask)
+    assert not legacy.exists() and running.exists()  # an hour-old staging folder is gone, a fresh one stays
+    assert not any(p.name.startswith(".TerraMind_v1_tiny-x.partial-") for p in (cache / "converted").iterdir())
+    assert converted.stat().st_mode & 0o777 == 0o775  # not mkdtemp's 0700: the group can read and add conversions
+    assert (converted / "model.safetensors").stat().st_mode & 0o777 == 0o664
+    assert isinstance(AutoProcessor.from_pretrained(converted), TerraMindProcessor)  # the processor config is there

@@ -108,13 +108,51 @@ def test_dataset_errors_before_training(tmp_path):
         build_dataset(root, ["S2L2A", "S1RTC"], label_dir="LULC", config=config)
     root = copy_tiles(tmp_path / "data2")
     write_label(root / "LULC" / "282D_485L_3_3.tif", np.ones((1, 112, 112), np.uint8))
-    with pytest.raises(ValueError, match="is 112x112, the images of sample '282D_485L_3_3' are 224x224"):
+    with pytest.raises(ValueError, match=r"LULC/282D_485L_3_3.tif is 112x112, /\S+/S2L2A/282D_485L_3_3.tif of the same "
+                       "sample is 224x224"):  # fmt: skip
         build_dataset(root, ["S2L2A", "S1RTC"], label_dir="LULC", config=config)
     write_label(root / "LULC" / "282D_485L_3_3.tif", np.ones((2, 224, 224), np.uint8))
     with pytest.raises(ValueError, match="has 2 bands"):
         build_dataset(root, ["S2L2A", "S1RTC"], label_dir="LULC", config=config)
     with pytest.raises(ValueError, match="Split file"):
         build_dataset(TILES, ["S2L2A"], label_dir="LULC", num_labels=10, split=tmp_path / "none.txt")
+
+
+def rewrite(path: Path, values=None, **changes) -> None:
+    """Rewrite a GeoTIFF in place with other profile settings and/or band values (`values(data) -> data`)."""
+    with rasterio.open(path) as src:
+        data, profile = src.read(), dict(src.profile)
+    if values is not None:
+        data = values(data)
+    profile.update(count=data.shape[0], **changes)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+
+
+def test_every_sample_is_checked_before_training(tmp_path):
+    """A bad file in the last sample fails in build_dataset, naming its full path, not in the middle of training."""
+    config = tiny_config()
+    last = "637U_59R_1_3.tif"  # the last of the three samples
+    root = copy_tiles(tmp_path / "truncated")
+    data = (root / "S1RTC" / last).read_bytes()
+    (root / "S1RTC" / last).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"{root / 'S1RTC' / last}: .*(damaged or truncated|not a readable)"):
+        build_dataset(root, ["S2L2A", "S1RTC"], label_dir="LULC", config=config)
+    root = copy_tiles(tmp_path / "crs")
+    rewrite(root / "S1RTC" / last, crs="EPSG:4326")
+    with pytest.raises(ValueError, match=f"{root / 'S1RTC' / last} is in EPSG:4326, {root / 'S2L2A' / last} of the "
+                       "same sample in"):  # fmt: skip
+        build_dataset(root, ["S2L2A", "S1RTC"], label_dir="LULC", config=config)
+    root = copy_tiles(tmp_path / "bands")
+    rewrite(root / "S2L2A" / last, values=lambda data: data[:11])
+    with pytest.raises(ValueError, match=f"{root / 'S2L2A' / last} has 11 bands, .*282D_485L_3_3.tif has 12"):
+        build_dataset(root, ["S2L2A", "S1RTC"], label_dir="LULC", config=config)
+    root = copy_tiles(tmp_path / "shifted")
+    with rasterio.open(root / "S1RTC" / last) as src:
+        shifted = src.transform @ rasterio.Affine.translation(3, 0)
+    rewrite(root / "S1RTC" / last, transform=shifted)
+    with pytest.raises(ValueError, match="different geotransforms"):
+        build_dataset(root, ["S2L2A", "S1RTC"], label_dir="LULC", config=config)
 
 
 def test_compute_metrics():

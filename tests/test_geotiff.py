@@ -124,7 +124,7 @@ def test_write_segmentation_map_with_nodata(tmp_path, sample):
 
     values = np.array([[[1.4, np.nan], [300.0, -5.0]]])
     written = read_geotiff(write_geotiff(tmp_path / "nan.tif", values, sample, dtype="uint8", nodata=255))
-    np.testing.assert_array_equal(written.array, [[[1, 255], [255, 0]]])  # rounded, NaN -> nodata, clipped
+    np.testing.assert_array_equal(written.array, [[[1, 255], [254, 0]]])  # rounded, NaN -> nodata, clipped below it
     assert written.profile["nodata"] == 255
 
 

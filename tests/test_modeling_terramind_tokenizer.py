@@ -145,6 +145,27 @@ def test_seeded_decodes_reproducible_and_batched(models):
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
 
 
+def test_diffusion_decoding_shows_progress(models, capsys):
+    tokens = torch.randint(0, 15360, (1, 4, 4))
+    models["s1grd_divae"].decode_tokens(tokens, timesteps=3, progress=True)
+    err = capsys.readouterr().err
+    assert "diffusion decoding" in err and "0/4 [" in err  # a bar over the 4 UNet passes of 3 steps (999 ... 0)
+    models["s1grd_divae"].decode_tokens(tokens, timesteps=3)
+    assert capsys.readouterr().err == ""
+
+
+def test_tokenizer_of_another_modality_is_refused():
+    from conftest import mini_tokenizer
+
+    from terramind.modeling_terramind_tokenizer import check_tokenizer_modality
+
+    s1grd = mini_tokenizer("S1GRD")
+    check_tokenizer_modality(s1grd, "S1GRD")
+    check_tokenizer_modality(s1grd, "S1GRD_TOKENS")  # the token modality of the same tokenizer
+    with pytest.raises(ValueError, match="The tokenizer for LULC is the S1GRD tokenizer"):
+        check_tokenizer_modality(s1grd, "LULC")
+
+
 def test_vit_decoder_batched_and_sizes(models):
     model = models["lulc_vqvae"]
     tokens = torch.randint(0, 4375, (2, 3, 5))  # non-square grid
