@@ -175,3 +175,27 @@ def test_cache_cleans_killed_conversions_and_serves_a_group(tmp_path, monkeypatc
     assert converted.stat().st_mode & 0o777 == 0o775  # not mkdtemp's 0700: the group can read and add conversions
     assert (converted / "model.safetensors").stat().st_mode & 0o777 == 0o664
     assert isinstance(AutoProcessor.from_pretrained(converted), TerraMindProcessor)  # the processor config is there
+
+
+def test_converted_folder_card_processor_and_feature_extraction_pipeline(tmp_path):
+    """A converted folder has a model card and a processor whose default modality (the model's first) takes bare
+    images: `pipeline("image-feature-extraction")` works on it, giving the encoder's per-patch features."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor, pipeline
+
+    folder = convert_checkpoint(fixture_checkpoint("tiny", tmp_path), tmp_path / "rgb",
+                                config_overrides={"num_attention_heads": 2, "modalities": ["RGB", "S2L2A"]})  # fmt: skip
+    card = (folder / "README.md").read_text()
+    assert "license: apache-2.0" in card and "terramind_tiny_original.pt" in card
+    assert "trust_remote_code=True" in card and "`RGB`: RED, GREEN, BLUE" in card
+    assert AutoImageProcessor.from_pretrained(folder).default_modality == "RGB"
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    extractor = pipeline("image-feature-extraction", model=str(folder))
+    features = np.asarray(extractor(image))
+    assert features.shape == (1, 16, 16)  # 4x4 patches of the hidden size 16
+    model = TerraMindModel.from_pretrained(folder).eval()
+    pixels = AutoImageProcessor.from_pretrained(folder)(image)["pixel_values"]
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).last_hidden_state
+    np.testing.assert_allclose(features, expected.numpy(), rtol=1e-5, atol=1e-6)
