@@ -71,6 +71,29 @@ def test_revealed_target_tokens_condition_the_rest():
         model(S2L2A=x, labels={"LULC": lulc}, reveal_fraction=1.0)
 
 
+def test_coordinates_loss_is_teacher_forced_and_ignores_padding():
+    """Coordinates targets are token ids: the decoder reads [S_1] + labels[:-1] causally and padding (0) does not
+    count; the logits equal those of stepwise decoding."""
+    from conftest import coords_tokenizer
+
+    torch.manual_seed(0)
+    config = tiny_config(image_size=224, modalities=["S2L2A"])
+    model_with_coords = TerraMindForGeneration(config, modalities=["S2L2A", "LULC", "Coordinates"]).eval()
+    model_with_coords.terramind.set_tokenizer("Coordinates", coords_tokenizer())
+    x = torch.randn(2, 12, 32, 32)
+    labels = torch.tensor([[20, 30, 0], [21, 31, 40]])
+    out = model_with_coords(S2L2A=x, labels={"Coordinates": labels})
+    logits = out.logits["Coordinates"]
+    assert logits.shape[:2] == (2, 3)
+    expected = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=0)
+    torch.testing.assert_close(out.loss, expected)
+    start, _ = model_with_coords.terramind.get_tokenizer("Coordinates").convert_tokens_to_ids(["[S_1]", "[S_2]"])
+    context, _ = model_with_coords.encode_context(model_with_coords.terramind.collect_inputs(None, {"S2L2A": x}))
+    with torch.no_grad():
+        first, _ = model_with_coords.decode_sequence("Coordinates", context, torch.full((2, 1), start))
+    torch.testing.assert_close(first[:, 0], logits[:, 0].detach())
+
+
 def test_loss_errors_and_empty_batches():
     model = generator().eval()
     x = torch.randn(1, 12, 32, 32)
