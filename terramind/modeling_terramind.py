@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_terramind import TerraMindConfig
 from .generation_terramind import TerraMindGenerationConfig, TerraMindGenerationMixin, sentinel_ids
-from .modalities import MODALITIES, NODATA_MASK_SUFFIX, resolve_modality, token_modality
+from .modalities import MODALITIES, NODATA_MASK_SUFFIX, UnknownModalityError, resolve_modality, token_modality
 from .modeling_terramind_layers import (
     TerraMindDecoderLayer,
     TerraMindLayer,
@@ -170,8 +170,8 @@ class TerraMindSequenceEmbedding(nn.Module):
 
 def build_modality_embedding(config: TerraMindConfig, key: str, channels: int | None, decoder: bool = False):
     """The embedding module of one modality key (pretrained canonical name or a new modality)."""
-    spec = MODALITIES.get(key)
-    if spec is None:  # new modality {"NAME": channels}
+    spec = MODALITIES.get(key) if decoder else config.pretrained_spec(key)
+    if spec is None:  # new modality {"NAME": channels}, whatever its name
         return TerraMindPatchEmbedding(config, channels)
     if spec.kind == "image":
         return TerraMindPatchEmbedding(config, channels, spec.bands, config.band_names(key))
@@ -391,6 +391,7 @@ class TerraMindPreTrainedModel(PreTrainedModel):
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
                                               **kwargs)  # fmt: skip
         model._fill_tim_generators(info, tim_generation_config, **kwargs)
+        model._renew_new_modalities(info, pretrained_model_name_or_path, **kwargs)
         if isinstance(model, TerraMindForGeneration):
             model.generation_config = kwargs.get("generation_config") or TerraMindGenerationConfig.from_folder(
                 pretrained_model_name_or_path, **_hub_kwargs(kwargs))
@@ -417,6 +418,30 @@ class TerraMindPreTrainedModel(PreTrainedModel):
             module.tim_generator.generation_config = generation_config or TerraMindGenerationConfig.from_folder(
                 source, **_hub_kwargs(kwargs))
             module.tim_generator.requires_grad_(False).eval()
+
+    def _renew_new_modalities(self, info: dict, source: str | os.PathLike, **kwargs: Any) -> None:
+        """A new modality named like a pretrained one (`{"NDVI": 1}`) is a new raw patch embedding: weights that the
+        checkpoint holds under that name belong to the pretrained modality (here its `mod_emb`), so they are
+        initialised afresh, as the original (which keys them apart) does; a folder saved with the same new modality
+        loads as saved."""
+        from transformers import PreTrainedConfig
+
+        saved = PreTrainedConfig.get_config_dict(source, **_hub_kwargs(kwargs))[0].get("modalities") or []
+        saved_new = {k: v for entry in saved if isinstance(entry, dict) for k, v in entry.items()}
+        for path, module in self.named_modules():
+            if not isinstance(module, TerraMindModel) or module.encoder_embeddings is None:
+                continue
+            for name, channels in module.config.new_modalities().items():
+                if name not in MODALITIES or saved_new.get(name) == channels:
+                    continue
+                embedding = module.encoder_embeddings[name]
+                for param in embedding.parameters():
+                    param._is_hf_initialized = False
+                embedding.apply(self._init_weights)
+                prefix = f"{path}.encoder_embeddings.{name}." if path else f"encoder_embeddings.{name}."
+                info["missing_keys"] = set(info["missing_keys"]) | {prefix + k for k, _ in embedding.named_parameters()}
+                logger.warning(f"New modality {name!r} is freshly initialised: the checkpoint's {name!r} is the "
+                               f"pretrained modality of that name.")  # fmt: skip
 
     def _after_loading(self) -> None:
         """Hook for subclasses to restore state that loading resets (e.g. frozen parts)."""
@@ -482,7 +507,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
             self.tim_generator = None
             self.encoder_embeddings = TerraMindEmbeddings(config, self.modality_channels)
         self.image_modalities = [k for k in self.modality_channels if self._is_image(k)]
-        self.image_modalities += [k for k in self.tim_targets if k not in self.image_modalities]
+        self.image_modalities += [k for k in self.tim_targets if k not in self.image_modalities and self._is_image(k)]
         self.encoder = TerraMindEncoder(config)
         self.layernorm = layer_norm(config)
         self.missing_modality_token = (
@@ -496,9 +521,9 @@ class TerraMindModel(TerraMindPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    @staticmethod
-    def _is_image(key: str) -> bool:
-        return key not in MODALITIES or MODALITIES[key].is_image
+    def _is_image(self, key: str) -> bool:
+        spec = self.config.pretrained_spec(key)
+        return spec is None or spec.is_image
 
     @property
     def embeddings(self) -> TerraMindEmbeddings:
@@ -568,9 +593,12 @@ class TerraMindModel(TerraMindPreTrainedModel):
         if not given and not input_tokens:
             raise ValueError(f"No input given; expected one or more of {self._configured_names()}.")
         by_key: dict[str, tuple[str, torch.Tensor, bool]] = {}
+        ignored: list[str] = []
         for is_tokens, source in ((False, given), (True, input_tokens or {})):
             for name, value in source.items():
-                key = self._input_key(name, tokens=is_tokens)
+                key = self._known_input_key(name, is_tokens, ignored)
+                if key is None:
+                    continue
                 if key in by_key:
                     raise ValueError(f"Modality {name!r} and another input both map to {key}; give it once.")
                 if not isinstance(value, torch.Tensor):
@@ -578,8 +606,15 @@ class TerraMindModel(TerraMindPreTrainedModel):
                 by_key[key] = (name, value, is_tokens)
         for name in masks:
             modality = name[: -len(NODATA_MASK_SUFFIX)]
-            if self._input_key(modality) not in by_key:
+            key = self._known_input_key(modality, False, ignored)
+            if key is not None and key not in by_key:
                 raise ValueError(f"{name} given without its modality {modality}.")
+        if ignored:
+            logger.warning_once(f"Ignoring inputs of modalities this model is not configured for: {ignored} "
+                                f"(ignore_unknown_modalities=True); configured: {self._configured_names()}.")  # fmt: skip
+        if not by_key:
+            raise ValueError(f"No input of a configured modality given; expected one or more of "
+                             f"{self._configured_names()}.")  # fmt: skip
         ordered = {k: self._prepare_input(k, *by_key[k]) for k in self.modality_channels if k in by_key}
         self._check_shared_shapes(ordered)
         return ordered
@@ -587,23 +622,36 @@ class TerraMindModel(TerraMindPreTrainedModel):
     def _configured_names(self) -> str:
         return ", ".join(self.config.modality_aliases().values())
 
+    def _known_input_key(self, name: str, tokens: bool, ignored: list[str]) -> str | None:
+        """`_input_key`, or None (the name noted in `ignored`) for an unknown modality when the config says to
+        ignore those, as the original does."""
+        try:
+            return self._input_key(name, tokens=tokens)
+        except UnknownModalityError:
+            if not self.config.ignore_unknown_modalities:
+                raise
+            if name not in ignored:
+                ignored.append(name)
+            return None
+
     def _input_key(self, name: str, tokens: bool = False) -> str:
         try:
             key = self.config.modality_key(name)
         except ValueError:
             key = None
-        if tokens and key in MODALITIES and f"{key}_TOKENS" in self.modality_channels:
+        if tokens and self.config.pretrained_spec(key) is not None and f"{key}_TOKENS" in self.modality_channels:
             key = f"{key}_TOKENS"  # input_tokens={"S2L2A": grid} means the tokenized S2L2A modality
         if key not in self.modality_channels:
-            raise ValueError(f"Unknown input modality {name!r}: this model is configured for "
-                             f"{self._configured_names()}. Configure it in `modalities` to use it.")  # fmt: skip
-        if tokens and (key not in MODALITIES or MODALITIES[key].kind != "image_tokens"):
+            raise UnknownModalityError(f"Unknown input modality {name!r}: this model is configured for "
+                                       f"{self._configured_names()}. Configure it in `modalities` to use it.")  # fmt: skip
+        spec = self.config.pretrained_spec(key)
+        if tokens and (spec is None or spec.kind != "image_tokens"):
             raise ValueError(f"input_tokens takes token grids of tokenized modalities (LULC, NDVI, S2L2A_TOKENS, "
                              f"...), not {name!r}.")  # fmt: skip
         return key
 
     def _prepare_input(self, key: str, name: str, value: torch.Tensor, is_tokens: bool) -> torch.Tensor:
-        spec = MODALITIES.get(key)
+        spec = self.config.pretrained_spec(key)
         if spec is None or spec.kind == "image":
             return self._check_image(key, name, value)
         if spec.kind == "sequence":
@@ -647,7 +695,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
             if batch is not None and value.shape[0] != batch:
                 raise ValueError(f"Input {name} has batch size {value.shape[0]}, {first} has {batch}.")
             batch, first = value.shape[0], first or name
-            if self.modality_channels.get(key) is not None or key not in MODALITIES:
+            if self.modality_channels.get(key) is not None:
                 this_grid = (value.shape[-2] // patch, value.shape[-1] // patch)
             elif MODALITIES[key].kind == "image_tokens":
                 this_grid = tuple(value.shape[-2:])
@@ -658,14 +706,21 @@ class TerraMindModel(TerraMindPreTrainedModel):
                                  f"modalities must share one spatial size.")  # fmt: skip
             grid = this_grid
 
-    def patch_grid(self, inputs: dict[str, torch.Tensor]) -> tuple[int, int]:
-        """(h, w) token grid of prepared inputs."""
+    def patch_grid(self, inputs: Mapping[str, torch.Tensor], default: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(h, w) token grid of prepared inputs; `default` when none is an image (e.g. Coordinates alone)."""
         for key, value in inputs.items():
-            if self.modality_channels.get(key) is not None or key not in MODALITIES:
+            if self.modality_channels.get(key) is not None:
                 return value.shape[-2] // self.config.patch_size, value.shape[-1] // self.config.patch_size
-            if MODALITIES[key].kind == "image_tokens":
+            if key in MODALITIES and MODALITIES[key].kind == "image_tokens":
                 return tuple(value.shape[-2:])
-        raise ValueError("At least one image modality is needed to know the spatial size.")
+        if default is None:
+            raise ValueError("At least one image modality is needed to know the spatial size.")
+        return default
+
+    def default_grid(self) -> tuple[int, int]:
+        """The token grid of `config.image_size`: what the original generates without an image input."""
+        side = self.config.image_size // self.config.patch_size
+        return side, side
 
     # ------------------------------------------------------------------ tokenizers
     def get_tokenizer(self, modality: str):
