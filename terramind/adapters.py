@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 
-from .modalities import MODALITIES
-
 CARD_FILE = "README.md"
 TASK_NAMES = {
     "TerraMindForSemanticSegmentation": ("semantic segmentation", "image-segmentation"),
