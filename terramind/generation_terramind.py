@@ -131,31 +131,41 @@ class TerraMindGenerationMixin:
         generation_config: TerraMindGenerationConfig | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        chained: bool = True,
+        sequence_tokens: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Generate token grids (B, h, w) of `targets` (embedding keys, e.g. "LULC", "S1GRD_TOKENS").
+        """Generate `targets` (embedding keys, e.g. "LULC", "S1GRD_TOKENS", "Coordinates"): token grids (B, h, w) of
+        image modalities, token ids (B, L) of sequences.
 
         `inputs` maps embedding keys to model-ready tensors: standardized images (B, C, H, W) for raw image
         modalities, token grids (B, h, w) for token modalities, token ids (B, L) for sequences. Targets are
-        decoded in order, each one conditioning the next.
+        decoded in order, each conditioned on the inputs and, if `chained` (the original's default), on the targets
+        before it. A sequence target is sampled up to `sequence_tokens` tokens (default: its maximum length minus the
+        start sentinel, 3 for Coordinates, as the original's generation; its TiM samples up to 4) and returned as the
+        tokens between the sentinels, padded with [PAD] = 0; the padding is not attended to where it conditions
+        later targets, as the original's merged sequences.
         """
         config = generation_config if generation_config is not None else self.generation_config
         context_inputs = dict(inputs)
+        valid: dict[str, torch.Tensor] = {}  # generated sequences: which of their (padded) tokens are real
         out: dict[str, torch.Tensor] = {}
         schedule = linear_token_schedule(config.decoding_steps, grid[0] * grid[1])
         bar = tqdm(total=len(targets) * len(schedule), desc="TerraMind generation", disable=not progress)
         for target in targets:
+            source = context_inputs if chained else inputs
             if MODALITIES[target].kind == "sequence":
-                out[target] = self._generate_sequence(target, context_inputs, config, generator)
+                limit = sequence_tokens if sequence_tokens is not None else MODALITIES[target].max_length - 1
+                out[target], valid[target] = self._generate_sequence(target, source, valid, config, generator, limit)
                 bar.update(len(schedule))
             else:
-                out[target] = self._generate_grid(target, context_inputs, grid, schedule, config, generator, bar)
+                out[target] = self._generate_grid(target, source, valid, grid, schedule, config, generator, bar)
             context_inputs[target] = out[target]
         bar.close()
         return out
 
-    def _generate_grid(self, target: str, inputs: Mapping[str, torch.Tensor], grid: tuple[int, int],
-                       schedule: list[int], config: TerraMindGenerationConfig, generator: torch.Generator | None,
-                       bar: tqdm) -> torch.Tensor:  # fmt: skip
+    def _generate_grid(self, target: str, inputs: Mapping[str, torch.Tensor], valid: Mapping[str, torch.Tensor],
+                       grid: tuple[int, int], schedule: list[int], config: TerraMindGenerationConfig,
+                       generator: torch.Generator | None, bar: tqdm) -> torch.Tensor:  # fmt: skip
         """ROAR decoding of one image target: a random order, `schedule[i]` tokens per step, tokens decoded in
         earlier steps joining the context."""
         first = next(iter(inputs.values()))
@@ -169,9 +179,10 @@ class TerraMindGenerationMixin:
             if done:  # tokens of this target decoded in earlier steps condition the next ones
                 step_inputs[target] = tokens.reshape(batch, *grid)
                 known = {target: order[:done]}
-            context, _ = self.encode_context(step_inputs, known)
+            mask = self.terramind.attention_mask(step_inputs, valid, known)
+            context, _ = self.encode_context(step_inputs, known, attention_mask=mask)
             select = order[done : done + count] if len(schedule) > 1 else None
-            logits, _ = self.decode(target, context, grid, select)
+            logits, _ = self.decode(target, context, grid, select, context_mask=mask)
             sampled = sample_tokens(logits, config.temperature, config.top_k, config.top_p, generator)
             if select is None:
                 tokens = sampled
@@ -181,24 +192,26 @@ class TerraMindGenerationMixin:
             bar.update(1)
         return tokens.reshape(batch, *grid)
 
-    def _generate_sequence(self, target: str, inputs: Mapping[str, torch.Tensor], config: TerraMindGenerationConfig,
-                           generator: torch.Generator | None) -> torch.Tensor:  # fmt: skip
+    def _generate_sequence(self, target: str, inputs: Mapping[str, torch.Tensor], valid: Mapping[str, torch.Tensor],
+                           config: TerraMindGenerationConfig, generator: torch.Generator | None,
+                           max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Autoregressive decoding of a sequence modality (coordinates), as the original: start from the sentinel
-        [S_1], causal self-attention, stop when every sequence has the closing sentinel [S_2] or at the maximum
-        length. Returns the tokens between the sentinels (B, L), padded with 0 ([PAD])."""
-        start, stop = sentinel_ids(self.terramind.get_tokenizer(target) if target == "Coordinates" else None)
-        context, _ = self.encode_context(inputs)
-        length = MODALITIES[target].max_length - 1  # targets of the original's empty sequence: 3 of 4 positions
+        [S_1], causal self-attention, stop when every sequence has the closing sentinel [S_2] or after `max_tokens`.
+        Returns the tokens the original keeps (`merge_span_masking`: those after an [S_1], sentinels dropped),
+        left-aligned and padded with [PAD] (B, L), and which of them are real (B, L)."""
+        tokenizer = self.terramind.get_tokenizer(target)
+        start, stop = sentinel_ids(tokenizer)
+        mask = self.terramind.attention_mask(inputs, valid)
+        context, _ = self.encode_context(inputs, attention_mask=mask)
         out = torch.full((context.shape[0], 1), start, dtype=torch.long, device=context.device)
-        for _ in range(length):
-            logits, _ = self.decode_sequence(target, context, out)
+        for _ in range(max_tokens):
+            logits, _ = self.decode_sequence(target, context, out, context_mask=mask)
             next_token = sample_tokens(logits[:, -1], config.temperature, config.top_k, config.top_p, generator)
             out = torch.cat([out, next_token[:, None]], dim=1)
             if (out == stop).any(dim=1).all():
                 break
-        tokens = out[:, 1:]
-        ended = (tokens == stop).cumsum(dim=1) > 0
-        return tokens.masked_fill(ended, 0)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        return merge_generated_span(out, start, sentinel_token_ids(tokenizer) | {start, stop}, pad or 0)
 
     def sampling_config(
         self, generation_config: TerraMindGenerationConfig | None, options: dict[str, Any]
@@ -407,6 +420,35 @@ class TerraMindGenerationMixin:
 def _statistics(modality: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """v1 pre-training mean and std of a modality as (1, C, 1, 1) tensors."""
     return tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in standardization(modality))
+
+
+def sentinel_token_ids(tokenizer: Any) -> set[int]:
+    """Ids of every sentinel token ([S_0], [S_1], ...) of a text tokenizer, as the original finds them."""
+    return {i for token, i in tokenizer.get_vocab().items() if token.startswith("[S_")}
+
+
+def merge_generated_span(
+    sequences: torch.Tensor, start: int, sentinels: set[int], pad: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original's `merge_span_masking` of generated sequences (B, L) that begin with [S_1]: per row the tokens
+    that follow an [S_1] up to the next sentinel, left-aligned and padded with `pad` to the longest row; returns
+    them (B, L') and the mask of the real ones (B, L')."""
+    rows = []
+    for row in sequences.tolist():
+        span, kept = None, []
+        for token in row:
+            if token in sentinels:
+                span = token
+            elif span == start:
+                kept.append(token)
+        rows.append(kept)
+    length = max(len(row) for row in rows)
+    tokens = torch.full((len(rows), length), pad, dtype=torch.long)
+    valid = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        valid[i, : len(row)] = True
+    return tokens.to(sequences.device), valid.to(sequences.device)
 
 
 def sentinel_ids(tokenizer: Any) -> tuple[int, int]:

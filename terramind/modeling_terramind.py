@@ -754,11 +754,13 @@ class TerraMindModel(TerraMindPreTrainedModel):
         return tokenizer
 
     def set_tokenizer(self, modality: str, tokenizer: Any) -> None:
-        """Use `tokenizer` for `modality` (frozen; kept outside the model's weights)."""
+        """Use `tokenizer` for `modality` (frozen; kept outside the model's weights; also the TiM generator's)."""
         name = resolve_modality(modality).removesuffix("_TOKENS")
         if isinstance(tokenizer, nn.Module):
             tokenizer = tokenizer.eval().requires_grad_(False)
         self.__dict__.setdefault("_tokenizers", {})[name] = tokenizer
+        if self.tim_generator is not None:
+            self.tim_generator.terramind.set_tokenizer(modality, tokenizer)
 
     def drop_modalities(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training-time modality dropout: each input but one random survivor is dropped with the rate."""
@@ -776,14 +778,36 @@ class TerraMindModel(TerraMindPreTrainedModel):
         token_positions: Mapping[str, torch.Tensor] | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[BaseModelOutput, dict[str, slice]]:
-        """Prepared inputs (embedding key -> tensor) -> the encoder's output (last state normed) and token slices."""
+        """Prepared inputs (embedding key -> tensor) -> the encoder's output (last state normed) and token slices.
+        `attention_mask` (B, N) hides tokens (see `attention_mask`)."""
         hidden = self.embeddings(inputs, token_positions)
         if self.register_tokens is not None:
             hidden = torch.cat([self.register_tokens.to(hidden.dtype).expand(hidden.shape[0], -1, -1), hidden], 1)
-        outputs = self.encoder(hidden, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        outputs = self.encoder(hidden, attention_mask, output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states)  # fmt: skip
         outputs.last_hidden_state = self.layernorm(outputs.last_hidden_state)
         return outputs, self.embeddings.token_slices(inputs, token_positions, offset=self.config.num_register_tokens)
+
+    def attention_mask(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        valid_tokens: Mapping[str, torch.Tensor] | None,
+        token_positions: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
+        """(B, N) mask of the encoded tokens to attend to (registers, then every input's tokens) from per-input
+        (B, N_m) masks, e.g. of generated sequences padded to one length; None when every token counts."""
+        valid_tokens = {k: v for k, v in (valid_tokens or {}).items() if k in inputs}
+        if not valid_tokens:
+            return None
+        slices = self.embeddings.token_slices(inputs, token_positions, offset=self.config.num_register_tokens)
+        first = next(iter(inputs.values()))
+        mask = torch.ones(first.shape[0], max(s.stop for s in slices.values()), dtype=torch.bool, device=first.device)
+        for key, valid in valid_tokens.items():
+            kept = (token_positions or {}).get(key)
+            mask[:, slices[key]] = valid if kept is None else valid[:, kept]
+        return mask
 
     def merge(self, hidden: torch.Tensor, slices: Mapping[str, slice]) -> Any:
         """Merge a (B, N, D) sequence's per-modality tokens as `config.merge_method` says."""
@@ -837,6 +861,8 @@ class TerraMindModel(TerraMindPreTrainedModel):
             inputs.update(tim_tokens)
         outputs, slices = self.encode(inputs, output_attentions=output_attentions,
                                       output_hidden_states=output_hidden_states)  # fmt: skip
+        if tim_tokens and config.merge_method == "dict":  # as the original: the inputs' tokens, not the TiM ones
+            slices = {k: v for k, v in slices.items() if k not in tim_tokens}
         last = self.merge(outputs.last_hidden_state, slices)
         all_states = tuple(self.merge(s, slices) for s in outputs.hidden_states) if output_hidden_states else None
         if tim_tokens:
@@ -848,12 +874,16 @@ class TerraMindModel(TerraMindPreTrainedModel):
                                     tim_tokens=tim_tokens)  # fmt: skip
 
     def think(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Thinking-in-Modalities: generate the TiM modalities the input lacks, as token grids (B, h, w), with the
-        frozen generator's generation config."""
+        """Thinking-in-Modalities: generate the TiM modalities the input lacks (token grids (B, h, w); Coordinates
+        as up to 4 token ids (B, L), padded with 0, as the original) with the frozen generator's generation config,
+        each conditioned on the TiM modalities before it unless `tim_chained_generations=False`. Without an image
+        input the grid is that of `config.image_size`, as the original's 224 x 224."""
         targets = [k for k in self.tim_targets if k not in inputs]
         if not targets:
             return {}
-        return self.tim_generator.generate_tokens(inputs, targets, self.patch_grid(inputs))
+        return self.tim_generator.generate_tokens(inputs, targets, self.patch_grid(inputs, self.default_grid()),
+                                                  chained=self.config.tim_chained_generations,
+                                                  sequence_tokens=MODALITIES["Coordinates"].max_length)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- generator
@@ -924,10 +954,13 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         token_positions: Mapping[str, torch.Tensor] | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, BaseModelOutput]:
         """Prepared inputs -> the decoder's context (B, N, D): the normed encoder output, projected, plus the
-        inputs' positional and modality embeddings (as the original); and the encoder's output."""
-        outputs, _ = self.terramind.encode(inputs, token_positions, output_attentions, output_hidden_states)
+        inputs' positional and modality embeddings (as the original); and the encoder's output. `attention_mask`
+        (B, N) hides tokens from the encoder (`TerraMindModel.attention_mask`); give it to the decoder too."""
+        outputs, _ = self.terramind.encode(inputs, token_positions, output_attentions, output_hidden_states,
+                                           attention_mask)  # fmt: skip
         positions = self.terramind.embeddings.positions(inputs, token_positions).to(outputs.last_hidden_state.dtype)
         return self.decoder_proj_context(outputs.last_hidden_state) + positions, outputs
 
@@ -939,14 +972,15 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         query_positions: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        context_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, BaseModelOutputWithCrossAttentions]:
         """Logits (B, n, V) of an image-token target at flat grid `query_positions` (all when None): mask-token
-        queries at those positions attend to each other and to the context."""
+        queries at those positions attend to each other and to the context (its tokens where `context_mask`)."""
         embedding = self.decoder_embeddings[target]
         queries = embedding.positional(context.shape[0], *grid).to(context.dtype)
         if query_positions is not None:
             queries = queries[:, query_positions]
-        outputs = self.decoder(self.mask_token.to(context.dtype) + queries, context,
+        outputs = self.decoder(self.mask_token.to(context.dtype) + queries, context, context_mask=context_mask,
                                output_attentions=output_attentions, output_hidden_states=output_hidden_states)  # fmt: skip
         return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
 
@@ -957,16 +991,17 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         tokens: torch.Tensor,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        context_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, BaseModelOutputWithCrossAttentions]:
         """Next-token logits (B, L, V) of a sequence target (Coordinates) given its tokens so far (B, L), which
-        start with the sentinel [S_1]: causal self-attention, as the original."""
+        start with the sentinel [S_1]: causal self-attention, as the original (context tokens where `context_mask`)."""
         embedding = self.decoder_embeddings[target]
         length = tokens.shape[1]
         hidden = embedding.token_emb(tokens) + embedding.positional(tokens.shape[0], length).to(context.dtype)
         causal = torch.ones(length, length, dtype=torch.bool, device=context.device).tril()
         mask = additive_attention_mask(causal.expand(tokens.shape[0], -1, -1), hidden.dtype)
-        outputs = self.decoder(hidden, context, self_attention_mask=mask, output_attentions=output_attentions,
-                               output_hidden_states=output_hidden_states)  # fmt: skip
+        outputs = self.decoder(hidden, context, self_attention_mask=mask, context_mask=context_mask,
+                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)  # fmt: skip
         return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
 
     # ------------------------------------------------------------------ forward
