@@ -506,8 +506,9 @@ class TerraMindModel(TerraMindPreTrainedModel):
         else:
             self.tim_generator = None
             self.encoder_embeddings = TerraMindEmbeddings(config, self.modality_channels)
-        self.image_modalities = [k for k in self.modality_channels if self._is_image(k)]
-        self.image_modalities += [k for k in self.tim_targets if k not in self.image_modalities and self._is_image(k)]
+        self.image_modalities = [k for k in self.modality_channels if self.is_image_modality(k)]
+        self.image_modalities += [k for k in self.tim_targets
+                                  if k not in self.image_modalities and self.is_image_modality(k)]  # fmt: skip
         self.encoder = TerraMindEncoder(config)
         self.layernorm = layer_norm(config)
         self.missing_modality_token = (
@@ -521,7 +522,8 @@ class TerraMindModel(TerraMindPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def _is_image(self, key: str) -> bool:
+    def is_image_modality(self, key: str) -> bool:
+        """Whether an embedding key is an image (raw, new or tokenized), not a sequence."""
         spec = self.config.pretrained_spec(key)
         return spec is None or spec.is_image
 
