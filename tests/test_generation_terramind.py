@@ -378,3 +378,13 @@ def test_tim_loading_reports_nothing(converted):
     assert records == [], records
     lulc = model.tim_generator.decoder_embeddings["LULC"]
     assert lulc.to_logits.weight is lulc.token_emb.weight and lulc.to_logits.weight.device.type == "cpu"
+
+
+def test_generation_ignores_unknown_inputs_when_configured(converted):
+    x = torch.randn(1, 12, 32, 32)
+    options = dict(output_modalities=["LULC"], temperature=0.0, decode=False)
+    model = TerraMindForGeneration.from_pretrained(converted["tiny"]).eval()
+    with pytest.raises(ValueError, match="Unknown input modality 'FOO'"):
+        model.generate(S2L2A=x, FOO=x, **options)
+    lenient = TerraMindForGeneration.from_pretrained(converted["tiny"], ignore_unknown_modalities=True).eval()
+    assert torch.equal(lenient.generate(S2L2A=x, FOO=x, **options)["LULC"], model.generate(S2L2A=x, **options)["LULC"])
