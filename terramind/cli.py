@@ -81,6 +81,19 @@ def _parse_inputs(entries: list[str]) -> dict[str, str]:
     return paths
 
 
+def _parse_offsets(entries: list[str]) -> dict[str, float] | None:
+    offsets = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        try:
+            offsets[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise UsageError(f"--offset takes MODALITY=NUMBER (e.g. S2L2A=1000), got {entry!r}.")
+    return offsets or None
+
+
 def _torch_dtype(name: str):
     import torch
 
@@ -106,7 +119,8 @@ def _read_inputs(args: argparse.Namespace):
         if not Path(path).is_file():
             raise UsageError(f"input file {path} does not exist.")
     sample = read_sample(paths)
-    processor = TerraMindImageProcessor(do_pad=True, size_divisor=16)
+    offsets = _parse_offsets(getattr(args, "offset", []))  # generate's --offset
+    processor = TerraMindImageProcessor(do_pad=True, size_divisor=16, offset=offsets)
     batch = processor(sample.images, band_names=sample.band_names, nodata_value=sample.nodata)
     height, width = next(iter(sample.images.values())).shape[-2:]
     return sample, processor, {k: v for k, v in batch.items()}, (height, width)
@@ -188,6 +202,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--overlap", type=int, default=64, help="tile overlap for scenes larger than a tile")
+    parser.add_argument("--offset", action="append", default=[], metavar="MODALITY=NUMBER",
+                        help="added to the standardization means of a modality, e.g. S2L2A=1000 for harmonised L2A")  # fmt: skip
     _add_runtime_options(parser)
     parser.set_defaults(run=_run_generate)
 
