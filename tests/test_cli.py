@@ -66,7 +66,7 @@ def test_generate_geotiffs_and_quicklooks(assets, tmp_path):
                 assert png.size == (224, 224) and png.mode == "RGB"
 
 
-def test_generate_offset_shifts_the_statistics(assets, tmp_path):
+def test_generate_offset_shifts_the_statistics(assets, tmp_path, capsys):
     """--offset S2L2A=1000 (harmonised L2A): generated S2L2A comes back 1000 higher, the same samples otherwise."""
     outputs = {}
     for name, extra in (("plain", []), ("offset", ["--offset", "S2L2A=1000"])):
@@ -76,6 +76,9 @@ def test_generate_offset_shifts_the_statistics(assets, tmp_path):
         with rasterio.open(tmp_path / name / "S2L2A.tif") as out:
             outputs[name] = out.read().astype(np.int32)
     assert np.abs(outputs["offset"] - outputs["plain"] - 1000).max() <= 1
+    argv = ["generate", "--input", f"S2L2A={scene('S2L2A')}", "--output-modalities", "LULC", "--output-dir", "o"]
+    assert main([*argv, "--offset", "S2L2A=much"]) == 2
+    assert "--offset takes MODALITY=NUMBER" in capsys.readouterr().err
 
 
 def test_generate_tiles_a_larger_scene(assets, tmp_path):
@@ -99,8 +102,6 @@ def test_generate_tiles_a_larger_scene(assets, tmp_path):
     [
         (["embed", "--input", "FOO=x.tif", "--output", "e.tif"], "Unknown modality 'FOO'"),
         (["embed", "--input", "S2L2A", "--output", "e.tif"], "MODALITY=PATH"),
-        (["generate", "--input", f"S2L2A={scene('S2L2A')}", "--output-modalities", "LULC", "--output-dir", "o",
-          "--offset", "S2L2A=much"], "MODALITY=NUMBER"),
         (["embed", "--input", "S2L2A=missing.tif", "--output", "e.tif"], "does not exist"),
         (["embed", "--input", f"S2L2A={scene('S2L2A')}", "--output", "e.png"], "must end in"),
         (["generate", "--input", f"S2L2A={scene('S2L2A')}", "--output-modalities", "RGB", "--output-dir", "o"],
