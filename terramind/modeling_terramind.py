@@ -426,14 +426,17 @@ class TerraMindPreTrainedModel(PreTrainedModel):
         loads as saved."""
         from transformers import PreTrainedConfig
 
+        named_like_pretrained = [
+            (path, module, name, channels) for path, module in self.named_modules()
+            if isinstance(module, TerraMindModel) and module.encoder_embeddings is not None
+            for name, channels in module.config.new_modalities().items() if name in MODALITIES
+        ]  # fmt: skip
+        if not named_like_pretrained:
+            return
         saved = PreTrainedConfig.get_config_dict(source, **_hub_kwargs(kwargs))[0].get("modalities") or []
         saved_new = {k: v for entry in saved if isinstance(entry, dict) for k, v in entry.items()}
-        for path, module in self.named_modules():
-            if not isinstance(module, TerraMindModel) or module.encoder_embeddings is None:
-                continue
-            for name, channels in module.config.new_modalities().items():
-                if name not in MODALITIES or saved_new.get(name) == channels:
-                    continue
+        for path, module, name, channels in named_like_pretrained:
+            if saved_new.get(name) != channels:
                 embedding = module.encoder_embeddings[name]
                 for param in embedding.parameters():
                     param._is_hf_initialized = False

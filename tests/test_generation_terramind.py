@@ -327,6 +327,13 @@ def test_tim_coordinates_and_unchained_generations(converted):
     _, alone = tim(["LULC"])
     assert torch.equal(unchained.tim_tokens["LULC"], alone.tim_tokens["LULC"])
     assert not torch.equal(unchained.tim_tokens["LULC"], chained.tim_tokens["LULC"])
+    # Coordinates alone: TiM thinks on the grid of config.image_size (the original's 224 x 224)
+    located = TerraMindModel.from_pretrained(converted["tiny"], modalities=["Coordinates"], tim_modalities=["LULC"],
+                                             tim_generation_config=greedy).eval()  # fmt: skip
+    located.set_tokenizer("Coordinates", coords_tokenizer())
+    with torch.no_grad():
+        out = located(Coordinates=torch.tensor([[8.5417, 47.3769]]))
+    assert out.tim_tokens["LULC"].shape == (1, 196) and out.last_hidden_state.shape == (1, 196, 16)
 
 
 def test_tiled_generation_any_scene_size(generators):
