@@ -431,20 +431,24 @@ class TerraMindPreTrainedModel(PreTrainedModel):
             if isinstance(module, TerraMindModel) and module.encoder_embeddings is not None
             for name, channels in module.config.new_modalities().items() if name in MODALITIES
         ]  # fmt: skip
-        if not named_like_pretrained:
-            return
-        saved = PreTrainedConfig.get_config_dict(source, **_hub_kwargs(kwargs))[0].get("modalities") or []
-        saved_new = {k: v for entry in saved if isinstance(entry, dict) for k, v in entry.items()}
+        saved_new = None
         for path, module, name, channels in named_like_pretrained:
-            if saved_new.get(name) != channels:
-                embedding = module.encoder_embeddings[name]
-                for param in embedding.parameters():
-                    param._is_hf_initialized = False
-                embedding.apply(self._init_weights)
-                prefix = f"{path}.encoder_embeddings.{name}." if path else f"encoder_embeddings.{name}."
-                info["missing_keys"] = set(info["missing_keys"]) | {prefix + k for k, _ in embedding.named_parameters()}
-                logger.warning(f"New modality {name!r} is freshly initialised: the checkpoint's {name!r} is the "
-                               f"pretrained modality of that name.")  # fmt: skip
+            prefix = f"{path}.encoder_embeddings.{name}." if path else f"encoder_embeddings.{name}."
+            embedding = module.encoder_embeddings[name]
+            if all(prefix + k in info["missing_keys"] for k, _ in embedding.named_parameters()):
+                continue  # nothing loaded under that name: fresh, and reported so
+            if f"{prefix}proj.weight" not in info["missing_keys"]:  # the checkpoint has a patch embedding there
+                if saved_new is None:
+                    saved = PreTrainedConfig.get_config_dict(source, **_hub_kwargs(kwargs))[0].get("modalities") or []
+                    saved_new = {k: v for entry in saved if isinstance(entry, dict) for k, v in entry.items()}
+                if saved_new.get(name) == channels:  # saved as this new modality: loaded as saved
+                    continue
+            for param in embedding.parameters():
+                param._is_hf_initialized = False
+            embedding.apply(self._init_weights)
+            info["missing_keys"] = set(info["missing_keys"]) | {prefix + k for k, _ in embedding.named_parameters()}
+            logger.warning(f"New modality {name!r} is freshly initialised: the checkpoint's {name!r} is the "
+                           f"pretrained modality of that name.")  # fmt: skip
 
     def _after_loading(self) -> None:
         """Hook for subclasses to restore state that loading resets (e.g. frozen parts)."""

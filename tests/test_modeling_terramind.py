@@ -185,6 +185,17 @@ def test_new_modality_named_like_a_pretrained_one(converted, tmp_path):
     assert torch.equal(again.encoder_embeddings["NDVI"].mod_emb, embedding.mod_emb)
     with torch.no_grad():
         torch.testing.assert_close(again(**inputs).last_hidden_state["NDVI"], out["NDVI"])
+    # a converted release whose config names the new modality: the config round-trips, the weights stay fresh
+    from conftest import fixture_checkpoint
+
+    from terramind import TerraMindConfig
+    from terramind.conversion import convert_checkpoint
+
+    folder = convert_checkpoint(fixture_checkpoint("tiny", tmp_path), tmp_path / "converted",
+                                config_overrides={"num_attention_heads": 2, "modalities": ["S2L2A", {"NDVI": 1}]})  # fmt: skip
+    assert TerraMindConfig.from_pretrained(folder).modalities == ["S2L2A", {"NDVI": 1}]
+    converted_model = TerraMindModel.from_pretrained(folder)
+    assert not torch.equal(converted_model.encoder_embeddings["NDVI"].mod_emb, pretrained)
     with pytest.raises(ValueError, match="input_tokens takes token grids"):
         model(S2L2A=inputs["S2L2A"], input_tokens={"NDVI": torch.zeros(2, 2, 2, dtype=torch.long)})
     with pytest.raises(ValueError, match="Unknown input modality 'ndvi'"):
