@@ -203,7 +203,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--overlap", type=int, default=64, help="tile overlap for scenes larger than a tile")
     parser.add_argument("--offset", action="append", default=[], metavar="MODALITY=NUMBER",
-                        help="added to the standardization means of a modality, e.g. S2L2A=1000 for harmonised L2A")  # fmt: skip
+                        help="added to a modality's standardization means, e.g. S2L2A=1000")  # fmt: skip
     _add_runtime_options(parser)
     parser.set_defaults(run=_run_generate)
 

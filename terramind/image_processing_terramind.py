@@ -250,8 +250,9 @@ class TerraMindImageProcessor(BaseImageProcessor):
             if name in CLASS_MODALITIES:
                 raise ValueError(f"offset given for {name}, which holds class ids and is not standardized.")
             if isinstance(values, list) and len(values) != len(self.output_bands(name)):
-                raise ValueError(f"offset[{name!r}] has {len(values)} values for the {len(self.output_bands(name))} "
-                                 f"output bands {list(self.output_bands(name))}; give one number or one per band.")  # fmt: skip
+                bands = list(self.output_bands(name))
+                raise ValueError(f"offset[{name!r}] has {len(values)} values for the {len(bands)} output bands "
+                                 f"{bands}; give one number or one per band.")  # fmt: skip
         for name in names:
             self.band_statistics(name)
         if self.do_resize and self.size is None:

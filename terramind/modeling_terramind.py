@@ -620,7 +620,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
                 raise ValueError(f"{name} given without its modality {modality}.")
         if ignored:
             logger.warning_once(f"Ignoring inputs of modalities this model is not configured for: {ignored} "
-                                f"(ignore_unknown_modalities=True); configured: {self._configured_names()}.")  # fmt: skip
+                                f"(ignore_unknown_modalities=True); it takes {self._configured_names()}.")  # fmt: skip
         if not by_key:
             raise ValueError(f"No input of a configured modality given; expected one or more of "
                              f"{self._configured_names()}.")  # fmt: skip
@@ -652,7 +652,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
             key = f"{key}_TOKENS"  # input_tokens={"S2L2A": grid} means the tokenized S2L2A modality
         if key not in self.modality_channels:
             raise UnknownModalityError(f"Unknown input modality {name!r}: this model is configured for "
-                                       f"{self._configured_names()}. Configure it in `modalities` to use it.")  # fmt: skip
+                                       f"{self._configured_names()}. Configure it in `modalities`.")  # fmt: skip
         spec = self.config.pretrained_spec(key)
         if tokens and (spec is None or spec.kind != "image_tokens"):
             raise ValueError(f"input_tokens takes token grids of tokenized modalities (LULC, NDVI, S2L2A_TOKENS, "
@@ -990,7 +990,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         if query_positions is not None:
             queries = queries[:, query_positions]
         outputs = self.decoder(self.mask_token.to(context.dtype) + queries, context, context_mask=context_mask,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)  # fmt: skip
+                               output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states)  # fmt: skip
         return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
 
     def decode_sequence(
@@ -1010,7 +1011,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         causal = torch.ones(length, length, dtype=torch.bool, device=context.device).tril()
         mask = additive_attention_mask(causal.expand(tokens.shape[0], -1, -1), hidden.dtype)
         outputs = self.decoder(hidden, context, self_attention_mask=mask, context_mask=context_mask,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)  # fmt: skip
+                               output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states)  # fmt: skip
         return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
 
     # ------------------------------------------------------------------ forward

@@ -191,8 +191,8 @@ def test_new_modality_named_like_a_pretrained_one(converted, tmp_path):
     from terramind import TerraMindConfig
     from terramind.conversion import convert_checkpoint
 
-    folder = convert_checkpoint(fixture_checkpoint("tiny", tmp_path), tmp_path / "converted",
-                                config_overrides={"num_attention_heads": 2, "modalities": ["S2L2A", {"NDVI": 1}]})  # fmt: skip
+    overrides = {"num_attention_heads": 2, "modalities": ["S2L2A", {"NDVI": 1}]}
+    folder = convert_checkpoint(fixture_checkpoint("tiny", tmp_path), tmp_path / "new", config_overrides=overrides)
     assert TerraMindConfig.from_pretrained(folder).modalities == ["S2L2A", {"NDVI": 1}]
     converted_model = TerraMindModel.from_pretrained(folder)
     assert not torch.equal(converted_model.encoder_embeddings["NDVI"].mod_emb, pretrained)

@@ -2,9 +2,10 @@
 
 1. `generate_S2L2A_to_Coordinates_greedy`: S2L2A -> Coordinates.
 2. `generate_S2L2A_to_Coordinates_LULC_stop`: S2L2A -> Coordinates -> LULC, the generated coordinates conditioning
-   LULC; sample 1 of the input is constant (`constant_samples`). One row of the decoder's coordinates table (the stop sentinel [S_2], stored in the case as
-   `decoder_coords_rows`) is set so that the greedy decoder emits [S_2] in one sample and not in the other: the
-   original drops the sentinels and masks the padding of the shorter row before LULC is generated.
+   LULC; sample 1 of the input is constant (`constant_samples`). One row of the decoder's coordinates table (the
+   stop sentinel [S_2], stored in the case as `decoder_coords_rows`) is set so that the greedy decoder emits [S_2]
+   in sample 0 only: the original drops the sentinels and masks the padding of the shorter sample before LULC is
+   generated.
 3. `generate_Coordinates_to_LULC_S1GRD`: Coordinates alone -> LULC -> S1GRD, on the original's default 224 x 224
    grid.
 
