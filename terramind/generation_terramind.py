@@ -179,7 +179,7 @@ class TerraMindGenerationMixin:
             if done:  # tokens of this target decoded in earlier steps condition the next ones
                 step_inputs[target] = tokens.reshape(batch, *grid)
                 known = {target: order[:done]}
-            mask = self.terramind.attention_mask(step_inputs, valid, known)
+            mask = self.terramind.token_mask(step_inputs, valid, known)
             context, _ = self.encode_context(step_inputs, known, attention_mask=mask)
             select = order[done : done + count] if len(schedule) > 1 else None
             logits, _ = self.decode(target, context, grid, select, context_mask=mask)
@@ -201,7 +201,7 @@ class TerraMindGenerationMixin:
         left-aligned and padded with [PAD] (B, L), and which of them are real (B, L)."""
         tokenizer = self.terramind.get_tokenizer(target)
         start, stop = sentinel_ids(tokenizer)
-        mask = self.terramind.attention_mask(inputs, valid)
+        mask = self.terramind.token_mask(inputs, valid)
         context, _ = self.encode_context(inputs, attention_mask=mask)
         out = torch.full((context.shape[0], 1), start, dtype=torch.long, device=context.device)
         for _ in range(max_tokens):
@@ -397,6 +397,8 @@ class TerraMindGenerationMixin:
             except ValueError:  # left to the encoder, which names what it takes (or ignores it, if so configured)
                 prepared[name] = value
                 continue
+            if key in prepared:
+                raise ValueError(f"Modality {key} was given twice (as {name!r} and another name).")
             value = value.to(device)
             prepared[key] = standardize_input(name, value, offsets or {}) if standardize else value
         tokens = {resolve_modality(k): v.to(device) for k, v in (input_tokens or {}).items()}

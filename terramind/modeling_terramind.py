@@ -790,7 +790,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[BaseModelOutput, dict[str, slice]]:
         """Prepared inputs (embedding key -> tensor) -> the encoder's output (last state normed) and token slices.
-        `attention_mask` (B, N) hides tokens (see `attention_mask`)."""
+        `attention_mask` (B, N) hides tokens (see `token_mask`)."""
         hidden = self.embeddings(inputs, token_positions)
         if self.register_tokens is not None:
             hidden = torch.cat([self.register_tokens.to(hidden.dtype).expand(hidden.shape[0], -1, -1), hidden], 1)
@@ -799,7 +799,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
         outputs.last_hidden_state = self.layernorm(outputs.last_hidden_state)
         return outputs, self.embeddings.token_slices(inputs, token_positions, offset=self.config.num_register_tokens)
 
-    def attention_mask(
+    def token_mask(
         self,
         inputs: Mapping[str, torch.Tensor],
         valid_tokens: Mapping[str, torch.Tensor] | None,
@@ -967,7 +967,7 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
     ) -> tuple[torch.Tensor, BaseModelOutput]:
         """Prepared inputs -> the decoder's context (B, N, D): the normed encoder output, projected, plus the
         inputs' positional and modality embeddings (as the original); and the encoder's output. `attention_mask`
-        (B, N) hides tokens from the encoder (`TerraMindModel.attention_mask`); give it to the decoder too."""
+        (B, N) hides tokens from the encoder (`TerraMindModel.token_mask`); give it to the decoder too."""
         outputs, _ = self.terramind.encode(inputs, token_positions, output_attentions, output_hidden_states,
                                            attention_mask)  # fmt: skip
         positions = self.terramind.embeddings.positions(inputs, token_positions).to(outputs.last_hidden_state.dtype)

@@ -141,6 +141,9 @@ def test_generation_bad_inputs(generators):
         model.generate(S2L2A=torch.randn(1, 12, 40, 32), output_modalities=["LULC"], decode=False)
     with pytest.raises(ValueError, match="expected 12 channels"):
         model.generate(S2L2A=torch.randn(1, 3, 32, 32), output_modalities=["LULC"], decode=False)
+    with pytest.raises(ValueError, match="given twice"):
+        model.generate(S2L2A=torch.randn(1, 12, 32, 32), s2l2a=torch.randn(1, 12, 32, 32), output_modalities=["LULC"],
+                       decode=False)  # fmt: skip
     with pytest.raises(ValueError, match="codebook"):
         model.generate(S2L2A=torch.randn(1, 12, 32, 32), input_tokens={"LULC": torch.full((1, 2, 2), 9999)},
                        output_modalities=["DEM"], decode=False)  # fmt: skip
