@@ -491,7 +491,8 @@ class TerraMindModel(TerraMindPreTrainedModel):
     keyword arguments per modality (`model(S2L2A=x, S1GRD=y)`, as TerraTorch users write and Trainer passes them).
     Raw image modalities take standardized pixels (B, C, H, W) with H, W multiples of the patch size. Keys
     `<MODALITY>_nodata_mask` (from the processor) are accepted and checked against their modality; the encoder
-    does not mask tokens, so fill nodata first. Unknown keywords raise.
+    does not mask tokens, so fill nodata first. Unknown keywords raise (`config.ignore_unknown_modalities`: dropped
+    with a warning, as the original).
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder", r"mask_token", r"encoder_embeddings\."]
