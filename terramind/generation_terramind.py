@@ -27,7 +27,9 @@ class TerraMindGenerationConfig(GenerationConfig):
     """How TerraMind samples tokens (saved as `generation_config.json` beside the model).
 
     Args:
-        decoding_steps: ROAR steps per image modality (the original's default is 1: every token at once).
+        decoding_steps: ROAR steps per image modality (the original's default is 1: every token at once). More steps
+            follow 4M's ROAR schedule, each conditioned on the tokens decoded before; terratorch 1.2.13 raises at
+            the second step, so only one step is comparable with it (and identical).
         temperature: sampling temperature per step; 0 is greedy (argmax).
         top_k: keep the k most likely tokens (an int), or that fraction of the vocabulary (a float in (0, 1));
             0 disables.
