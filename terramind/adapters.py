@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 
-from .modalities import MODALITIES
-
 CARD_FILE = "README.md"
 TASK_NAMES = {
     "TerraMindForSemanticSegmentation": ("semantic segmentation", "image-segmentation"),
@@ -107,10 +105,11 @@ def _bands(config: Any) -> dict[str, list[str]]:
     """Bands per image modality (configured subsets, the pretrained order, or the channel count of new ones)."""
     out = {}
     for key, alias in config.modality_aliases().items():
-        if key not in MODALITIES:
+        spec = config.pretrained_spec(key)
+        if spec is None:
             out[alias] = [f"{config.modality_specs()[key]} channels (new modality)"]
-        elif MODALITIES[key].kind == "image":
-            out[alias] = config.band_names(key) or list(MODALITIES[key].bands)
+        elif spec.kind == "image":
+            out[alias] = config.band_names(key) or list(spec.bands)
     return out
 
 

@@ -163,6 +163,19 @@ def _parse_inputs(entries: list[str]) -> dict[str, str]:
     return paths
 
 
+def _parse_offsets(entries: list[str]) -> dict[str, float] | None:
+    offsets = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        try:
+            offsets[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise UsageError(f"--offset takes MODALITY=NUMBER (e.g. S2L2A=1000), got {entry!r}.")
+    return offsets or None
+
+
 def _torch_dtype(name: str):
     import torch
 
@@ -282,14 +295,14 @@ def _prepare_run(args: argparse.Namespace) -> None:
         transformers_logging.disable_progress_bar()  # also the Hub's download bars
 
 
-def _read_inputs(paths: dict[str, str]):
-    """The scene: rasters, processed inputs (padded to multiples of 16) and a (H', W') mask, True where no input
-    has data (nodata in every modality, or padding)."""
+def _read_inputs(paths: dict[str, str], offsets: dict[str, float] | None = None):
+    """The scene: rasters, processed inputs (padded to multiples of 16; `offsets` added to the standardization means)
+    and a (H', W') mask, True where no input has data (nodata in every modality, or padding)."""
     from .geotiff import read_sample
     from .image_processing_terramind import TerraMindImageProcessor, nodata_mask_key
 
     sample = read_sample(paths)
-    processor = TerraMindImageProcessor(do_pad=True, size_divisor=16)
+    processor = TerraMindImageProcessor(do_pad=True, size_divisor=16, offset=offsets)
     batch = dict(processor(sample.images, band_names=sample.band_names, nodata_value=sample.nodata,
                            return_nodata_mask=True))  # fmt: skip
     masks = [batch.pop(nodata_mask_key(name)) for name in sample.images]
@@ -386,6 +399,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--overlap", type=_integer(0, 16), default=64,
                         help="tile overlap in pixels for scenes larger than a tile")  # fmt: skip
+    parser.add_argument("--offset", action="append", default=[], metavar="MODALITY=NUMBER",
+                        help="added to a modality's standardization means, e.g. S2L2A=1000")  # fmt: skip
     _add_runtime_options(parser)
     parser.set_defaults(run=_run_generate)
 
@@ -420,7 +435,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     for modality, path in tokenizer_paths.items():
         _check_tokenizer(modality, path)
     _prepare_run(args)
-    sample, processor, batch, no_data = _read_inputs(paths)
+    sample, processor, batch, no_data = _read_inputs(paths, _parse_offsets(args.offset))
     height, width = next(iter(sample.images.values())).shape[-2:]
     padded_h, padded_w = no_data.shape
     tile = min(args.tile_size, padded_h, padded_w)

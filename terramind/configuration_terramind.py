@@ -7,7 +7,14 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .modalities import MODALITIES, RAW_IMAGE_MODALITIES, TOKENIZER_MODALITIES, resolve_modality
+from .modalities import (
+    GENERATABLE_MODALITIES,
+    MODALITIES,
+    RAW_IMAGE_MODALITIES,
+    TOKENIZER_MODALITIES,
+    ModalitySpec,
+    resolve_modality,
+)
 
 # The four released v1 architectures. tiny/small: biases + GELU MLP; base/large: no biases + SwiGLU (`fc3`).
 TERRAMIND_VARIANTS: dict[str, dict[str, Any]] = {
@@ -53,10 +60,13 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
         patch_size: patch size of the image embeddings.
         modalities: encoder inputs: pretrained names (S2L1C, S2L2A, RGB, S1GRD, S1RTC, DEM, LULC, NDVI,
             Coordinates and the original's aliases, e.g. "S2L1C_L8", "sen2l2a", "location") and new modalities
-            as `{"NAME": num_channels}`. `None` or empty with `in_chans` gives one new modality "image".
+            as `{"NAME": num_channels}`: always a new raw patch embedding keyed by that name, also when the name is a
+            pretrained one (`{"NDVI": 1}` takes raw NDVI, not the tokenized NDVI). `None` or empty with `in_chans`
+            gives one new modality "image".
         in_chans: channels of the new modality "image" when `modalities` is empty.
-        bands: per-modality band names. For a pretrained image modality the patch embedding takes the
-            pretrained columns by name (subsets and reorderings); unknown names get fresh columns.
+        bands: per-modality band names or indices. For a pretrained image modality the patch embedding takes the
+            pretrained columns by name (subsets and reorderings); unknown names get fresh columns. An int is the
+            index of a pretrained band (TerraTorch configs write `S1GRD: [0, 1]` for VV, VH).
         merge_method: how the per-modality tokens are merged in the outputs: "mean", "max", "concat" (along
             channels, learned token for missing modalities), "dict" (modality -> tokens) or None (all tokens).
         modality_drop_rate: probability of dropping each input modality but one during training.
@@ -66,7 +76,12 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
         tim_modalities: Thinking-in-Modalities: modalities the model generates for itself and appends to its
             input (the original `_tim` models default to ["LULC"]). Empty disables TiM.
             Their sampling (steps, temperature, top-k, top-p) is the frozen generator's generation config
-            (`generation_config.json` of the folder, or `tim_generation_config=` at loading).
+            (`generation_config.json` of the folder, or `tim_generation_config=` at loading). Image modalities or
+            Coordinates (up to 4 sampled tokens, as the original).
+        tim_chained_generations: True (the original's default): each TiM modality is conditioned on the inputs and
+            the TiM modalities generated before it; False: on the inputs only.
+        ignore_unknown_modalities: inputs of modalities the model is not configured for raise a one-line error
+            (default); True warns and drops them, as the original does (for TerraTorch configs relying on that).
         tokenizer_paths: modality -> folder or Hub repo of its tokenizer (defaults to the official repos).
         initializer_range: std of the normal init of embeddings.
         generator_modalities: the modalities whose embeddings `TerraMindForGeneration` holds (default: every
@@ -97,7 +112,7 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
     patch_size: int = 16
     modalities: list[str | dict[str, int]] | dict[str, int] | None = None
     in_chans: int = 3
-    bands: dict[str, list[str]] | None = None
+    bands: dict[str, list[str | int]] | None = None
     merge_method: Literal["mean", "max", "concat", "dict"] | None = "mean"
     modality_drop_rate: float | int = 0.0
     num_register_tokens: int = 0
@@ -105,6 +120,8 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
     attention_dropout: float | int = 0.0
     hidden_dropout: float | int = 0.0
     tim_modalities: list[str] | None = None
+    tim_chained_generations: bool = True
+    ignore_unknown_modalities: bool = False
     tokenizer_paths: dict[str, str] | None = None
     initializer_range: float = 0.02
     variant: str | None = None
@@ -209,33 +226,31 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
     def validate_modalities(self) -> None:
         """Modality names, band choices and Thinking-in-Modalities settings."""
         specs = self.modality_specs()  # validates names and duplicates
+        new = self.new_modalities()
         for name, channels in specs.items():
             if channels is None and self.bands and name in self.bands:
                 raise ValueError(f"bands given for {name}, which is not an image modality.")
-        if self.bands:
-            for key, names in self.bands.items():
-                target = self.modality_key(key)
-                if target not in specs:
-                    raise ValueError(f"bands given for modality {key!r}, which is not in modalities "
-                                     f"({', '.join(specs)}).")  # fmt: skip
-                if target not in MODALITIES:
-                    raise ValueError(f"bands given for new modality {key!r}, which has no pretrained bands; a new "
-                                     f"modality is set by its channel count ({{'{key}': num_channels}}).")  # fmt: skip
-                if MODALITIES[target].kind != "image":
-                    raise ValueError(f"bands can only be chosen for raw image modalities "
-                                     f"({', '.join(RAW_IMAGE_MODALITIES)}), not {key!r}.")  # fmt: skip
-                if not names or not all(isinstance(b, str) for b in names) or len(set(names)) != len(names):
-                    raise ValueError(f"bands[{key!r}] must be a non-empty list of distinct band names, got {names!r}.")
+        for key in self.bands or {}:
+            target = self.modality_key(key)
+            if target not in specs:
+                raise ValueError(f"bands given for modality {key!r}, which is not in modalities "
+                                 f"({', '.join(specs)}).")  # fmt: skip
+            if target in new:
+                raise ValueError(f"bands given for new modality {key!r}, which has no pretrained bands; a new "
+                                 f"modality is set by its channel count ({{'{key}': num_channels}}).")  # fmt: skip
+            if MODALITIES[target].kind != "image":
+                raise ValueError(f"bands can only be chosen for raw image modalities "
+                                 f"({', '.join(RAW_IMAGE_MODALITIES)}), not {key!r}.")  # fmt: skip
+            self.band_names(target)  # names and indices
         for name in self.tim_modalities:
             canonical = resolve_modality(name).removesuffix("_TOKENS")
-            if canonical not in TOKENIZER_MODALITIES:
+            if canonical not in GENERATABLE_MODALITIES:
                 raise ValueError(f"TiM modality {name!r} cannot be generated as tokens; choose from "
-                                 f"{', '.join(TOKENIZER_MODALITIES)}.")  # fmt: skip
+                                 f"{', '.join(GENERATABLE_MODALITIES)}.")  # fmt: skip
         if self.tim_modalities:
-            new = [k for k, v in specs.items() if k not in MODALITIES]
             if new:
                 raise ValueError(f"Thinking-in-Modalities works with pretrained modalities only (its generator was "
-                                 f"trained on them); got new modalities {new}.")  # fmt: skip
+                                 f"trained on them); got new modalities {list(new)}.")  # fmt: skip
             if self.bands:
                 raise ValueError("Thinking-in-Modalities does not support band subsets: the frozen generator needs "
                                  f"the pretrained bands of each input; got bands={self.bands}.")  # fmt: skip
@@ -243,26 +258,46 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
     def modality_specs(self) -> dict[str, int | None]:
         """Embedding key -> input channels (None for token/sequence modalities), in configured order.
 
-        Pretrained modalities are keyed by their canonical name ("S2L2A"), new ones by the user's name.
+        Pretrained modalities are keyed by their canonical name ("S2L2A"), new ones by the user's name (which may be
+        a pretrained name: `{"NDVI": 1}` is a new raw modality keyed "NDVI").
         """
         out: dict[str, int | None] = {}
+        new = self.new_modalities()
         for entry in self.modalities:
             if isinstance(entry, dict):
                 for name, channels in entry.items():
-                    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-                        raise ValueError(f"New modality {name!r} must be given as {{'{name}': num_channels}} with "
-                                         f"a positive int, got {channels!r}.")  # fmt: skip
                     if name in out:
                         raise ValueError(f"Modality {name!r} is configured twice.")
                     out[name] = channels
                 continue
             key = resolve_modality(entry)
+            if key in new:
+                raise ValueError(f"Modality {key!r} is configured twice: as the pretrained {entry!r} and as a new "
+                                 f"modality {{'{key}': {new[key]}}}; give the new one another name.")  # fmt: skip
             if key in out:
                 raise ValueError(f"Modalities {self.modality_aliases().get(key, key)!r} and {entry!r} both map to the "
                                  f"pretrained embedding {key}; configure it once.")  # fmt: skip
-            spec = MODALITIES[key]
-            out[key] = self._channels(key) if spec.kind == "image" else None
+            out[key] = self._channels(key) if MODALITIES[key].kind == "image" else None
         return out
+
+    def new_modalities(self) -> dict[str, int]:
+        """New modalities (`{"NAME": num_channels}` entries): name -> channels. Each is a new raw patch embedding."""
+        out: dict[str, int] = {}
+        for entry in self.modalities:
+            if not isinstance(entry, dict):
+                continue
+            for name, channels in entry.items():
+                if not isinstance(name, str) or not name or "." in name:
+                    raise ValueError(f"A new modality needs a non-empty name without dots, got {name!r}.")
+                if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+                    raise ValueError(f"New modality {name!r} must be given as {{'{name}': num_channels}} with "
+                                     f"a positive int, got {channels!r}.")  # fmt: skip
+                out[name] = channels
+        return out
+
+    def pretrained_spec(self, key: str) -> ModalitySpec | None:
+        """The pretrained modality an embedding key stands for; None for new modalities (whatever their name)."""
+        return None if key in self.new_modalities() else MODALITIES.get(key)
 
     def modality_aliases(self) -> dict[str, str]:
         """Embedding key -> the name the user configured it with (e.g. "S2L2A" -> "S2L2A_L8")."""
@@ -281,15 +316,29 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
                 return name
             if entry == name:
                 return resolve_modality(name)
-        return resolve_modality(name)
+        key = resolve_modality(name)
+        if key in self.new_modalities():  # e.g. "ndvi" names the pretrained NDVI, not the new modality "NDVI"
+            raise ValueError(f"{name!r} names the pretrained {key}, but {key!r} is a new modality of this model.")
+        return key
 
     def band_names(self, key: str) -> list[str] | None:
-        """Bands configured for an embedding key, or None when the pretrained order is used."""
-        if not self.bands:
-            return None
-        for name, names in self.bands.items():
+        """Bands configured for an embedding key, as names (indices are pretrained positions), or None when the
+        pretrained order is used."""
+        for name, bands in (self.bands or {}).items():
             if self.modality_key(name) == key:
-                return list(names)
+                pretrained = MODALITIES[key].bands
+                names = []
+                for band in bands:
+                    if isinstance(band, int) and not isinstance(band, bool) and 0 <= band < len(pretrained):
+                        names.append(pretrained[band])
+                    elif isinstance(band, str) and band:
+                        names.append(band)
+                    else:
+                        raise ValueError(f"bands[{name!r}] takes band names or indices 0..{len(pretrained) - 1} of "
+                                         f"{key}'s pretrained bands {list(pretrained)}, got {band!r}.")  # fmt: skip
+                if not names or len(set(names)) != len(names):
+                    raise ValueError(f"bands[{name!r}] must be a non-empty list of distinct bands, got {bands!r}.")
+                return names
         return None
 
     def _channels(self, key: str) -> int:

@@ -27,7 +27,9 @@ class TerraMindGenerationConfig(GenerationConfig):
     """How TerraMind samples tokens (saved as `generation_config.json` beside the model).
 
     Args:
-        decoding_steps: ROAR steps per image modality (the original's default is 1: every token at once).
+        decoding_steps: ROAR steps per image modality (the original's default is 1: every token at once). More steps
+            follow 4M's ROAR schedule, each conditioned on the tokens decoded before; terratorch 1.2.13 raises at
+            the second step, so only one step is comparable with it (and identical).
         temperature: sampling temperature per step; 0 is greedy (argmax).
         top_k: keep the k most likely tokens (an int), or that fraction of the vocabulary (a float in (0, 1));
             0 disables.
@@ -131,31 +133,41 @@ class TerraMindGenerationMixin:
         generation_config: TerraMindGenerationConfig | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        chained: bool = True,
+        sequence_tokens: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Generate token grids (B, h, w) of `targets` (embedding keys, e.g. "LULC", "S1GRD_TOKENS").
+        """Generate `targets` (embedding keys, e.g. "LULC", "S1GRD_TOKENS", "Coordinates"): token grids (B, h, w) of
+        image modalities, token ids (B, L) of sequences.
 
         `inputs` maps embedding keys to model-ready tensors: standardized images (B, C, H, W) for raw image
         modalities, token grids (B, h, w) for token modalities, token ids (B, L) for sequences. Targets are
-        decoded in order, each one conditioning the next.
+        decoded in order, each conditioned on the inputs and, if `chained` (the original's default), on the targets
+        before it. A sequence target is sampled up to `sequence_tokens` tokens (default: its maximum length minus the
+        start sentinel, 3 for Coordinates, as the original's generation; its TiM samples up to 4) and returned as the
+        tokens between the sentinels, padded with [PAD] = 0; the padding is not attended to where it conditions
+        later targets, as the original's merged sequences.
         """
         config = generation_config if generation_config is not None else self.generation_config
         context_inputs = dict(inputs)
+        valid: dict[str, torch.Tensor] = {}  # generated sequences: which of their (padded) tokens are real
         out: dict[str, torch.Tensor] = {}
         schedule = linear_token_schedule(config.decoding_steps, grid[0] * grid[1])
         bar = tqdm(total=len(targets) * len(schedule), desc="TerraMind generation", disable=not progress)
         for target in targets:
+            source = context_inputs if chained else inputs
             if MODALITIES[target].kind == "sequence":
-                out[target] = self._generate_sequence(target, context_inputs, config, generator)
+                limit = sequence_tokens if sequence_tokens is not None else MODALITIES[target].max_length - 1
+                out[target], valid[target] = self._generate_sequence(target, source, valid, config, generator, limit)
                 bar.update(len(schedule))
             else:
-                out[target] = self._generate_grid(target, context_inputs, grid, schedule, config, generator, bar)
+                out[target] = self._generate_grid(target, source, valid, grid, schedule, config, generator, bar)
             context_inputs[target] = out[target]
         bar.close()
         return out
 
-    def _generate_grid(self, target: str, inputs: Mapping[str, torch.Tensor], grid: tuple[int, int],
-                       schedule: list[int], config: TerraMindGenerationConfig, generator: torch.Generator | None,
-                       bar: tqdm) -> torch.Tensor:  # fmt: skip
+    def _generate_grid(self, target: str, inputs: Mapping[str, torch.Tensor], valid: Mapping[str, torch.Tensor],
+                       grid: tuple[int, int], schedule: list[int], config: TerraMindGenerationConfig,
+                       generator: torch.Generator | None, bar: tqdm) -> torch.Tensor:  # fmt: skip
         """ROAR decoding of one image target: a random order, `schedule[i]` tokens per step, tokens decoded in
         earlier steps joining the context."""
         first = next(iter(inputs.values()))
@@ -169,9 +181,10 @@ class TerraMindGenerationMixin:
             if done:  # tokens of this target decoded in earlier steps condition the next ones
                 step_inputs[target] = tokens.reshape(batch, *grid)
                 known = {target: order[:done]}
-            context, _ = self.encode_context(step_inputs, known)
+            mask = self.terramind.token_mask(step_inputs, valid, known)
+            context, _ = self.encode_context(step_inputs, known, attention_mask=mask)
             select = order[done : done + count] if len(schedule) > 1 else None
-            logits, _ = self.decode(target, context, grid, select)
+            logits, _ = self.decode(target, context, grid, select, context_mask=mask)
             sampled = sample_tokens(logits, config.temperature, config.top_k, config.top_p, generator)
             if select is None:
                 tokens = sampled
@@ -181,24 +194,26 @@ class TerraMindGenerationMixin:
             bar.update(1)
         return tokens.reshape(batch, *grid)
 
-    def _generate_sequence(self, target: str, inputs: Mapping[str, torch.Tensor], config: TerraMindGenerationConfig,
-                           generator: torch.Generator | None) -> torch.Tensor:  # fmt: skip
+    def _generate_sequence(self, target: str, inputs: Mapping[str, torch.Tensor], valid: Mapping[str, torch.Tensor],
+                           config: TerraMindGenerationConfig, generator: torch.Generator | None,
+                           max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Autoregressive decoding of a sequence modality (coordinates), as the original: start from the sentinel
-        [S_1], causal self-attention, stop when every sequence has the closing sentinel [S_2] or at the maximum
-        length. Returns the tokens between the sentinels (B, L), padded with 0 ([PAD])."""
-        start, stop = sentinel_ids(self.terramind.get_tokenizer(target) if target == "Coordinates" else None)
-        context, _ = self.encode_context(inputs)
-        length = MODALITIES[target].max_length - 1  # targets of the original's empty sequence: 3 of 4 positions
+        [S_1], causal self-attention, stop when every sequence has the closing sentinel [S_2] or after `max_tokens`.
+        Returns the tokens the original keeps (`merge_span_masking`: those after an [S_1], sentinels dropped),
+        left-aligned and padded with [PAD] (B, L), and which of them are real (B, L)."""
+        tokenizer = self.terramind.get_tokenizer(target)
+        start, stop = sentinel_ids(tokenizer)
+        mask = self.terramind.token_mask(inputs, valid)
+        context, _ = self.encode_context(inputs, attention_mask=mask)
         out = torch.full((context.shape[0], 1), start, dtype=torch.long, device=context.device)
-        for _ in range(length):
-            logits, _ = self.decode_sequence(target, context, out)
+        for _ in range(max_tokens):
+            logits, _ = self.decode_sequence(target, context, out, context_mask=mask)
             next_token = sample_tokens(logits[:, -1], config.temperature, config.top_k, config.top_p, generator)
             out = torch.cat([out, next_token[:, None]], dim=1)
             if (out == stop).any(dim=1).all():
                 break
-        tokens = out[:, 1:]
-        ended = (tokens == stop).cumsum(dim=1) > 0
-        return tokens.masked_fill(ended, 0)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        return merge_generated_span(out, start, sentinel_token_ids(tokenizer) | {start, stop}, pad or 0)
 
     def sampling_config(
         self, generation_config: TerraMindGenerationConfig | None, options: dict[str, Any]
@@ -226,6 +241,8 @@ class TerraMindGenerationMixin:
         input_tokens: Mapping[str, torch.Tensor] | None = None,
         tokenizers: Mapping[str, Any] | None = None,
         progress: bool = False,
+        offset: Mapping[str, float | Sequence[float]] | None = None,
+        image_size: int | Sequence[int] | None = None,
         **modalities: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """Generate `output_modalities` (S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI, Coordinates) from any inputs.
@@ -233,7 +250,7 @@ class TerraMindGenerationMixin:
         Args:
             inputs / **modalities: input modality -> tensor. Raw modalities (S2L1C, S2L2A, RGB, S1GRD, S1RTC, DEM)
                 as images (B, C, H, W), H and W multiples of 16. Tokenized modalities (LULC, NDVI, ...) as images
-                too: they are tokenized with their tokenizer first. Coordinates as (B, 2) lon/lat.
+                too: they are tokenized with their tokenizer first. Coordinates as (B, 2) lon/lat, also alone.
             input_tokens: ready token grids (B, H/16, W/16) per tokenized modality, skipping its tokenizer.
             output_modalities: generated in this order, each conditioning the next (as the original).
             generation_config: sampling settings (default: the model's `generation_config`); keyword arguments
@@ -243,13 +260,18 @@ class TerraMindGenerationMixin:
             standardize: False (default): inputs are already standardized (e.g. by TerraMindProcessor) and outputs
                 stay standardized. True: inputs are physical values, standardized here with the v1 pre-training
                 statistics, and outputs are returned in physical units. Don't standardize twice.
+            offset: with `standardize=True`, per modality a number (or one per band) added to the pre-training
+                means for that modality's inputs and outputs, e.g. `{"S2L2A": 1000}` for harmonised L2A (processing
+                baseline 04.00+) as in IBM's notebooks. Nothing shared is changed.
+            image_size: pixel size (int or (height, width), multiples of 16) of the generated images when no input
+                is an image (e.g. Coordinates alone); default `config.image_size` (224, as the original).
             decode: True: images through the tokenizers' decoders; False: the token grids (B, H/16, W/16).
             tokenizers: modality -> TerraMindTokenizerModel to use; otherwise loaded lazily from
                 `config.tokenizer_paths` (defaults to the official repos), only those needed.
 
         Returns:
             dict output modality -> images (B, C, H, W) (LULC: class logits), Coordinates (B, 2) lon/lat; with
-            decode=False the token grids (B, H/16, W/16) and coordinate token ids (B, L).
+            decode=False the token grids (B, H/16, W/16) and coordinate token ids (B, L), padded with 0.
         """
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
@@ -267,7 +289,9 @@ class TerraMindGenerationMixin:
         if not outputs:
             raise ValueError("output_modalities is empty; name at least one of S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI, "
                              "Coordinates.")  # fmt: skip
-        model_inputs, grid = self.prepare_generation_inputs(given, input_tokens, standardize, tokenizers)
+        offsets = standardization_offsets(offset, standardize, [*given, *(input_tokens or {}), *outputs])
+        model_inputs, grid = self.prepare_generation_inputs(given, input_tokens, standardize, tokenizers, offsets,
+                                                            image_size)  # fmt: skip
         targets = [token_modality(name) for name in outputs]
         tokens = self.generate_tokens(model_inputs, targets, grid, config, generator, progress)
         result = {name: tokens[key] for name, key in zip(outputs, targets, strict=True)}
@@ -280,10 +304,7 @@ class TerraMindGenerationMixin:
                 continue
             decoded = tokenizer.decode_tokens(result[name], timesteps=config.timesteps, generator=generator,
                                               progress=progress)  # fmt: skip
-            if standardize and name != "LULC":
-                mean, std = _statistics(name, decoded.device)
-                decoded = decoded * std + mean
-            result[name] = decoded
+            result[name] = destandardize(name, decoded, offsets) if standardize else decoded
         return result
 
     @torch.no_grad()
@@ -300,73 +321,59 @@ class TerraMindGenerationMixin:
         progress: bool = False,
         **kwargs: Any,
     ) -> dict[str, torch.Tensor]:
-        """Generate over scenes larger than one tile: overlapping tiles, batched, blended with a smooth window.
+        """Generate over a scene of any size: overlapping tiles, batched, blended with a smooth window.
 
-        Inputs are (B, C, H, W) with H, W >= `tile_size` (multiples of 16); every tile goes through `generate`
-        (same keyword arguments). Decoded outputs are blended with a tapered window, so tiles meet without
-        seams; with `decode=False` each token comes from the tile whose centre is nearest. Outputs have the
-        input's size (token grids: H/16, W/16).
+        Inputs are images (B, C, H, W) of one size, any size: the scene is padded at the bottom/right to whole
+        tiles and multiples of 16 with the band means (0 after standardization), as `terramind generate` does, and
+        the outputs are cropped back. Every tile goes through `generate` (same keyword arguments, `standardize` and
+        `offset` included); Coordinates inputs (B, 2) condition every tile. Decoded outputs are blended with a
+        tapered window, so tiles meet without seams; with `decode=False` each token comes from the tile whose
+        centre is nearest. Outputs have the input's size (token grids: ceil(H/16), ceil(W/16)).
         """
+        from .tiling import run_tiled
+
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
-        images = dict(inputs or {})
-        images.update({k: kwargs.pop(k) for k in list(kwargs) if k not in SAMPLING_SETTINGS + _GENERATE_OPTIONS})
-        if not images:
+        given = dict(inputs or {})
+        given.update({k: kwargs.pop(k) for k in list(kwargs) if k not in SAMPLING_SETTINGS + _GENERATE_OPTIONS})
+        if not given:
             raise ValueError("No inputs given: pass at least one input modality (e.g. S2L2A=...).")
+        if isinstance(output_modalities, str):
+            output_modalities = [output_modalities]
         if any(resolve_output_modality(name) == "Coordinates" for name in output_modalities):
             raise ValueError("Coordinates are generated per tile, not for a scene: use `generate` on one tile.")
+        for option in ("input_tokens", "image_size"):
+            if kwargs.get(option) is not None:
+                raise ValueError(f"generate_tiled cuts image tiles: {option} does not apply (tokenized modalities go "
+                                 f"in as images, e.g. LULC class maps).")  # fmt: skip
         patch = self.config.patch_size
         if tile_size % patch or not 0 <= overlap < tile_size or overlap % patch:
             raise ValueError(f"tile_size and overlap must be multiples of {patch} with 0 <= overlap < tile_size.")
-        height, width = next(iter(images.values())).shape[-2:]
-        batch = next(iter(images.values())).shape[0]
-        if any(v.shape[-2:] != (height, width) or v.shape[0] != batch for v in images.values()):
-            raise ValueError("All inputs of a tiled generation must share batch and spatial size.")
-        if height < tile_size or width < tile_size or height % patch or width % patch:
-            raise ValueError(f"Tiled generation needs inputs of at least {tile_size}x{tile_size} in multiples of "
-                             f"{patch}, got {height}x{width}.")  # fmt: skip
-        stride = tile_size - overlap
-        tops = _tile_starts(height, tile_size, stride)
-        lefts = _tile_starts(width, tile_size, stride)
-        tiles = [(top, left) for top in tops for left in lefts]
-        scale = 1 if decode else patch
-        window = _blend_window(tile_size // scale, (overlap // scale) or 1).to(self.mask_token.device)
-        sums: dict[str, torch.Tensor] = {}
-        weights = torch.zeros(height // scale, width // scale, device=self.mask_token.device)
-        bar = tqdm(total=len(tiles), desc="TerraMind tiled generation", disable=not progress)
-        for start in range(0, len(tiles), batch_size):
-            chunk = tiles[start : start + batch_size]
-            crops = {name: torch.cat([v[..., t : t + tile_size, x : x + tile_size] for t, x in chunk])
-                     for name, v in images.items()}  # fmt: skip
-            out = self.generate(crops, output_modalities=output_modalities, generator=generator, decode=decode,
-                                progress=progress, **kwargs)  # fmt: skip
-            for name, value in out.items():
-                parts = value.split(batch) if value.shape[0] == batch * len(chunk) else [value]
-                for (top, left), part in zip(chunk, parts, strict=True):
-                    rows = slice(top // scale, (top + tile_size) // scale)
-                    cols = slice(left // scale, (left + tile_size) // scale)
-                    if decode:
-                        if name not in sums:
-                            sums[name] = torch.zeros(*part.shape[:-2], height, width, device=part.device)
-                        sums[name][..., rows, cols] += part.float() * window
-                    else:
-                        if name not in sums:
-                            sums[name] = torch.zeros(batch, height // patch, width // patch, dtype=part.dtype,
-                                                     device=part.device)  # fmt: skip
-                        better = window > weights[rows, cols]
-                        sums[name][..., rows, cols] = torch.where(better, part, sums[name][..., rows, cols])
-            for top, left in chunk:
-                rows = slice(top // scale, (top + tile_size) // scale)
-                cols = slice(left // scale, (left + tile_size) // scale)
-                if decode:
-                    weights[rows, cols] += window
-                else:
-                    weights[rows, cols] = torch.maximum(weights[rows, cols], window)
-            bar.update(len(chunk))
-        bar.close()
-        if decode:
-            return {name: value / weights for name, value in sums.items()}
-        return sums
+        standardize = kwargs.pop("standardize", False)
+        offsets = standardization_offsets(kwargs.pop("offset", None), standardize, [*given, *output_modalities])
+        scene, fixed = {}, {}
+        for name, value in given.items():
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"Input {name} must be a torch.Tensor, got {type(value).__name__}.")
+            if value.ndim < 3:  # Coordinates (B, 2): the same for every tile
+                fixed[name] = value
+            else:  # standardized before padding, so that the padding is the mean
+                scene[name] = standardize_input(name, value, offsets) if standardize else value
+        if not scene:
+            raise ValueError("generate_tiled needs an image input to tile; use `generate` for Coordinates alone.")
+        batch = next(iter(scene.values())).shape[0]
+
+        def generate_tiles(crops: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            repeats = next(iter(crops.values())).shape[0] // batch
+            tile_inputs = {**crops, **{k: v.repeat(repeats, *[1] * (v.ndim - 1)) for k, v in fixed.items()}}
+            return self.generate(tile_inputs, output_modalities=output_modalities, generator=generator, decode=decode,
+                                 **kwargs)  # fmt: skip
+
+        out = run_tiled(generate_tiles, scene, tile_size, overlap, batch_size, multiple_of=patch, fill=0.0,
+                        progress=progress, description="TerraMind tiled generation")  # fmt: skip
+        if standardize and decode:
+            out = {name: destandardize(resolve_output_modality(name), value, offsets) for name, value in out.items()}
+        return out
 
     def prepare_generation_inputs(
         self,
@@ -374,9 +381,13 @@ class TerraMindGenerationMixin:
         input_tokens: Mapping[str, torch.Tensor] | None,
         standardize: bool,
         tokenizers: Mapping[str, Any] | None,
+        offsets: Mapping[str, torch.Tensor] | None = None,
+        image_size: int | Sequence[int] | None = None,
     ) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
-        """Standardize (if asked) and map inputs to model-ready tensors with the encoder's own input handling
-        (validation, tokenization of LULC/NDVI images, coordinates), then the token grid size."""
+        """Standardize (if asked, means shifted by `offsets` from `standardization_offsets`) and map inputs to
+        model-ready tensors with the encoder's own input handling (validation, tokenization of LULC/NDVI images,
+        coordinates, unknown modalities), then the token grid: the image inputs', else that of `image_size`
+        (default `config.image_size`)."""
         for name, tokenizer in (tokenizers or {}).items():
             self.terramind.set_tokenizer(name, tokenizer)
         device = self.mask_token.device
@@ -384,17 +395,26 @@ class TerraMindGenerationMixin:
         for name, value in given.items():
             if not isinstance(value, torch.Tensor):
                 raise ValueError(f"Input {name} must be a torch.Tensor, got {type(value).__name__}.")
-            key = resolve_modality(name)
+            try:
+                key = resolve_modality(name)
+            except ValueError:  # left to the encoder, which names what it takes (or ignores it, if so configured)
+                prepared[name] = value
+                continue
+            if key in prepared:
+                raise ValueError(f"Modality {key} was given twice (as {name!r} and another name).")
             value = value.to(device)
-            if standardize and MODALITIES[key].kind != "sequence" and key != "LULC":
-                mean, std = _statistics(key, device)
-                if value.ndim != 4 or value.shape[1] != mean.shape[1]:
-                    raise ValueError(f"Input {name} must be (B, {mean.shape[1]}, H, W), got {tuple(value.shape)}.")
-                value = (value.float() - mean) / std
-            prepared[key] = value
+            prepared[key] = standardize_input(name, value, offsets or {}) if standardize else value
         tokens = {resolve_modality(k): v.to(device) for k, v in (input_tokens or {}).items()}
         inputs = self.terramind.collect_inputs(None, prepared, tokens)
-        return inputs, self.terramind.patch_grid(inputs)
+        requested = _grid_of(image_size, self.config.patch_size) if image_size is not None else None
+        if any(self.terramind.is_image_modality(k) for k in inputs):
+            grid = self.terramind.patch_grid(inputs)
+            if requested is not None and requested != grid:
+                patch = self.config.patch_size
+                raise ValueError(f"image_size {image_size} does not match the image inputs ({grid[0] * patch}x"
+                                 f"{grid[1] * patch}); it sets the size when no input is an image.")  # fmt: skip
+            return inputs, grid
+        return inputs, requested or self.terramind.default_grid()
 
     def get_tokenizer(self, modality: str, tokenizers: Mapping[str, Any] | None = None):
         """The tokenizer of a modality: passed in, or the encoder's (set or loaded from config.tokenizer_paths)."""
@@ -405,9 +425,98 @@ class TerraMindGenerationMixin:
         return self.terramind.get_tokenizer(name)
 
 
-def _statistics(modality: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """v1 pre-training mean and std of a modality as (1, C, 1, 1) tensors."""
-    return tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in standardization(modality))
+def standardization_offsets(
+    offset: Mapping[str, float | Sequence[float]] | None, standardize: bool, modalities: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Checked `offset` of a generation call: image modality (S2L2A for S2L2A and its tokens) -> (C,) values added
+    to its pre-training means. Only with `standardize=True`, only for standardized modalities of the call."""
+    if not offset:
+        return {}
+    if not standardize:
+        raise ValueError("offset shifts the standardization means: it needs standardize=True (for inputs the "
+                         "processor standardized, give it to TerraMindProcessor(offset=...)).")  # fmt: skip
+    involved = {resolve_modality(name).removesuffix("_TOKENS") for name in modalities}
+    out: dict[str, torch.Tensor] = {}
+    for name, value in offset.items():
+        key = resolve_modality(name).removesuffix("_TOKENS")
+        spec = MODALITIES[key]
+        if key not in involved:
+            raise ValueError(f"offset given for {name!r}, which is neither an input nor an output of this call.")
+        if key in out:
+            raise ValueError(f"offset given twice for {key}.")
+        if not spec.mean or key == "LULC":
+            raise ValueError(f"offset given for {name!r}, which is not standardized.")
+        values = torch.as_tensor(value, dtype=torch.float32).flatten()
+        if values.numel() not in (1, len(spec.mean)) or not torch.isfinite(values).all():
+            raise ValueError(f"offset[{name!r}] must be a number or {len(spec.mean)} numbers (one per {key} band), "
+                             f"got {value!r}.")  # fmt: skip
+        out[key] = values.expand(len(spec.mean)).clone()
+    return out
+
+
+def _statistics(
+    modality: str, device: torch.device, offsets: Mapping[str, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """v1 pre-training mean (plus the modality's offset, if any) and std as (1, C, 1, 1) tensors."""
+    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in standardization(modality))
+    shift = (offsets or {}).get(resolve_modality(modality).removesuffix("_TOKENS"))
+    return (mean if shift is None else mean + shift.to(device).view(1, -1, 1, 1)), std
+
+
+def standardize_input(name: str, value: torch.Tensor, offsets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """A physical-unit input standardized with the v1 statistics (LULC class maps and coordinates as they are)."""
+    key = resolve_modality(name)
+    if MODALITIES[key].kind == "sequence" or key == "LULC":
+        return value
+    mean, std = _statistics(key, value.device, offsets)
+    if value.ndim != 4 or value.shape[1] != mean.shape[1]:
+        raise ValueError(f"Input {name} must be (B, {mean.shape[1]}, H, W), got {tuple(value.shape)}.")
+    return (value.float() - mean) / std
+
+
+def destandardize(name: str, decoded: torch.Tensor, offsets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """A decoded output back in physical units (LULC logits as they are)."""
+    if name == "LULC":
+        return decoded
+    mean, std = _statistics(name, decoded.device, offsets)
+    return decoded * std + mean
+
+
+def _grid_of(image_size: int | Sequence[int], patch: int) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 and v % patch == 0 for v in size):
+        raise ValueError(f"image_size must be an int or (height, width), positive multiples of {patch}; got "
+                         f"{image_size!r}.")  # fmt: skip
+    return size[0] // patch, size[1] // patch
+
+
+def sentinel_token_ids(tokenizer: Any) -> set[int]:
+    """Ids of every sentinel token ([S_0], [S_1], ...) of a text tokenizer, as the original finds them."""
+    return {i for token, i in tokenizer.get_vocab().items() if token.startswith("[S_")}
+
+
+def merge_generated_span(
+    sequences: torch.Tensor, start: int, sentinels: set[int], pad: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original's `merge_span_masking` of generated sequences (B, L) that begin with [S_1]: per row the tokens
+    that follow an [S_1] up to the next sentinel, left-aligned and padded with `pad` to the longest row; returns
+    them (B, L') and the mask of the real ones (B, L')."""
+    rows = []
+    for row in sequences.tolist():
+        span, kept = None, []
+        for token in row:
+            if token in sentinels:
+                span = token
+            elif span == start:
+                kept.append(token)
+        rows.append(kept)
+    length = max(len(row) for row in rows)
+    tokens = torch.full((len(rows), length), pad, dtype=torch.long)
+    valid = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        valid[i, : len(row)] = True
+    return tokens.to(sequences.device), valid.to(sequences.device)
 
 
 def sentinel_ids(tokenizer: Any) -> tuple[int, int]:
@@ -420,16 +529,4 @@ def sentinel_ids(tokenizer: Any) -> tuple[int, int]:
 
 
 SAMPLING_SETTINGS = ("decoding_steps", "temperature", "top_k", "top_p", "timesteps")
-_GENERATE_OPTIONS = ("generation_config", "standardize", "input_tokens", "tokenizers")
-
-
-def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    from .tiling import tile_starts
-
-    return tile_starts(size, tile, stride)
-
-
-def _blend_window(size: int, ramp: int) -> torch.Tensor:
-    from .tiling import blend_window
-
-    return blend_window(size, ramp)
+_GENERATE_OPTIONS = ("generation_config", "standardize", "input_tokens", "tokenizers", "offset", "image_size")

@@ -119,6 +119,7 @@ class TerraMindImageProcessorKwargs(ImagesKwargs, total=False):
     """Settings of `TerraMindImageProcessor` that `from_pretrained(..., **kwargs)` may override (dicts per modality)."""
 
     bands: dict[str, list[str]] | None
+    offset: dict[str, float | list[float]] | None
     nodata_value: float | dict[str, float | None] | None
     fill_value: float | str | list[float] | dict[str, Any] | None
     return_nodata_mask: bool | None
@@ -143,7 +144,7 @@ class TerraMindImageProcessor(BaseImageProcessor):
     3. resizes (`do_resize`, `size`), center-crops (`do_center_crop`, `crop_size`) and pads at the bottom/right, so
        that the top-left georeference is kept (`do_pad`, to `pad_size` or to a multiple of `size_divisor`),
     4. standardizes (`do_normalize`) as (x - mean) / std with the v1 pre-training statistics of the bands (or the
-       user's `image_mean`/`image_std` per modality, aligned with the output bands).
+       user's `image_mean`/`image_std` per modality, aligned with the output bands), the means shifted by `offset`.
 
     LULC stays class ids (int64, nearest-neighbour resizing, no standardization). The output is a `BatchFeature`
     keyed by canonical modality name, each value (B, C, H, W); with `return_nodata_mask=True` also
@@ -159,6 +160,10 @@ class TerraMindImageProcessor(BaseImageProcessor):
             User means per modality, aligned with the output bands; defaults to the v1 pre-training means.
         image_std (`dict[str, list[float]]`, *optional*):
             User standard deviations per modality, aligned with the output bands.
+        offset (`dict[str, float | list[float]]`, *optional*):
+            Per modality a number (or one per output band) added to the means of standardization, nodata filling and
+            `post_process_generation`, e.g. `{"S2L2A": 1000}` for harmonised L2A (processing baseline 04.00+) as in
+            IBM's notebooks and the original's `offset`.
         nodata_value (`float` or `dict[str, float]`, *optional*):
             Input value that marks missing pixels (NaN and inf always do).
         fill_value (`float`, `"mean"`, per-band list or `dict[str, ...]`, *optional*, defaults to `"mean"`):
@@ -194,6 +199,7 @@ class TerraMindImageProcessor(BaseImageProcessor):
         nodata_value: float | Mapping[str, float | None] | None = None,
         fill_value: float | str | Sequence[float] | Mapping[str, Any] = "mean",
         return_nodata_mask: bool = False,
+        offset: Mapping[str, float | Sequence[float]] | None = None,
         do_resize: bool = False,
         size: int | Sequence[int] | Mapping[str, int] | None = None,
         resample: str = "bilinear",
@@ -211,6 +217,7 @@ class TerraMindImageProcessor(BaseImageProcessor):
         self.do_normalize = do_normalize
         self.image_mean = self._canonical_keys(image_mean, lambda values: [float(v) for v in values])
         self.image_std = self._canonical_keys(image_std, lambda values: [float(v) for v in values])
+        self.offset = self._canonical_keys(offset, _offset_values)
         self.nodata_value = self._canonical_keys(nodata_value) if isinstance(nodata_value, Mapping) else nodata_value
         self.fill_value = self._canonical_keys(fill_value) if isinstance(fill_value, Mapping) else fill_value
         self.return_nodata_mask = return_nodata_mask
@@ -235,9 +242,18 @@ class TerraMindImageProcessor(BaseImageProcessor):
         """Fail at construction, not at the first batch, on settings that can never work."""
         if self.resample not in RESAMPLE_MODES:
             raise ValueError(f"`resample` must be one of {RESAMPLE_MODES}, got {self.resample!r}.")
-        for name in {*(self.bands or {}), *(self.image_mean or {}), *(self.image_std or {})}:
+        names = {*(self.bands or {}), *(self.image_mean or {}), *(self.image_std or {}), *(self.offset or {})}
+        for name in names:
             if name not in PIXEL_MODALITIES:
                 raise ValueError(f"{name} is not an image modality the processor handles ({PIXEL_MODALITIES}).")
+        for name, values in (self.offset or {}).items():
+            if name in CLASS_MODALITIES:
+                raise ValueError(f"offset given for {name}, which holds class ids and is not standardized.")
+            if isinstance(values, list) and len(values) != len(self.output_bands(name)):
+                bands = list(self.output_bands(name))
+                raise ValueError(f"offset[{name!r}] has {len(values)} values for the {len(bands)} output bands "
+                                 f"{bands}; give one number or one per band.")  # fmt: skip
+        for name in names:
             self.band_statistics(name)
         if self.do_resize and self.size is None:
             raise ValueError("`do_resize=True` needs `size`.")
@@ -274,6 +290,12 @@ class TerraMindImageProcessor(BaseImageProcessor):
             std = [spec.std[spec.bands.index(band)] for band in bands]
         if any(s <= 0 for s in std):
             raise ValueError(f"{modality} standard deviations must be positive, got {list(std)}.")
+        shift = (self.offset or {}).get(modality)
+        if isinstance(shift, list):  # one value per output band, matched by name
+            shift = dict(zip(self.output_bands(modality), shift, strict=True))
+            mean = [m + shift.get(band, 0.0) for m, band in zip(mean, bands, strict=True)]
+        elif shift is not None:
+            mean = [m + shift for m in mean]
         return list(mean), list(std)
 
     def preprocess(
@@ -557,6 +579,15 @@ class TerraMindImageProcessor(BaseImageProcessor):
             )
             results[key] = tensor.to(torch.float32) * std + mean
         return results
+
+
+def _offset_values(value: Any) -> float | list[float]:
+    """An offset as a float, or a list of floats (one per output band)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                             for v in values):  # fmt: skip
+        raise ValueError(f"An offset must be a number or a list of numbers (one per band), got {value!r}.")
+    return [float(v) for v in values] if isinstance(value, (list, tuple)) else float(value)
 
 
 def _resize(pixels: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

@@ -109,6 +109,10 @@ NODATA_MASK_SUFFIX = "_nodata_mask"
 _ALLOWED = "S2L1C, S2L2A, RGB, S1GRD, S1RTC, DEM, LULC, NDVI, Coordinates (or S2L2A_TOKENS, S1GRD_TOKENS, ...)"
 
 
+class UnknownModalityError(ValueError):
+    """An input names a modality the model is not configured for (models with `ignore_unknown_modalities` skip it)."""
+
+
 def _normalize(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "").replace(" ", "")
 

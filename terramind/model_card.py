@@ -7,7 +7,7 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
-from .modalities import MODALITIES
+from .modalities import MODALITIES, resolve_modality
 
 RELEASE_LICENSE = "apache-2.0"  # the ibm-esa-geospatial/TerraMind-1.0-* releases
 
@@ -16,7 +16,7 @@ def _modality_lines(modalities: list[Any]) -> list[str]:
     lines = []
     for entry in modalities:
         name = entry if isinstance(entry, str) else next(iter(entry))
-        spec = MODALITIES.get(name)
+        spec = MODALITIES[resolve_modality(name)] if isinstance(entry, str) else None  # dicts are new modalities
         if spec is not None and spec.kind == "image":
             lines.append(f"- `{name}`: {', '.join(spec.bands)}")
         elif spec is not None:

@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_terramind import TerraMindConfig
 from .generation_terramind import TerraMindGenerationConfig, TerraMindGenerationMixin, sentinel_ids
-from .modalities import MODALITIES, NODATA_MASK_SUFFIX, resolve_modality, token_modality
+from .modalities import MODALITIES, NODATA_MASK_SUFFIX, UnknownModalityError, resolve_modality, token_modality
 from .modeling_terramind_layers import (
     TerraMindDecoderLayer,
     TerraMindLayer,
@@ -170,8 +170,8 @@ class TerraMindSequenceEmbedding(nn.Module):
 
 def build_modality_embedding(config: TerraMindConfig, key: str, channels: int | None, decoder: bool = False):
     """The embedding module of one modality key (pretrained canonical name or a new modality)."""
-    spec = MODALITIES.get(key)
-    if spec is None:  # new modality {"NAME": channels}
+    spec = MODALITIES.get(key) if decoder else config.pretrained_spec(key)
+    if spec is None:  # new modality {"NAME": channels}, whatever its name
         return TerraMindPatchEmbedding(config, channels)
     if spec.kind == "image":
         return TerraMindPatchEmbedding(config, channels, spec.bands, config.band_names(key))
@@ -394,6 +394,7 @@ class TerraMindPreTrainedModel(PreTrainedModel):
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
                                               **kwargs)  # fmt: skip
         model._fill_tim_generators(info, tim_generation_config, **kwargs)
+        model._renew_new_modalities(info, pretrained_model_name_or_path, **kwargs)
         if isinstance(model, TerraMindForGeneration):
             model.generation_config = kwargs.get("generation_config") or TerraMindGenerationConfig.from_folder(
                 pretrained_model_name_or_path, **_hub_kwargs(kwargs))
@@ -420,6 +421,37 @@ class TerraMindPreTrainedModel(PreTrainedModel):
             module.tim_generator.generation_config = generation_config or TerraMindGenerationConfig.from_folder(
                 source, **_hub_kwargs(kwargs))
             module.tim_generator.requires_grad_(False).eval()
+
+    def _renew_new_modalities(self, info: dict, source: str | os.PathLike, **kwargs: Any) -> None:
+        """A new modality named like a pretrained one (`{"NDVI": 1}`) is a new raw patch embedding: weights that the
+        checkpoint holds under that name belong to the pretrained modality (here its `mod_emb`), so they are
+        initialised afresh, as the original (which keys them apart) does; a folder saved with the same new modality
+        loads as saved."""
+        from transformers import PreTrainedConfig
+
+        named_like_pretrained = [
+            (path, module, name, channels) for path, module in self.named_modules()
+            if isinstance(module, TerraMindModel) and module.encoder_embeddings is not None
+            for name, channels in module.config.new_modalities().items() if name in MODALITIES
+        ]  # fmt: skip
+        saved_new = None
+        for path, module, name, channels in named_like_pretrained:
+            prefix = f"{path}.encoder_embeddings.{name}." if path else f"encoder_embeddings.{name}."
+            embedding = module.encoder_embeddings[name]
+            if all(prefix + k in info["missing_keys"] for k, _ in embedding.named_parameters()):
+                continue  # nothing loaded under that name: fresh, and reported so
+            if f"{prefix}proj.weight" not in info["missing_keys"]:  # the checkpoint has a patch embedding there
+                if saved_new is None:
+                    saved = PreTrainedConfig.get_config_dict(source, **_hub_kwargs(kwargs))[0].get("modalities") or []
+                    saved_new = {k: v for entry in saved if isinstance(entry, dict) for k, v in entry.items()}
+                if saved_new.get(name) == channels:  # saved as this new modality: loaded as saved
+                    continue
+            for param in embedding.parameters():
+                param._is_hf_initialized = False
+            embedding.apply(self._init_weights)
+            info["missing_keys"] = set(info["missing_keys"]) | {prefix + k for k, _ in embedding.named_parameters()}
+            logger.warning(f"New modality {name!r} is freshly initialised: the checkpoint's {name!r} is the "
+                           f"pretrained modality of that name.")  # fmt: skip
 
     def _after_loading(self) -> None:
         """Hook for subclasses to restore state that loading resets (e.g. frozen parts)."""
@@ -462,7 +494,8 @@ class TerraMindModel(TerraMindPreTrainedModel):
     keyword arguments per modality (`model(S2L2A=x, S1GRD=y)`, as TerraTorch users write and Trainer passes them).
     Raw image modalities take standardized pixels (B, C, H, W) with H, W multiples of the patch size. Keys
     `<MODALITY>_nodata_mask` (from the processor) are accepted and checked against their modality; the encoder
-    does not mask tokens, so fill nodata first. Unknown keywords raise.
+    does not mask tokens, so fill nodata first. Unknown keywords raise (`config.ignore_unknown_modalities`: dropped
+    with a warning, as the original).
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder", r"mask_token", r"encoder_embeddings\."]
@@ -484,8 +517,9 @@ class TerraMindModel(TerraMindPreTrainedModel):
         else:
             self.tim_generator = None
             self.encoder_embeddings = TerraMindEmbeddings(config, self.modality_channels)
-        self.image_modalities = [k for k in self.modality_channels if self._is_image(k)]
-        self.image_modalities += [k for k in self.tim_targets if k not in self.image_modalities]
+        self.image_modalities = [k for k in self.modality_channels if self.is_image_modality(k)]
+        self.image_modalities += [k for k in self.tim_targets
+                                  if k not in self.image_modalities and self.is_image_modality(k)]  # fmt: skip
         self.encoder = TerraMindEncoder(config)
         self.layernorm = layer_norm(config)
         self.missing_modality_token = (
@@ -499,9 +533,10 @@ class TerraMindModel(TerraMindPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    @staticmethod
-    def _is_image(key: str) -> bool:
-        return key not in MODALITIES or MODALITIES[key].is_image
+    def is_image_modality(self, key: str) -> bool:
+        """Whether an embedding key is an image (raw, new or tokenized), not a sequence."""
+        spec = self.config.pretrained_spec(key)
+        return spec is None or spec.is_image
 
     @property
     def embeddings(self) -> TerraMindEmbeddings:
@@ -571,9 +606,12 @@ class TerraMindModel(TerraMindPreTrainedModel):
         if not given and not input_tokens:
             raise ValueError(f"No input given; expected one or more of {self._configured_names()}.")
         by_key: dict[str, tuple[str, torch.Tensor, bool]] = {}
+        ignored: list[str] = []
         for is_tokens, source in ((False, given), (True, input_tokens or {})):
             for name, value in source.items():
-                key = self._input_key(name, tokens=is_tokens)
+                key = self._known_input_key(name, is_tokens, ignored)
+                if key is None:
+                    continue
                 if key in by_key:
                     raise ValueError(f"Modality {name!r} and another input both map to {key}; give it once.")
                 if not isinstance(value, torch.Tensor):
@@ -581,8 +619,15 @@ class TerraMindModel(TerraMindPreTrainedModel):
                 by_key[key] = (name, value, is_tokens)
         for name in masks:
             modality = name[: -len(NODATA_MASK_SUFFIX)]
-            if self._input_key(modality) not in by_key:
+            key = self._known_input_key(modality, False, ignored)
+            if key is not None and key not in by_key:
                 raise ValueError(f"{name} given without its modality {modality}.")
+        if ignored:
+            logger.warning_once(f"Ignoring inputs of modalities this model is not configured for: {ignored} "
+                                f"(ignore_unknown_modalities=True); it takes {self._configured_names()}.")  # fmt: skip
+        if not by_key:
+            raise ValueError(f"No input of a configured modality given; expected one or more of "
+                             f"{self._configured_names()}.")  # fmt: skip
         ordered = {k: self._prepare_input(k, *by_key[k]) for k in self.modality_channels if k in by_key}
         self._check_shared_shapes(ordered)
         return ordered
@@ -590,23 +635,36 @@ class TerraMindModel(TerraMindPreTrainedModel):
     def _configured_names(self) -> str:
         return ", ".join(self.config.modality_aliases().values())
 
+    def _known_input_key(self, name: str, tokens: bool, ignored: list[str]) -> str | None:
+        """`_input_key`, or None (the name noted in `ignored`) for an unknown modality when the config says to
+        ignore those, as the original does."""
+        try:
+            return self._input_key(name, tokens=tokens)
+        except UnknownModalityError:
+            if not self.config.ignore_unknown_modalities:
+                raise
+            if name not in ignored:
+                ignored.append(name)
+            return None
+
     def _input_key(self, name: str, tokens: bool = False) -> str:
         try:
             key = self.config.modality_key(name)
         except ValueError:
             key = None
-        if tokens and key in MODALITIES and f"{key}_TOKENS" in self.modality_channels:
+        if tokens and self.config.pretrained_spec(key) is not None and f"{key}_TOKENS" in self.modality_channels:
             key = f"{key}_TOKENS"  # input_tokens={"S2L2A": grid} means the tokenized S2L2A modality
         if key not in self.modality_channels:
-            raise ValueError(f"Unknown input modality {name!r}: this model is configured for "
-                             f"{self._configured_names()}. Configure it in `modalities` to use it.")  # fmt: skip
-        if tokens and (key not in MODALITIES or MODALITIES[key].kind != "image_tokens"):
+            raise UnknownModalityError(f"Unknown input modality {name!r}: this model is configured for "
+                                       f"{self._configured_names()}. Configure it in `modalities`.")  # fmt: skip
+        spec = self.config.pretrained_spec(key)
+        if tokens and (spec is None or spec.kind != "image_tokens"):
             raise ValueError(f"input_tokens takes token grids of tokenized modalities (LULC, NDVI, S2L2A_TOKENS, "
                              f"...), not {name!r}.")  # fmt: skip
         return key
 
     def _prepare_input(self, key: str, name: str, value: torch.Tensor, is_tokens: bool) -> torch.Tensor:
-        spec = MODALITIES.get(key)
+        spec = self.config.pretrained_spec(key)
         if spec is None or spec.kind == "image":
             return self._check_image(key, name, value)
         if spec.kind == "sequence":
@@ -650,7 +708,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
             if batch is not None and value.shape[0] != batch:
                 raise ValueError(f"Input {name} has batch size {value.shape[0]}, {first} has {batch}.")
             batch, first = value.shape[0], first or name
-            if self.modality_channels.get(key) is not None or key not in MODALITIES:
+            if self.modality_channels.get(key) is not None:
                 this_grid = (value.shape[-2] // patch, value.shape[-1] // patch)
             elif MODALITIES[key].kind == "image_tokens":
                 this_grid = tuple(value.shape[-2:])
@@ -661,14 +719,21 @@ class TerraMindModel(TerraMindPreTrainedModel):
                                  f"modalities must share one spatial size.")  # fmt: skip
             grid = this_grid
 
-    def patch_grid(self, inputs: dict[str, torch.Tensor]) -> tuple[int, int]:
-        """(h, w) token grid of prepared inputs."""
+    def patch_grid(self, inputs: Mapping[str, torch.Tensor], default: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(h, w) token grid of prepared inputs; `default` when none is an image (e.g. Coordinates alone)."""
         for key, value in inputs.items():
-            if self.modality_channels.get(key) is not None or key not in MODALITIES:
+            if self.modality_channels.get(key) is not None:
                 return value.shape[-2] // self.config.patch_size, value.shape[-1] // self.config.patch_size
-            if MODALITIES[key].kind == "image_tokens":
+            if key in MODALITIES and MODALITIES[key].kind == "image_tokens":
                 return tuple(value.shape[-2:])
-        raise ValueError("At least one image modality is needed to know the spatial size.")
+        if default is None:
+            raise ValueError("At least one image modality is needed to know the spatial size.")
+        return default
+
+    def default_grid(self) -> tuple[int, int]:
+        """The token grid of `config.image_size`: what the original generates without an image input."""
+        side = self.config.image_size // self.config.patch_size
+        return side, side
 
     # ------------------------------------------------------------------ tokenizers
     def get_tokenizer(self, modality: str):
@@ -702,11 +767,13 @@ class TerraMindModel(TerraMindPreTrainedModel):
         return tokenizer
 
     def set_tokenizer(self, modality: str, tokenizer: Any) -> None:
-        """Use `tokenizer` for `modality` (frozen; kept outside the model's weights)."""
+        """Use `tokenizer` for `modality` (frozen; kept outside the model's weights; also the TiM generator's)."""
         name = resolve_modality(modality).removesuffix("_TOKENS")
         if isinstance(tokenizer, nn.Module):
             tokenizer = tokenizer.eval().requires_grad_(False)
         self.__dict__.setdefault("_tokenizers", {})[name] = tokenizer
+        if self.tim_generator is not None:
+            self.tim_generator.terramind.set_tokenizer(modality, tokenizer)
 
     def drop_modalities(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training-time modality dropout: each input but one random survivor is dropped with the rate."""
@@ -724,14 +791,36 @@ class TerraMindModel(TerraMindPreTrainedModel):
         token_positions: Mapping[str, torch.Tensor] | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[BaseModelOutput, dict[str, slice]]:
-        """Prepared inputs (embedding key -> tensor) -> the encoder's output (last state normed) and token slices."""
+        """Prepared inputs (embedding key -> tensor) -> the encoder's output (last state normed) and token slices.
+        `attention_mask` (B, N) hides tokens (see `token_mask`)."""
         hidden = self.embeddings(inputs, token_positions)
         if self.register_tokens is not None:
             hidden = torch.cat([self.register_tokens.to(hidden.dtype).expand(hidden.shape[0], -1, -1), hidden], 1)
-        outputs = self.encoder(hidden, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        outputs = self.encoder(hidden, attention_mask, output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states)  # fmt: skip
         outputs.last_hidden_state = self.layernorm(outputs.last_hidden_state)
         return outputs, self.embeddings.token_slices(inputs, token_positions, offset=self.config.num_register_tokens)
+
+    def token_mask(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        valid_tokens: Mapping[str, torch.Tensor] | None,
+        token_positions: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
+        """(B, N) mask of the encoded tokens to attend to (registers, then every input's tokens) from per-input
+        (B, N_m) masks, e.g. of generated sequences padded to one length; None when every token counts."""
+        valid_tokens = {k: v for k, v in (valid_tokens or {}).items() if k in inputs}
+        if not valid_tokens:
+            return None
+        slices = self.embeddings.token_slices(inputs, token_positions, offset=self.config.num_register_tokens)
+        first = next(iter(inputs.values()))
+        mask = torch.ones(first.shape[0], max(s.stop for s in slices.values()), dtype=torch.bool, device=first.device)
+        for key, valid in valid_tokens.items():
+            kept = (token_positions or {}).get(key)
+            mask[:, slices[key]] = valid if kept is None else valid[:, kept]
+        return mask
 
     def merge(self, hidden: torch.Tensor, slices: Mapping[str, slice]) -> Any:
         """Merge a (B, N, D) sequence's per-modality tokens as `config.merge_method` says."""
@@ -785,6 +874,8 @@ class TerraMindModel(TerraMindPreTrainedModel):
             inputs.update(tim_tokens)
         outputs, slices = self.encode(inputs, output_attentions=output_attentions,
                                       output_hidden_states=output_hidden_states)  # fmt: skip
+        if tim_tokens and config.merge_method == "dict":  # as the original: the inputs' tokens, not the TiM ones
+            slices = {k: v for k, v in slices.items() if k not in tim_tokens}
         last = self.merge(outputs.last_hidden_state, slices)
         all_states = tuple(self.merge(s, slices) for s in outputs.hidden_states) if output_hidden_states else None
         if tim_tokens:
@@ -796,12 +887,16 @@ class TerraMindModel(TerraMindPreTrainedModel):
                                     tim_tokens=tim_tokens)  # fmt: skip
 
     def think(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Thinking-in-Modalities: generate the TiM modalities the input lacks, as token grids (B, h, w), with the
-        frozen generator's generation config."""
+        """Thinking-in-Modalities: generate the TiM modalities the input lacks (token grids (B, h, w); Coordinates
+        as up to 4 token ids (B, L), padded with 0, as the original) with the frozen generator's generation config,
+        each conditioned on the TiM modalities before it unless `tim_chained_generations=False`. Without an image
+        input the grid is that of `config.image_size`, as the original's 224 x 224."""
         targets = [k for k in self.tim_targets if k not in inputs]
         if not targets:
             return {}
-        return self.tim_generator.generate_tokens(inputs, targets, self.patch_grid(inputs))
+        return self.tim_generator.generate_tokens(inputs, targets, self.patch_grid(inputs, self.default_grid()),
+                                                  chained=self.config.tim_chained_generations,
+                                                  sequence_tokens=MODALITIES["Coordinates"].max_length)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- generator
@@ -874,10 +969,13 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         token_positions: Mapping[str, torch.Tensor] | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, BaseModelOutput]:
         """Prepared inputs -> the decoder's context (B, N, D): the normed encoder output, projected, plus the
-        inputs' positional and modality embeddings (as the original); and the encoder's output."""
-        outputs, _ = self.terramind.encode(inputs, token_positions, output_attentions, output_hidden_states)
+        inputs' positional and modality embeddings (as the original); and the encoder's output. `attention_mask`
+        (B, N) hides tokens from the encoder (`TerraMindModel.token_mask`); give it to the decoder too."""
+        outputs, _ = self.terramind.encode(inputs, token_positions, output_attentions, output_hidden_states,
+                                           attention_mask)  # fmt: skip
         positions = self.terramind.embeddings.positions(inputs, token_positions).to(outputs.last_hidden_state.dtype)
         return self.decoder_proj_context(outputs.last_hidden_state) + positions, outputs
 
@@ -889,15 +987,17 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         query_positions: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        context_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, BaseModelOutputWithCrossAttentions]:
         """Logits (B, n, V) of an image-token target at flat grid `query_positions` (all when None): mask-token
-        queries at those positions attend to each other and to the context."""
+        queries at those positions attend to each other and to the context (its tokens where `context_mask`)."""
         embedding = self.decoder_embeddings[target]
         queries = embedding.positional(context.shape[0], *grid).to(context.dtype)
         if query_positions is not None:
             queries = queries[:, query_positions]
-        outputs = self.decoder(self.mask_token.to(context.dtype) + queries, context,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)  # fmt: skip
+        outputs = self.decoder(self.mask_token.to(context.dtype) + queries, context, context_mask=context_mask,
+                               output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states)  # fmt: skip
         return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
 
     def decode_sequence(
@@ -907,15 +1007,17 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         tokens: torch.Tensor,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        context_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, BaseModelOutputWithCrossAttentions]:
         """Next-token logits (B, L, V) of a sequence target (Coordinates) given its tokens so far (B, L), which
-        start with the sentinel [S_1]: causal self-attention, as the original."""
+        start with the sentinel [S_1]: causal self-attention, as the original (context tokens where `context_mask`)."""
         embedding = self.decoder_embeddings[target]
         length = tokens.shape[1]
         hidden = embedding.token_emb(tokens) + embedding.positional(tokens.shape[0], length).to(context.dtype)
         causal = torch.ones(length, length, dtype=torch.bool, device=context.device).tril()
         mask = additive_attention_mask(causal.expand(tokens.shape[0], -1, -1), hidden.dtype)
-        outputs = self.decoder(hidden, context, self_attention_mask=mask, output_attentions=output_attentions,
+        outputs = self.decoder(hidden, context, self_attention_mask=mask, context_mask=context_mask,
+                               output_attentions=output_attentions,
                                output_hidden_states=output_hidden_states)  # fmt: skip
         return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
 
@@ -952,7 +1054,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         return_dict = return_dict if return_dict is not None else config.return_dict
         targets = self._forward_targets(target_modalities, labels)
         inputs = self.terramind.collect_inputs(pixel_values, modalities, input_tokens)
-        grid = self.terramind.patch_grid(inputs) if any(MODALITIES[k].is_image for k in targets.values()) else None
+        image_targets = any(MODALITIES[k].is_image for k in targets.values())
+        grid = self.terramind.patch_grid(inputs, self.terramind.default_grid()) if image_targets else None
         predicted, revealed = self._reveal_targets(inputs, targets, labels, grid, reveal_fraction)
         context, encoder_outputs = self.encode_context(inputs, revealed, output_attentions=output_attentions,
                                                        output_hidden_states=output_hidden_states)  # fmt: skip

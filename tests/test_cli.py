@@ -86,6 +86,21 @@ def test_generate_geotiffs_and_quicklooks(assets, tmp_path):
                 assert png.size == (224, 224) and png.mode == "RGB"
 
 
+def test_generate_offset_shifts_the_statistics(assets, tmp_path, capsys):
+    """--offset S2L2A=1000 (harmonised L2A): generated S2L2A comes back 1000 higher, the same samples otherwise."""
+    outputs = {}
+    for name, extra in (("plain", []), ("offset", ["--offset", "S2L2A=1000"])):
+        assert main(["generate", "--model", str(assets["model"]), "--input", f"S1RTC={scene('S1RTC')}",
+                     "--output-modalities", "S2L2A", "--output-dir", str(tmp_path / name), "--timesteps", "1",
+                     "--tokenizer", f"S2L2A={assets['S2L2A']}", "--no-progress", *extra]) == 0  # fmt: skip
+        with rasterio.open(tmp_path / name / "S2L2A.tif") as out:
+            outputs[name] = out.read().astype(np.int32)
+    assert np.abs(outputs["offset"] - outputs["plain"] - 1000).max() <= 1
+    argv = ["generate", "--input", f"S2L2A={scene('S2L2A')}", "--output-modalities", "LULC", "--output-dir", "o"]
+    assert main([*argv, "--offset", "S2L2A=much"]) == 2
+    assert "--offset takes MODALITY=NUMBER" in capsys.readouterr().err
+
+
 def test_generate_tiles_a_larger_scene(assets, tmp_path):
     with rasterio.open(scene("S2L2A")) as src:
         data, profile = src.read(), src.profile

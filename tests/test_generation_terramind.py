@@ -63,7 +63,8 @@ def test_tim_generator_frozen_and_round_trip(converted, tmp_path):
     model.eval()
     with torch.no_grad():
         out = model(S2L2A=x)
-    assert set(out.last_hidden_state) == {"S2L2A", "LULC"} and out.tim_tokens["LULC"].shape == (1, 4)
+    # as the original, the dict merge holds the inputs' tokens only; the TiM tokens are in `tim_tokens`
+    assert set(out.last_hidden_state) == {"S2L2A"} and out.tim_tokens["LULC"].shape == (1, 4)
     model.save_pretrained(tmp_path)
     again = TerraMindModel.from_pretrained(tmp_path).eval()
     with torch.no_grad():
@@ -140,6 +141,9 @@ def test_generation_bad_inputs(generators):
         model.generate(S2L2A=torch.randn(1, 12, 40, 32), output_modalities=["LULC"], decode=False)
     with pytest.raises(ValueError, match="expected 12 channels"):
         model.generate(S2L2A=torch.randn(1, 3, 32, 32), output_modalities=["LULC"], decode=False)
+    with pytest.raises(ValueError, match="given twice"):
+        model.generate(S2L2A=torch.randn(1, 12, 32, 32), s2l2a=torch.randn(1, 12, 32, 32), output_modalities=["LULC"],
+                       decode=False)  # fmt: skip
     with pytest.raises(ValueError, match="codebook"):
         model.generate(S2L2A=torch.randn(1, 12, 32, 32), input_tokens={"LULC": torch.full((1, 2, 2), 9999)},
                        output_modalities=["DEM"], decode=False)  # fmt: skip
@@ -180,13 +184,29 @@ def test_tiled_generation_448_without_seams(generators):
     assert tokens.shape == (1, 28, 28)
 
 
+def coords_cases() -> dict[str, dict]:
+    from conftest import FIXTURES
+
+    cases = torch.load(FIXTURES / "terramind_coords_generation_cases.pt", weights_only=True)
+    return {case["name"]: case for case in cases}
+
+
+def coords_case_inputs(case: dict) -> dict[str, torch.Tensor]:
+    """Seeded inputs (`reference_input`) with the case's constant samples, or tensors stored as they are."""
+    inputs = {name: reference_input(spec) if isinstance(spec, list) else spec for name, spec in case["inputs"].items()}
+    for name, samples in case.get("constant_samples", {}).items():
+        for index, value in samples.items():
+            inputs[name][index] = value
+    return inputs
+
+
 def test_coordinates_generation_parity(generators):
     """Greedy autoregressive Coordinates generation gives the original's token ids (tiny architecture)."""
-    from conftest import FIXTURES, coords_tokenizer
+    from conftest import coords_tokenizer
 
-    (case,) = torch.load(FIXTURES / "terramind_coords_generation_cases.pt", weights_only=True)
+    case = coords_cases()["generate_S2L2A_to_Coordinates_greedy"]
     model = generators["tiny"]
-    inputs = {name: reference_input(spec) for name, spec in case["inputs"].items()}
+    inputs = coords_case_inputs(case)
     tokenizers = {"Coordinates": coords_tokenizer()}
     tokens = model.generate(inputs, output_modalities=["Coordinates"], temperature=0.0, decode=False,
                             tokenizers=tokenizers)["Coordinates"]  # fmt: skip
@@ -195,6 +215,156 @@ def test_coordinates_generation_parity(generators):
         coordinates = model.generate(inputs, output_modalities=["Coordinates"], temperature=0.0,
                                      tokenizers=tokenizers)["Coordinates"]  # fmt: skip
     assert coordinates.shape == (2, 2) and torch.isnan(coordinates).all() and torch.isnan(case["coordinates"]).all()
+
+
+def test_generated_coordinates_condition_later_outputs_as_the_original(converted):
+    """Coordinates generated before LULC: the original drops the sentinels ([S_2] ends sample 0 after two tokens)
+    and masks the padding of the shorter sample; LULC then equals the original's, and attending to the padding would
+    change it."""
+    from conftest import coords_tokenizer
+
+    case = coords_cases()["generate_S2L2A_to_Coordinates_LULC_stop"]
+    model = TerraMindForGeneration.from_pretrained(converted["tiny"]).eval()
+    with torch.no_grad():  # the [S_2] row the case was made with (the logits head is tied to it)
+        for index, row in case["decoder_coords_rows"].items():
+            model.decoder_embeddings["Coordinates"].token_emb.weight[index] = row
+    assert model.decoder_embeddings["Coordinates"].to_logits.weight[6].equal(case["decoder_coords_rows"][6])
+    inputs = coords_case_inputs(case)
+    tokens = model.generate(inputs, output_modalities=case["outputs"], temperature=0.0, decode=False,
+                            tokenizers={"Coordinates": coords_tokenizer()})  # fmt: skip
+    reference = case["tokens"]
+    assert reference["Coordinates"].tolist()[0][-1] == 0 and 0 not in reference["Coordinates"].tolist()[1]
+    assert torch.equal(tokens["Coordinates"], reference["Coordinates"])
+    assert torch.equal(tokens["LULC"], reference["LULC"])
+    # without the padding mask sample 0's LULC would differ: the test sees the masking
+    prepared, grid = model.prepare_generation_inputs(inputs, None, False, None)
+    unmasked = dict(prepared, Coordinates=tokens["Coordinates"])
+    lulc = model.generate_tokens(unmasked, ["LULC"], grid, TerraMindGenerationConfig(temperature=0.0))["LULC"]
+    assert not torch.equal(lulc, reference["LULC"])
+
+
+def test_generation_from_coordinates_alone(generators):
+    """Coordinates alone give images on the original's default 224 x 224 grid (parity), or any `image_size`."""
+    from conftest import coords_tokenizer
+
+    case = coords_cases()["generate_Coordinates_to_LULC_S1GRD"]
+    model = generators["tiny"]
+    tokenizers = {"Coordinates": coords_tokenizer()}
+    tokens = model.generate(coords_case_inputs(case), output_modalities=case["outputs"], temperature=0.0,
+                            decode=False, tokenizers=tokenizers)  # fmt: skip
+    for name in case["outputs"]:
+        assert torch.equal(tokens[name], case["tokens"][name]), name
+    coordinates = torch.tensor([[8.5417, 47.3769]])
+    small = model.generate(Coordinates=coordinates, output_modalities=["LULC"], image_size=(32, 64), temperature=0.0,
+                           decode=False, tokenizers=tokenizers)["LULC"]  # fmt: skip
+    assert small.shape == (1, 2, 4)
+    with pytest.raises(ValueError, match="does not match the image inputs"):
+        model.generate(S2L2A=torch.randn(1, 12, 32, 32), Coordinates=coordinates, output_modalities=["LULC"],
+                       image_size=64, decode=False, tokenizers=tokenizers)  # fmt: skip
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.generate(Coordinates=coordinates, output_modalities=["LULC"], image_size=40, decode=False,
+                       tokenizers=tokenizers)  # fmt: skip
+
+
+def test_offset_shifts_statistics_of_inputs_and_outputs(generators):
+    """`offset` moves the means of standardization (inputs) and destandardization (outputs) for the call only."""
+    from conftest import mini_tokenizer
+
+    from terramind.modalities import standardization
+
+    model = generators["tiny"]
+    tokenizers = {"S1GRD": mini_tokenizer("S1GRD")}
+    before = standardization("S2L2A")
+    s2 = torch.rand(1, 12, 32, 32) * 3000
+    options = dict(output_modalities=["S1GRD"], temperature=0.0, standardize=True, timesteps=2, seed=0,
+                   tokenizers=tokenizers)  # fmt: skip
+    plain = model.generate(S2L2A=s2, **options)["S1GRD"]
+    shifted = model.generate(S2L2A=s2 + 1000, offset={"S2L2A": 1000, "S1GRD": [1.0, -2.0]}, **options)["S1GRD"]
+    torch.testing.assert_close(shifted, plain + torch.tensor([1.0, -2.0]).view(1, 2, 1, 1))
+    assert standardization("S2L2A") == before  # nothing shared was changed (the original's offset was cumulative)
+    torch.testing.assert_close(model.generate(S2L2A=s2, **options)["S1GRD"], plain)
+    tokens = dict(output_modalities=["LULC"], temperature=0.0, decode=False)
+    assert torch.equal(model.generate(S2L2A=s2 + 1000, standardize=True, offset={"S2L2A": 1000}, **tokens)["LULC"],
+                       model.generate(S2L2A=s2, standardize=True, **tokens)["LULC"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(offset={"S2L2A": 1000}), "needs standardize=True"),
+        (dict(offset={"DEM": 10}, standardize=True), "neither an input nor an output"),
+        (dict(offset={"S2L2A": [1, 2]}, standardize=True), "12 numbers"),
+        (dict(offset={"LULC": 1}, standardize=True), "not standardized"),
+    ],
+)
+def test_offset_errors(generators, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generators["tiny"].generate(S2L2A=torch.rand(1, 12, 32, 32), output_modalities=["LULC"], decode=False,
+                                    **kwargs)  # fmt: skip
+
+
+def test_tim_coordinates_and_unchained_generations(converted):
+    """TiM generates Coordinates (up to 4 tokens, as the original's TiM) and, with tim_chained_generations=False,
+    each TiM modality from the inputs alone."""
+    from conftest import coords_tokenizer
+
+    greedy = TerraMindGenerationConfig(temperature=0.0)
+    x = torch.randn(2, 12, 32, 32)
+
+    def tim(modalities, chained=True):
+        model = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A"], tim_modalities=modalities,
+                                               tim_chained_generations=chained, tim_generation_config=greedy,
+                                               merge_method="dict").eval()  # fmt: skip
+        model.set_tokenizer("Coordinates", coords_tokenizer())
+        with torch.no_grad():
+            return model, model(S2L2A=x)
+
+    model, chained = tim(["Coordinates", "LULC"])
+    assert chained.tim_tokens["Coordinates"].shape == (2, 4)  # generate samples 3 tokens, TiM up to 4
+    assert set(chained.last_hidden_state) == {"S2L2A"}
+    generator = model.tim_generator
+    expected = generator.generate_tokens({"S2L2A": x}, ["Coordinates", "LULC"], (2, 2), greedy, sequence_tokens=4)
+    assert torch.equal(chained.tim_tokens["Coordinates"], expected["Coordinates"])
+    assert torch.equal(chained.tim_tokens["LULC"], expected["LULC"].flatten(1))
+    _, unchained = tim(["Coordinates", "LULC"], chained=False)
+    _, alone = tim(["LULC"])
+    assert torch.equal(unchained.tim_tokens["LULC"], alone.tim_tokens["LULC"])
+    assert not torch.equal(unchained.tim_tokens["LULC"], chained.tim_tokens["LULC"])
+    # Coordinates alone: TiM thinks on the grid of config.image_size (the original's 224 x 224)
+    located = TerraMindModel.from_pretrained(converted["tiny"], modalities=["Coordinates"], tim_modalities=["LULC"],
+                                             tim_generation_config=greedy).eval()  # fmt: skip
+    located.set_tokenizer("Coordinates", coords_tokenizer())
+    with torch.no_grad():
+        out = located(Coordinates=torch.tensor([[8.5417, 47.3769]]))
+    assert out.tim_tokens["LULC"].shape == (1, 196) and out.last_hidden_state.shape == (1, 196, 16)
+
+
+def test_tiled_generation_any_scene_size(generators):
+    """Scenes of any size are padded (bottom/right, with the mean) to whole tiles and the outputs cropped back."""
+    import torch.nn.functional as F
+    from conftest import mini_tokenizer
+
+    from terramind.modalities import standardization
+
+    model = generators["tiny"]
+    tokenizers = {"S1GRD": mini_tokenizer("S1GRD")}
+    x = torch.randn(1, 12, 40, 56)
+    padded = F.pad(x, (0, 8, 0, 24))  # to one 64 x 64 tile, with 0 = the mean of standardized inputs
+    options = dict(output_modalities=["S1GRD"], temperature=0.0, timesteps=2, tokenizers=tokenizers)
+    tiled = model.generate_tiled(S2L2A=x, tile_size=64, overlap=0, seed=0, **options)["S1GRD"]
+    assert tiled.shape == (1, 2, 40, 56)
+    torch.testing.assert_close(tiled, model.generate(S2L2A=padded, seed=0, **options)["S1GRD"][..., :40, :56])
+    tokens = model.generate_tiled(S2L2A=x, tile_size=64, overlap=0, decode=False, **options)["S1GRD"]
+    assert torch.equal(tokens, model.generate(S2L2A=padded, decode=False, **options)["S1GRD"][..., :3, :4])
+    physical = x * 2000 + 1500
+    standardized = model.generate_tiled(S2L2A=physical, tile_size=64, overlap=0, standardize=True,
+                                        offset={"S2L2A": 100}, decode=False, **options)["S1GRD"]  # fmt: skip
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in standardization("S2L2A"))
+    direct = F.pad((physical - mean - 100) / std, (0, 8, 0, 24))
+    assert torch.equal(standardized, model.generate(S2L2A=direct, decode=False, **options)["S1GRD"][..., :3, :4])
+    scene = model.generate_tiled(S2L2A=torch.randn(1, 12, 100, 130), tile_size=64, overlap=16, batch_size=3,
+                                 decode=False, **options)["S1GRD"]  # fmt: skip
+    assert scene.shape == (1, 7, 9)
 
 
 def test_tim_loading_reports_nothing(converted):
@@ -207,3 +377,13 @@ def test_tim_loading_reports_nothing(converted):
     assert records == [], records
     lulc = model.tim_generator.decoder_embeddings["LULC"]
     assert lulc.to_logits.weight is lulc.token_emb.weight and lulc.to_logits.weight.device.type == "cpu"
+
+
+def test_generation_ignores_unknown_inputs_when_configured(converted):
+    x = torch.randn(1, 12, 32, 32)
+    options = dict(output_modalities=["LULC"], temperature=0.0, decode=False)
+    model = TerraMindForGeneration.from_pretrained(converted["tiny"]).eval()
+    with pytest.raises(ValueError, match="Unknown input modality 'FOO'"):
+        model.generate(S2L2A=x, FOO=x, **options)
+    lenient = TerraMindForGeneration.from_pretrained(converted["tiny"], ignore_unknown_modalities=True).eval()
+    assert torch.equal(lenient.generate(S2L2A=x, FOO=x, **options)["LULC"], model.generate(S2L2A=x, **options)["LULC"])

@@ -160,6 +160,113 @@ def test_new_modality_and_default_image():
     assert default(torch.randn(1, 5, 16, 16)).last_hidden_state.shape == (1, 1, 32)
 
 
+def test_new_modality_named_like_a_pretrained_one(converted, tmp_path):
+    """{"NDVI": 1} is a new raw patch embedding (no NDVI tokenizer, offline), fresh even where the checkpoint holds
+    the pretrained tokenized NDVI under that name; it saves and reloads as built."""
+    from safetensors.torch import load_file
+
+    from terramind.modeling_terramind import TerraMindPatchEmbedding
+
+    model, info = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S2L2A", {"NDVI": 1}],
+                                                 merge_method="dict", output_loading_info=True)  # fmt: skip
+    embedding = model.encoder_embeddings["NDVI"]
+    assert isinstance(embedding, TerraMindPatchEmbedding) and embedding.proj.in_features == 16 * 16
+    pretrained = load_file(converted["tiny"] / "model.safetensors")["terramind.encoder_embeddings.NDVI.mod_emb"]
+    assert not torch.equal(embedding.mod_emb, pretrained)
+    assert {"encoder_embeddings.NDVI.proj.weight", "encoder_embeddings.NDVI.mod_emb"} <= set(info["missing_keys"])
+    inputs = {"S2L2A": torch.randn(2, 12, 32, 32), "NDVI": torch.rand(2, 1, 32, 32)}
+    model.eval()
+    with torch.no_grad():
+        out = model(**inputs).last_hidden_state
+    assert list(out) == ["S2L2A", "NDVI"] and out["NDVI"].shape == (2, 4, 16)
+    model.save_pretrained(tmp_path)
+    again = TerraMindModel.from_pretrained(tmp_path).eval()
+    assert again.config.modalities == ["S2L2A", {"NDVI": 1}]
+    assert torch.equal(again.encoder_embeddings["NDVI"].mod_emb, embedding.mod_emb)
+    with torch.no_grad():
+        torch.testing.assert_close(again(**inputs).last_hidden_state["NDVI"], out["NDVI"])
+    # a converted release whose config names the new modality: the config round-trips, the weights stay fresh
+    from conftest import fixture_checkpoint
+
+    from terramind import TerraMindConfig
+    from terramind.conversion import convert_checkpoint
+
+    overrides = {"num_attention_heads": 2, "modalities": ["S2L2A", {"NDVI": 1}]}
+    folder = convert_checkpoint(fixture_checkpoint("tiny", tmp_path), tmp_path / "new", config_overrides=overrides)
+    assert TerraMindConfig.from_pretrained(folder).modalities == ["S2L2A", {"NDVI": 1}]
+    converted_model = TerraMindModel.from_pretrained(folder)
+    assert not torch.equal(converted_model.encoder_embeddings["NDVI"].mod_emb, pretrained)
+    with pytest.raises(ValueError, match="input_tokens takes token grids"):
+        model(S2L2A=inputs["S2L2A"], input_tokens={"NDVI": torch.zeros(2, 2, 2, dtype=torch.long)})
+    with pytest.raises(ValueError, match="Unknown input modality 'ndvi'"):
+        model(S2L2A=inputs["S2L2A"], ndvi=inputs["NDVI"])
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (dict(modalities=["NDVI", {"NDVI": 1}]), "configured twice: as the pretrained 'NDVI' and as a new modality"),
+        (dict(modalities=["S2L2A", {"LULC": 10}], tim_modalities=["S1GRD"]), "pretrained modalities only"),
+        (dict(modalities=[{"NDVI": 0}]), "positive int"),
+        (dict(modalities=["S1GRD"], bands={"S1GRD": [2]}), "indices 0..1"),
+        (dict(modalities=["S1GRD"], bands={"S1GRD": [True]}), "Field 'bands'"),
+        (dict(modalities=["S1GRD"], bands={"S1GRD": [0, "VV"]}), "distinct bands"),
+    ],
+)
+def test_modality_config_errors(config, message):
+    from huggingface_hub.errors import StrictDataclassError
+
+    from terramind import TerraMindConfig
+
+    with pytest.raises(StrictDataclassError, match=message):
+        TerraMindConfig(**config)
+
+
+def test_integer_bands_are_pretrained_positions(converted, tmp_path):
+    """TerraTorch configs write `S1GRD: [0, 1]`: indices into the pretrained bands (here VH, VV)."""
+    by_index = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S1GRD"], bands={"S1GRD": [1, 0]}).eval()
+    by_name = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S1GRD"],
+                                             bands={"S1GRD": ["VH", "VV"]}).eval()  # fmt: skip
+    assert by_index.config.band_names("S1GRD") == ["VH", "VV"]
+    x = torch.randn(1, 2, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(by_index(x).last_hidden_state, by_name(x).last_hidden_state)
+        plain = TerraMindModel.from_pretrained(converted["tiny"], modalities=["S1GRD"]).eval()
+        torch.testing.assert_close(by_index(x).last_hidden_state, plain(x.flip(1)).last_hidden_state)
+    by_index.save_pretrained(tmp_path)
+    assert TerraMindModel.from_pretrained(tmp_path).config.bands == {"S1GRD": [1, 0]}
+
+
+def test_ignore_unknown_modalities_warns_and_drops():
+    """Inputs of unconfigured modalities raise; with ignore_unknown_modalities=True they are dropped with a warning,
+    as the original does."""
+    import logging as pylogging
+
+    from transformers.utils import logging
+
+    x = {"S2L2A": torch.randn(1, 12, 32, 32), "S1RTC": torch.randn(1, 2, 32, 32), "FOO": torch.randn(1, 1, 32, 32)}
+    strict = TerraMindModel(tiny_config()).eval()
+    with pytest.raises(ValueError, match="Unknown input modality 'S1RTC'"):
+        strict(**x)
+    lenient = TerraMindModel(tiny_config(ignore_unknown_modalities=True)).eval()
+    lenient.load_state_dict(strict.state_dict())
+    records: list[str] = []
+    handler = pylogging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    module_logger = logging.get_logger("terramind.modeling_terramind")
+    module_logger.addHandler(handler)
+    try:
+        with torch.no_grad():
+            out = lenient(**x, FOO_nodata_mask=torch.zeros(1, 32, 32, dtype=torch.bool)).last_hidden_state
+    finally:
+        module_logger.removeHandler(handler)
+    assert any("['S1RTC', 'FOO']" in r and "ignore_unknown_modalities" in r for r in records), records
+    with torch.no_grad():
+        torch.testing.assert_close(out, strict(S2L2A=x["S2L2A"]).last_hidden_state)
+    with pytest.raises(ValueError, match="No input of a configured modality"):
+        lenient(FOO=x["FOO"])
+
+
 def test_modality_drop_in_training_only():
     torch.manual_seed(0)
     model = TerraMindModel(tiny_config(modality_drop_rate=1.0, merge_method="dict"))

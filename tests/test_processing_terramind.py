@@ -201,6 +201,39 @@ def test_post_process_generation_restores_physical_units(processor):
         np.testing.assert_allclose(result, values, rtol=1e-6, atol=atol, err_msg=modality)
 
 
+def test_offset_shifts_means_of_standardization_filling_and_post_processing(tmp_path):
+    """`offset` (the original's, e.g. +1000 for harmonised L2A) shifts the means the processor uses everywhere."""
+    plain = TerraMindImageProcessor()
+    shifted = TerraMindImageProcessor(offset={"s2_l2a": 1000, "S1GRD": [1.0, -1.0]}, nodata_value=-9999)
+    s2 = torch.rand(1, 12, 32, 32) * 3000
+    s2[..., :4, :4] = -9999
+    s1 = torch.randn(1, 2, 32, 32) * 5 - 15
+    ours = shifted({"S2L2A": s2 + 1000 * (s2 != -9999), "S1GRD": s1 + torch.tensor([1.0, -1.0]).view(1, 2, 1, 1)})
+    base = plain({"S2L2A": s2, "S1GRD": s1}, nodata_value=-9999)
+    torch.testing.assert_close(ours["S2L2A"], base["S2L2A"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours["S1GRD"], base["S1GRD"], atol=1e-5, rtol=0)
+    assert ours["S2L2A"][..., :4, :4].abs().max() < 1e-6  # nodata filled with the shifted mean: 0 standardized
+    restored = shifted.post_process_generation({"S2L2A": base["S2L2A"]})["S2L2A"]
+    torch.testing.assert_close(restored[..., 8:, 8:], s2[..., 8:, 8:] + 1000, atol=1e-2, rtol=0)
+    shifted.save_pretrained(tmp_path)
+    assert TerraMindImageProcessor.from_pretrained(tmp_path).offset == {"S2L2A": 1000.0, "S1GRD": [1.0, -1.0]}
+    assert plain.band_statistics("S2L2A")[0][0] == MODALITIES["S2L2A"].mean[0]  # nothing shared was changed
+
+
+@pytest.mark.parametrize(
+    ("offset", "message"),
+    [
+        ({"LULC": 1}, "class ids"),
+        ({"S1GRD": [1.0, 2.0, 3.0]}, "3 values for the 2 output bands"),
+        ({"S2L2A": "1000"}, "a number or a list of numbers"),
+        ({"Coordinates": 1}, "not an image modality"),
+    ],
+)
+def test_offset_errors(offset, message):
+    with pytest.raises(ValueError, match=message):
+        TerraMindImageProcessor(offset=offset)
+
+
 def test_post_process_lulc_logits_become_class_ids(processor):
     logits = torch.randn(2, 10, 16, 16)
     out = processor.post_process_generation({"LULC": logits})["LULC"]
