@@ -128,7 +128,8 @@ OUTPUT_DTYPES = {"S2L2A": "int16", "S2L1C": "int16", "RGB": "uint8", "DEM": "flo
 
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", action="append", required=True, metavar="MODALITY=PATH",
-                        help="an input GeoTIFF per modality, e.g. --input S2L2A=scene.tif (repeat for more)")  # fmt: skip
+                        help="an input GeoTIFF per modality, e.g. --input S2L2A=scene.tif (repeat for more); embed "
+                        "also takes a folder or a glob (S2L2A='data/*.tif'), pairing modalities by file name")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="model precision")
     parser.add_argument("--batch-size", type=_integer(1), default=8, help="tiles per forward pass")
@@ -282,84 +283,135 @@ def _prepare_run(args: argparse.Namespace) -> None:
         transformers_logging.disable_progress_bar()  # also the Hub's download bars
 
 
-def _read_inputs(paths: dict[str, str]):
-    """The scene: rasters, processed inputs (padded to multiples of 16) and a (H', W') mask, True where no input
-    has data (nodata in every modality, or padding)."""
-    from .geotiff import read_sample
-    from .image_processing_terramind import TerraMindImageProcessor, nodata_mask_key
-
-    sample = read_sample(paths)
-    processor = TerraMindImageProcessor(do_pad=True, size_divisor=16)
-    batch = dict(processor(sample.images, band_names=sample.band_names, nodata_value=sample.nodata,
-                           return_nodata_mask=True))  # fmt: skip
-    masks = [batch.pop(nodata_mask_key(name)) for name in sample.images]
-    no_data = masks[0][0]
-    for mask in masks[1:]:
-        no_data = no_data & mask[0]
-    return sample, processor, batch, no_data
-
-
 # ----------------------------------------------------------------------------- embed
 def _add_embed(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("embed", help="per-patch embeddings of a scene (GeoTIFF or safetensors)")
+    parser = sub.add_parser("embed", help="per-patch embeddings of scenes (GeoTIFF, GeoParquet or safetensors)")
     parser.add_argument("--model", default=DEFAULT_EMBED_MODEL, help="converted folder, original release or Hub repo")
-    parser.add_argument("--output", required=True, help="emb.tif (D bands at 1/16 resolution) or emb.safetensors")
+    parser.add_argument("--output", required=True, help="one scene: emb.tif (D bands at 1/16 resolution) or "
+                        "emb.safetensors; many: a folder (a GeoTIFF per scene) or emb.parquet (GeoParquet rows)")  # fmt: skip
     parser.add_argument("--merge-method", default="mean", choices=["mean", "max", "concat"],
                         help="how modalities are merged per patch")  # fmt: skip
+    parser.add_argument("--per-patch", action="store_true", help="GeoParquet: a row per 16x16 patch, not per tile")
+    parser.add_argument("--resume", action="store_true", help="continue an earlier run into the same --output folder: "
+                        "skip the scenes its manifest lists as finished")  # fmt: skip
+    _add_scale_options(parser)
     _add_runtime_options(parser)
     parser.set_defaults(run=_run_embed)
 
 
+def _add_scale_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-workers", type=_integer(0), default=2,
+                        help="loader processes that read and preprocess scenes while the model runs")  # fmt: skip
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long runs)")
+
+
 def _run_embed(args: argparse.Namespace) -> None:
-    import torch
-    from tqdm.auto import tqdm
-
-    from .geotiff import grid_transform, write_geotiff
+    from .embedding import SceneFile, SceneGeoParquet, SceneGeoTiffs, embed_batches, tile_loader
     from .modeling_terramind import TerraMindModel
-    from .outputs import atomic_file, check_target
+    from .outputs import check_target
+    from .scenes import find_scenes, shard
 
-    if not args.output.endswith((".tif", ".tiff", ".safetensors")):
-        raise UsageError("--output must end in .tif/.tiff (GeoTIFF) or .safetensors.")
-    check_target(args.output, args.overwrite)
-    paths = _parse_inputs(args.input)
+    output = args.output.rstrip("/")
+    if Path(output).suffix not in ("", ".tif", ".tiff", ".safetensors", ".parquet") and not Path(output).is_dir():
+        raise UsageError("--output must end in .tif/.tiff (GeoTIFF), .safetensors or .parquet (GeoParquet), or be a "
+                         "folder (a GeoTIFF per scene).")  # fmt: skip
+    single_file = output.endswith((".tif", ".tiff", ".safetensors"))
+    parquet = output.endswith(".parquet")
+    if args.per_patch and not parquet:
+        raise UsageError("--per-patch is for GeoParquet outputs (--output x.parquet).")
+    if args.resume and single_file:
+        raise UsageError("--resume is for folder outputs (a folder of GeoTIFFs or x.parquet).")
+    if single_file:
+        check_target(output, args.overwrite)
+    scenes = find_scenes(_parse_input_specs(args.input))
+    rank, world_size, state = _processes()
+    if single_file and (len(scenes) > 1 or world_size > 1):
+        what = f"{len(scenes)} scenes" if len(scenes) > 1 else f"{world_size} processes"
+        raise UsageError(f"--output {output} is one file, but there are {what}; give a folder (a GeoTIFF per scene) "
+                         "or a name ending in .parquet.")  # fmt: skip
+    if state is not None and args.device == "cuda":
+        args.device = str(state.device)  # accelerate launch: a GPU per process
     _prepare_run(args)
-    sample, _, batch, no_data = _read_inputs(paths)
-    height, width = next(iter(sample.images.values())).shape[-2:]
-    model = _load(TerraMindModel, args.model, DEFAULT_EMBED_MODEL, modalities=list(batch),
+    settings = {"command": "embed", "model": args.model, "modalities": sorted(scenes[0].paths), "dtype": args.dtype,
+                "merge_method": args.merge_method, "tile_size": args.tile_size,
+                "format": "parquet" if parquet else "geotiff", "per_patch": args.per_patch}  # fmt: skip
+    done: set[str] = set()
+    if not single_file:
+        from .manifest import Manifest, check_folder, finished_scenes, start_folder
+
+        check_folder(output, settings, args.resume, args.overwrite)  # every rank: the same verdict
+        if rank == 0:
+            start_folder(output, settings, args.resume, args.overwrite)
+        if state is not None:
+            state.wait_for_everyone()
+        done = finished_scenes(output) if args.resume else set()
+        manifest = Manifest(output, rank)
+    mine = shard(scenes, rank, world_size)
+    todo = [scene for scene in mine if scene.id not in done]
+    if todo:  # a mistake in the inputs shows before the model loads; later scenes are read by the loader
+        from .scenes import read_scene_inputs
+
+        try:
+            read_scene_inputs(todo[0].paths)
+        except ValueError as error:
+            raise ValueError(f"scene {todo[0].id}: {error}") from None
+    model = _load(TerraMindModel, args.model, DEFAULT_EMBED_MODEL, modalities=list(scenes[0].paths),
                   merge_method=args.merge_method, dtype=_torch_dtype(args.dtype))  # fmt: skip
     model = model.to(args.device).eval()
-    inputs = {k: v.to(args.device, _torch_dtype(args.dtype)) for k, v in batch.items()}
-    padded_h, padded_w = no_data.shape
-    tile = min(args.tile_size, padded_h, padded_w)
-    side = tile // 16
-    tiles = [(t, x) for t in _starts(padded_h, tile) for x in _starts(padded_w, tile)]
-    grid = None
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(tiles), args.batch_size), desc="embedding tiles", disable=args.no_progress):
-            chunk = tiles[start : start + args.batch_size]
-            crops = {k: torch.cat([v[..., t : t + tile, x : x + tile] for t, x in chunk]) for k, v in inputs.items()}
-            tokens = model(**crops).last_hidden_state.float().cpu()
-            if grid is None:
-                grid = torch.zeros(tokens.shape[-1], padded_h // 16, padded_w // 16)
-            for (t, x), emb in zip(chunk, tokens, strict=True):
-                rows, cols = slice(t // 16, t // 16 + side), slice(x // 16, x // 16 + side)
-                grid[:, rows, cols] = emb.reshape(side, side, -1).permute(2, 0, 1)
-        empty_patches = no_data.reshape(padded_h // 16, 16, padded_w // 16, 16).all(dim=3).all(dim=1)
-        grid[:, empty_patches] = math.nan  # patches without any input data: nodata, not made-up embeddings
-    grid = grid[:, : -(-height // 16), : -(-width // 16)]
-    # whole patches: the grid covers the scene padded to multiples of 16
-    padded = dict(sample.profile, height=grid.shape[1] * 16, width=grid.shape[2] * 16)
-    with atomic_file(args.output, args.overwrite) as partial:
-        if args.output.endswith(".safetensors"):
-            from safetensors.torch import save_file
+    if args.compile:
+        import torch
 
-            transform = grid_transform(padded, grid.shape[1], grid.shape[2])
-            metadata = {"crs": str(sample.profile.get("crs")), "transform": json.dumps(list(transform)[:6]),
-                        "patch_size": "16", "modalities": ",".join(batch), "nodata": "nan"}  # fmt: skip
-            save_file({"embeddings": grid.contiguous()}, partial, metadata=metadata)
-        else:
-            write_geotiff(partial, grid.numpy(), padded, dtype="float32", nodata=math.nan)
-    print(f"Wrote {tuple(grid.shape)} embeddings to {args.output}")
+        model = torch.compile(model)
+    if single_file:
+        writer = SceneFile(output, args.overwrite)
+    elif parquet:
+        writer = SceneGeoParquet(output, args.model, args.per_patch, rank)
+    else:
+        writer = SceneGeoTiffs(output)
+    loader = tile_loader(todo, args.tile_size, args.batch_size, args.num_workers if len(todo) > 1 else 0)
+    written = 0
+
+    def commit(committed) -> None:
+        nonlocal written
+        for scene, paths in committed:
+            if not single_file:
+                manifest.record(scene.id, scene.paths, paths)
+            written += 1
+
+    from tqdm.auto import tqdm
+
+    try:
+        with tqdm(desc="embedding tiles", unit="tile", disable=args.no_progress) as bar:
+            for number, result in enumerate(embed_batches(model, loader, args.device, _torch_dtype(args.dtype)), 1):
+                commit(writer.add(result))
+                bar.update(result.facts.num_tiles)
+                bar.set_postfix_str(f"{number}/{len(todo)} scenes", refresh=False)
+        commit(writer.close())
+    except BaseException:
+        writer.discard()
+        raise
+    prefix = f"[rank {rank}/{world_size}] " if world_size > 1 else ""
+    skipped = f", skipped {len(mine) - len(todo)} finished" if len(mine) > len(todo) else ""
+    print(f"{prefix}Embedded {written} scene{'s' if written != 1 else ''}{skipped} into {output}")
+
+
+def _parse_input_specs(entries: list[str]) -> dict[str, str]:
+    """--input MODALITY=FILE|FOLDER|GLOB entries -> {canonical modality: spec}."""
+    from .modalities import resolve_modality
+
+    return _parse_pairs(entries, "--input", resolve_modality)
+
+
+def _processes() -> tuple[int, int, Any]:
+    """(rank, world size, accelerate's PartialState or None) of this process; several under `accelerate launch`."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes, state
 
 
 def _starts(size: int, tile: int) -> list[int]:
@@ -398,6 +450,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     from .modeling_terramind import TerraMindForGeneration
     from .outputs import NODATA_VALUES, atomic_outputs, check_target
     from .quicklook import save_quicklook
+    from .scenes import read_scene_inputs
 
     outputs = [resolve_output_modality(m.strip()) for m in args.output_modalities.split(",") if m.strip()]
     if not outputs:
@@ -420,7 +473,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     for modality, path in tokenizer_paths.items():
         _check_tokenizer(modality, path)
     _prepare_run(args)
-    sample, processor, batch, no_data = _read_inputs(paths)
+    sample, processor, batch, no_data = read_scene_inputs(paths)
     height, width = next(iter(sample.images.values())).shape[-2:]
     padded_h, padded_w = no_data.shape
     tile = min(args.tile_size, padded_h, padded_w)
