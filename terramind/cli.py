@@ -324,7 +324,7 @@ def _run_embed(args: argparse.Namespace) -> None:
     if single_file:
         check_target(output, args.overwrite)
     scenes = find_scenes(_parse_input_specs(args.input))
-    rank, world_size, state = _processes()
+    rank, world_size, state = _processes(args.device)
     if single_file and (len(scenes) > 1 or world_size > 1):
         what = f"{len(scenes)} scenes" if len(scenes) > 1 else f"{world_size} processes"
         raise UsageError(f"--output {output} is one file, but there are {what}; give a folder (a GeoTIFF per scene) "
@@ -402,15 +402,17 @@ def _parse_input_specs(entries: list[str]) -> dict[str, str]:
     return _parse_pairs(entries, "--input", resolve_modality)
 
 
-def _processes() -> tuple[int, int, Any]:
+def _processes(device: str) -> tuple[int, int, Any]:
     """(rank, world size, accelerate's PartialState or None) of this process; several under `accelerate launch`."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # --device cpu (or no GPU): CPU processes that talk over gloo; else a GPU per process (nccl)
+    state = PartialState(cpu=device.startswith("cpu") or not torch.cuda.is_available())
     return state.process_index, state.num_processes, state
 
 

@@ -162,12 +162,10 @@ class SceneGeoParquet:
             sizes = np.array([tile.size for tile, _ in result.tiles])
             embeddings = result.tile_means().numpy()
         boxes = np.stack([lefts, tops, np.minimum(lefts + sizes, width), np.minimum(tops + sizes, height)], axis=1)
-        crs = facts.profile.get("crs")
-        schema = embedding_schema(embeddings.shape[1], crs)
-        table = scene_table(schema, result.scene.id, result.scene.paths, self.model_id, facts.profile["transform"],
-                            boxes, embeddings)  # fmt: skip
+        table = scene_table(embedding_schema(embeddings.shape[1]), result.scene.id, result.scene.paths, self.model_id,
+                            facts.profile["transform"], facts.profile.get("crs"), boxes, embeddings)  # fmt: skip
         self.scenes[result.scene.id] = result.scene
-        return self._committed(self.parts.add(table, result.scene.id, crs.to_wkt() if crs else ""))
+        return self._committed(self.parts.add(table, result.scene.id))
 
     def _committed(self, done: list[tuple[str, Path]]) -> Committed:
         return [(self.scenes.pop(scene), [path]) for scene, path in done]
