@@ -340,6 +340,8 @@ def _run_embed(args: argparse.Namespace) -> None:
         from .manifest import Manifest, check_folder, finished_scenes, start_folder
 
         check_folder(output, settings, args.resume, args.overwrite)  # every rank: the same verdict
+        if state is not None:
+            state.wait_for_everyone()  # all have checked before rank 0 changes the folder
         if rank == 0:
             start_folder(output, settings, args.resume, args.overwrite)
         if state is not None:
