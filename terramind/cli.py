@@ -622,6 +622,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
+    from .outputs import check_target
     from .prediction import load_predictor, parse_inputs, predict_scene, read_scene, write_prediction
 
     outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
@@ -633,6 +634,8 @@ def _run_predict(args: argparse.Namespace) -> None:
         from transformers.utils import logging
 
         logging.disable_progress_bar()
+    for target in outputs:  # before any work (the quick-look PNG is checked once the task is known)
+        check_target(target, args.overwrite)
     paths = parse_inputs(args.input)
     model, processor = load_predictor(args.model, args.adapter, _torch_dtype(args.dtype), args.device)
     if args.probabilities and type(model).__name__ != "TerraMindForSemanticSegmentation":
@@ -641,7 +644,7 @@ def _run_predict(args: argparse.Namespace) -> None:
     overlap = args.overlap if args.overlap is not None else min(64, args.tile_size - 16)
     prediction = predict_scene(model, inputs, nodata, profile, args.tile_size, overlap, args.batch_size,
                                progress=not args.no_progress)  # fmt: skip
-    for path in write_prediction(prediction, args.output, args.probabilities):
+    for path in write_prediction(prediction, args.output, args.probabilities, args.overwrite):
         print(f"Wrote {path}")
 
 
