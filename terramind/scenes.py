@@ -176,10 +176,41 @@ class SceneTiles(IterableDataset):
             yield _stacked(batch)
 
 
+@dataclass
+class SceneInputs:
+    """A whole preprocessed scene (`read_scene_inputs`), or the `error` that reading it gave."""
+
+    scene: Scene
+    sample: Any = None
+    inputs: dict[str, torch.Tensor] | None = None
+    no_data: torch.Tensor | None = None
+    error: str | None = None
+
+
+class WholeScenes(IterableDataset):
+    """Whole preprocessed scenes, read by `DataLoader(batch_size=None, num_workers=...)` workers while the model
+    runs (generation, whose tiles overlap and blend within a scene)."""
+
+    def __init__(self, scenes: Sequence[Scene]):
+        self.scenes = list(scenes)
+
+    def __iter__(self) -> Iterator[SceneInputs]:
+        worker = get_worker_info()
+        for scene in self.scenes if worker is None else shard(self.scenes, worker.id, worker.num_workers):
+            try:
+                sample, _, inputs, no_data = read_scene_inputs(scene.paths)
+            except (ValueError, OSError) as error:
+                from .errors import one_line
+
+                yield SceneInputs(scene, error=f"scene {scene.id}: {one_line(error)}")
+                return
+            yield SceneInputs(scene, sample, inputs, no_data)
+
+
 def _stacked(batch: TileBatch) -> TileBatch:
     batch.inputs = {name: torch.stack(values) for name, values in batch.inputs.items()}
     return batch
 
 
-__all__ = ["Scene", "SceneFacts", "SceneTiles", "TileBatch", "TileInfo", "find_scenes", "read_scene_inputs",
+__all__ = ["Scene", "SceneFacts", "SceneInputs", "SceneTiles", "TileBatch", "TileInfo", "WholeScenes", "find_scenes", "read_scene_inputs",
            "scene_tiles", "shard"]  # fmt: skip
