@@ -215,3 +215,36 @@ def test_two_processes_give_the_rows_of_one(model, tmp_path):
     a, b = rows(one), rows(two)
     assert a.drop(["embedding"]).equals(b.drop(["embedding"]))
     np.testing.assert_allclose(embeddings(a), embeddings(b), rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- generation over many scenes
+@pytest.fixture(scope="module")
+def lulc_tokenizer(tmp_path_factory) -> str:
+    from conftest import mini_tokenizer
+
+    path = tmp_path_factory.mktemp("tokenizer") / "LULC"
+    mini_tokenizer("LULC").save_pretrained(path)
+    return str(path)
+
+
+def generate(model: str, tokenizer: str, output: Path, *extra: str, s1: str | Path = SAMPLES / "S1RTC") -> int:
+    return main(["generate", "--model", model, "--input", f"S1RTC={s1}", "--output-modalities", "LULC",
+                 "--tokenizer", f"LULC={tokenizer}", "--output-dir", str(output), "--temperature", "0",
+                 "--no-progress", *extra])  # fmt: skip
+
+
+def test_generate_many_scenes_in_batches_across_scenes(model, lulc_tokenizer, tmp_path, capsys):
+    """Greedy LULC of three one-tile scenes, generated two at a time across scenes, equals one scene per run."""
+    out = tmp_path / "generated"
+    assert generate(model, lulc_tokenizer, out, "--batch-size", "2", "--num-workers", "2") == 0
+    assert "Generated 3 scenes into" in capsys.readouterr().out
+    for scene in SCENES:
+        assert sorted(p.name for p in (out / scene).iterdir()) == ["LULC.png", "LULC.tif"]
+        single = tmp_path / f"single_{scene}"
+        assert generate(model, lulc_tokenizer, single, s1=SAMPLES / "S1RTC" / f"{scene}.tif") == 0
+        with rasterio.open(out / scene / "LULC.tif") as many, rasterio.open(single / "LULC.tif") as one:
+            assert many.crs == one.crs and many.transform == one.transform
+            assert np.array_equal(many.read(), one.read())
+    (out / SCENES[1] / "LULC.tif").unlink()  # a lost output is generated again on resume, the others are skipped
+    assert generate(model, lulc_tokenizer, out, "--resume") == 0
+    assert "Generated 1 scene, skipped 2 finished" in capsys.readouterr().out
