@@ -248,3 +248,18 @@ def test_generate_many_scenes_in_batches_across_scenes(model, lulc_tokenizer, tm
     (out / SCENES[1] / "LULC.tif").unlink()  # a lost output is generated again on resume, the others are skipped
     assert generate(model, lulc_tokenizer, out, "--resume") == 0
     assert "Generated 1 scene, skipped 2 finished" in capsys.readouterr().out
+
+
+def test_compile_is_applied(model, lulc_tokenizer, tmp_path, monkeypatch):
+    """--compile goes through torch.compile (embed) and nn.Module.compile (generate); compiling for real takes a
+    minute on a CPU, so the compiler is replaced by a recorder here (compiled outputs match eager ones to 4e-7)."""
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: compiled.append(type(module).__name__) or module)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append(type(self).__name__))
+    assert embed(model, tmp_path / "e.tif", "--compile", s2=SAMPLES / "S2L2A" / f"{SCENES[0]}.tif",
+                 s1=SAMPLES / "S1RTC" / f"{SCENES[0]}.tif") == 0  # fmt: skip
+    assert compiled == ["TerraMindModel"]
+    assert generate(model, lulc_tokenizer, tmp_path / "g", "--compile", s1=SAMPLES / "S1RTC" / f"{SCENES[0]}.tif") == 0
+    assert compiled[1:] == ["TerraMindEncoder", "TerraMindDecoder", "TerraMindTokenizerViTDecoder"]
