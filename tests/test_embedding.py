@@ -263,3 +263,25 @@ def test_compile_is_applied(model, lulc_tokenizer, tmp_path, monkeypatch):
     assert compiled == ["TerraMindModel"]
     assert generate(model, lulc_tokenizer, tmp_path / "g", "--compile", s1=SAMPLES / "S1RTC" / f"{SCENES[0]}.tif") == 0
     assert compiled[1:] == ["TerraMindEncoder", "TerraMindDecoder", "TerraMindTokenizerViTDecoder"]
+
+
+@pytest.mark.parametrize("output", ["embeddings", "emb.parquet"])
+def test_a_bad_scene_stops_the_run_in_one_line_and_resume_finishes_it(model, tmp_path, capsys, output):
+    data, out = tmp_path / "data", tmp_path / output
+    link_scenes(data, SCENES)
+    bad = data / "S2L2A" / f"{SCENES[2]}.tif"
+    bad.unlink()
+    bad.write_text("not a GeoTIFF")
+    assert embed(model, out, "--num-workers", "0", s2=data / "S2L2A", s1=data / "S1RTC") == 2
+    error = capsys.readouterr().err.strip()
+    assert f"scene {SCENES[2]}:" in error and "not a readable GeoTIFF" in error and "\n" not in error
+    assert not [path for path in out.iterdir() if ".partial-" in path.name]  # nothing half-written is left
+    finished = 2 if output == "embeddings" else 0  # GeoTIFFs are committed per scene, a part file when it closes
+    manifest = out / "_manifest-r00000.jsonl"
+    assert (len(manifest.read_text().splitlines()) if manifest.exists() else 0) == finished
+    bad.unlink()
+    bad.symlink_to(SAMPLES / "S2L2A" / f"{SCENES[2]}.tif")
+    assert embed(model, out, "--resume", s2=data / "S2L2A", s1=data / "S1RTC") == 0
+    assert f"Embedded {3 - finished} scene" in capsys.readouterr().out
+    if output.endswith(".parquet"):
+        assert rows(out).num_rows == 3 * 16
