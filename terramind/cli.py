@@ -128,8 +128,8 @@ OUTPUT_DTYPES = {"S2L2A": "int16", "S2L1C": "int16", "RGB": "uint8", "DEM": "flo
 
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", action="append", required=True, metavar="MODALITY=PATH",
-                        help="an input GeoTIFF per modality, e.g. --input S2L2A=scene.tif (repeat for more); embed "
-                        "also takes a folder or a glob (S2L2A='data/*.tif'), pairing modalities by file name")  # fmt: skip
+                        help="an input GeoTIFF per modality, e.g. --input S2L2A=scene.tif (repeat for more); embed and "
+                        "generate also take a folder or a glob (S2L2A='data/*.tif'), pairing modalities by file name")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="model precision")
     parser.add_argument("--batch-size", type=_integer(1), default=8, help="tiles per forward pass")
@@ -289,7 +289,8 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 
 def _add_scale_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=_integer(0), default=2,
-                        help="loader processes that read and preprocess scenes while the model runs")  # fmt: skip
+                        help="loader processes that read and preprocess scenes while the model runs (with folder or "
+                        "glob inputs; one scene is read in the main process)")  # fmt: skip
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long runs)")
 
 
