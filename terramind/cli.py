@@ -339,13 +339,15 @@ def _run_embed(args: argparse.Namespace) -> None:
         manifest = Manifest(output, rank)
     mine = shard(scenes, rank, world_size)
     todo = [scene for scene in mine if scene.id not in done]
-    if todo:  # a mistake in the inputs shows before the model loads; later scenes are read by the loader
-        from .scenes import read_scene_inputs
+    if not todo:
+        print(f"Every scene of this process ({len(mine)}) is finished in {output}; nothing to do.")
+        return
+    from .scenes import read_scene_inputs
 
-        try:
-            read_scene_inputs(todo[0].paths)
-        except ValueError as error:
-            raise ValueError(f"scene {todo[0].id}: {error}") from None
+    try:  # a mistake in the inputs shows before the model loads; later scenes are read by the loader
+        read_scene_inputs(todo[0].paths)
+    except ValueError as error:
+        raise ValueError(f"scene {todo[0].id}: {error}") from None
     model = _load(TerraMindModel, args.model, DEFAULT_EMBED_MODEL, modalities=list(scenes[0].paths),
                   merge_method=args.merge_method, dtype=_torch_dtype(args.dtype))  # fmt: skip
     model = model.to(args.device).eval()
@@ -490,11 +492,13 @@ def _run_generate(args: argparse.Namespace) -> None:
     _prepare_run(args)
     mine = shard(scenes, rank, world_size)
     todo = [scene for scene in mine if scene.id not in done]
-    if todo:  # a mistake in the inputs shows before the model loads
-        try:
-            read_scene_inputs(todo[0].paths)
-        except ValueError as error:
-            raise ValueError(f"scene {todo[0].id}: {error}" if many else str(error)) from None
+    if not todo:
+        print(f"Every scene of this process ({len(mine)}) is finished in {out_dir}; nothing to do.")
+        return
+    try:  # a mistake in the inputs shows before the model loads
+        read_scene_inputs(todo[0].paths)
+    except ValueError as error:
+        raise ValueError(f"scene {todo[0].id}: {error}" if many else str(error)) from None
     tokenizers = _load_tokenizers(tokenizer_paths)
     model = _load(TerraMindForGeneration, args.model, DEFAULT_GENERATE_MODEL, dtype=_torch_dtype(args.dtype))
     for modality, tokenizer in tokenizers.items():

@@ -184,6 +184,8 @@ def test_resume_skips_finished_scenes(model, tmp_path, capsys, output):
         np.testing.assert_allclose(embeddings(resumed), embeddings(reference), rtol=1e-4, atol=1e-5)
     else:
         assert sorted(p.name for p in out.glob("*.tif")) == [f"{scene}.tif" for scene in SCENES]
+    assert embed(model, out, "--resume", s2=data / "S2L2A", s1=data / "S1RTC") == 0
+    assert "Every scene of this process (3) is finished" in capsys.readouterr().out
     assert embed(model, out, "--overwrite", s2=data / "S2L2A", s1=data / "S1RTC") == 0
     assert "Embedded 3 scenes into" in capsys.readouterr().out
 
