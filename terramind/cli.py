@@ -128,7 +128,8 @@ OUTPUT_DTYPES = {"S2L2A": "int16", "S2L1C": "int16", "RGB": "uint8", "DEM": "flo
 
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", action="append", required=True, metavar="MODALITY=PATH",
-                        help="an input GeoTIFF per modality, e.g. --input S2L2A=scene.tif (repeat for more)")  # fmt: skip
+                        help="an input GeoTIFF per modality, e.g. --input S2L2A=scene.tif (repeat for more); embed and "
+                        "generate also take a folder or a glob (S2L2A='data/*.tif'), pairing modalities by file name")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="model precision")
     parser.add_argument("--batch-size", type=_integer(1), default=8, help="tiles per forward pass")
@@ -149,18 +150,6 @@ def _parse_pairs(entries: list[str], option: str, resolve: Callable[[str], str])
             raise UsageError(f"{option} names {modality} twice ({pairs[modality]} and {path}).")
         pairs[modality] = path
     return pairs
-
-
-def _parse_inputs(entries: list[str]) -> dict[str, str]:
-    from .modalities import resolve_modality
-
-    paths = _parse_pairs(entries, "--input", resolve_modality)
-    for path in paths.values():
-        if Path(path).is_dir():
-            raise UsageError(f"input {path} is a folder; give a GeoTIFF file.")
-        if not Path(path).is_file():
-            raise UsageError(f"input file {path} does not exist.")
-    return paths
 
 
 def _parse_offsets(entries: list[str]) -> dict[str, float] | None:
@@ -295,90 +284,142 @@ def _prepare_run(args: argparse.Namespace) -> None:
         transformers_logging.disable_progress_bar()  # also the Hub's download bars
 
 
-def _read_inputs(paths: dict[str, str], offsets: dict[str, float] | None = None):
-    """The scene: rasters, processed inputs (padded to multiples of 16; `offsets` added to the standardization means)
-    and a (H', W') mask, True where no input has data (nodata in every modality, or padding)."""
-    from .geotiff import read_sample
-    from .image_processing_terramind import TerraMindImageProcessor, nodata_mask_key
-
-    sample = read_sample(paths)
-    processor = TerraMindImageProcessor(do_pad=True, size_divisor=16, offset=offsets)
-    batch = dict(processor(sample.images, band_names=sample.band_names, nodata_value=sample.nodata,
-                           return_nodata_mask=True))  # fmt: skip
-    masks = [batch.pop(nodata_mask_key(name)) for name in sample.images]
-    no_data = masks[0][0]
-    for mask in masks[1:]:
-        no_data = no_data & mask[0]
-    return sample, processor, batch, no_data
-
-
 # ----------------------------------------------------------------------------- embed
 def _add_embed(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("embed", help="per-patch embeddings of a scene (GeoTIFF or safetensors)")
+    parser = sub.add_parser("embed", help="per-patch embeddings of scenes (GeoTIFF, GeoParquet or safetensors)")
     parser.add_argument("--model", default=DEFAULT_EMBED_MODEL, help="converted folder, original release or Hub repo")
-    parser.add_argument("--output", required=True, help="emb.tif (D bands at 1/16 resolution) or emb.safetensors")
+    parser.add_argument("--output", required=True, help="one scene: emb.tif (D bands at 1/16 resolution) or "
+                        "emb.safetensors; many: a folder (a GeoTIFF per scene) or emb.parquet (GeoParquet rows)")  # fmt: skip
     parser.add_argument("--merge-method", default="mean", choices=["mean", "max", "concat"],
                         help="how modalities are merged per patch")  # fmt: skip
+    parser.add_argument("--per-patch", action="store_true", help="GeoParquet: a row per 16x16 patch, not per tile")
+    parser.add_argument("--resume", action="store_true", help="continue an earlier run into the same --output folder: "
+                        "skip the scenes its manifest lists as finished")  # fmt: skip
+    _add_scale_options(parser)
     _add_runtime_options(parser)
     parser.set_defaults(run=_run_embed)
 
 
+def _add_scale_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-workers", type=_integer(0), default=2,
+                        help="loader processes that read and preprocess scenes while the model runs (with folder or "
+                        "glob inputs; one scene is read in the main process)")  # fmt: skip
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long runs)")
+
+
 def _run_embed(args: argparse.Namespace) -> None:
-    import torch
-    from tqdm.auto import tqdm
-
-    from .geotiff import grid_transform, write_geotiff
+    from .embedding import SceneFile, SceneGeoParquet, SceneGeoTiffs, embed_batches, tile_loader
     from .modeling_terramind import TerraMindModel
-    from .outputs import atomic_file, check_target
+    from .outputs import check_target
+    from .scenes import find_scenes, shard
 
-    if not args.output.endswith((".tif", ".tiff", ".safetensors")):
-        raise UsageError("--output must end in .tif/.tiff (GeoTIFF) or .safetensors.")
-    check_target(args.output, args.overwrite)
-    paths = _parse_inputs(args.input)
+    output = args.output.rstrip("/")
+    if Path(output).suffix not in ("", ".tif", ".tiff", ".safetensors", ".parquet") and not Path(output).is_dir():
+        raise UsageError("--output must end in .tif/.tiff (GeoTIFF), .safetensors or .parquet (GeoParquet), or be a "
+                         "folder (a GeoTIFF per scene).")  # fmt: skip
+    single_file = output.endswith((".tif", ".tiff", ".safetensors"))
+    parquet = output.endswith(".parquet")
+    if args.per_patch and not parquet:
+        raise UsageError("--per-patch is for GeoParquet outputs (--output x.parquet).")
+    if args.resume and single_file:
+        raise UsageError("--resume is for folder outputs (a folder of GeoTIFFs or x.parquet).")
+    if single_file:
+        check_target(output, args.overwrite)
+    scenes = find_scenes(_parse_input_specs(args.input))
+    rank, world_size, state = _processes(args.device)
+    if single_file and (len(scenes) > 1 or world_size > 1):
+        what = f"{len(scenes)} scenes" if len(scenes) > 1 else f"{world_size} processes"
+        raise UsageError(f"--output {output} is one file, but there are {what}; give a folder (a GeoTIFF per scene) "
+                         "or a name ending in .parquet.")  # fmt: skip
+    if state is not None and args.device == "cuda":
+        args.device = str(state.device)  # accelerate launch: a GPU per process
     _prepare_run(args)
-    sample, _, batch, no_data = _read_inputs(paths)
-    height, width = next(iter(sample.images.values())).shape[-2:]
-    model = _load(TerraMindModel, args.model, DEFAULT_EMBED_MODEL, modalities=list(batch),
+    settings = {"command": "embed", "model": args.model, "modalities": sorted(scenes[0].paths), "dtype": args.dtype,
+                "merge_method": args.merge_method, "tile_size": args.tile_size,
+                "format": "parquet" if parquet else "geotiff", "per_patch": args.per_patch}  # fmt: skip
+    done: set[str] = set()
+    if not single_file:
+        from .manifest import Manifest, check_folder, finished_scenes, start_folder
+
+        check_folder(output, settings, args.resume, args.overwrite)  # every rank: the same verdict
+        if state is not None:
+            state.wait_for_everyone()  # all have checked before rank 0 changes the folder
+        if rank == 0:
+            start_folder(output, settings, args.resume, args.overwrite)
+        if state is not None:
+            state.wait_for_everyone()
+        done = finished_scenes(output) if args.resume else set()
+        manifest = Manifest(output, rank)
+    mine = shard(scenes, rank, world_size)
+    todo = [scene for scene in mine if scene.id not in done]
+    if not todo:
+        print(f"Every scene of this process ({len(mine)}) is finished in {output}; nothing to do.")
+        return
+    from .scenes import read_scene_inputs
+
+    try:  # a mistake in the inputs shows before the model loads; later scenes are read by the loader
+        read_scene_inputs(todo[0].paths)
+    except ValueError as error:
+        raise ValueError(f"scene {todo[0].id}: {error}") from None
+    model = _load(TerraMindModel, args.model, DEFAULT_EMBED_MODEL, modalities=list(scenes[0].paths),
                   merge_method=args.merge_method, dtype=_torch_dtype(args.dtype))  # fmt: skip
     model = model.to(args.device).eval()
-    inputs = {k: v.to(args.device, _torch_dtype(args.dtype)) for k, v in batch.items()}
-    padded_h, padded_w = no_data.shape
-    tile = min(args.tile_size, padded_h, padded_w)
-    side = tile // 16
-    tiles = [(t, x) for t in _starts(padded_h, tile) for x in _starts(padded_w, tile)]
-    grid = None
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(tiles), args.batch_size), desc="embedding tiles", disable=args.no_progress):
-            chunk = tiles[start : start + args.batch_size]
-            crops = {k: torch.cat([v[..., t : t + tile, x : x + tile] for t, x in chunk]) for k, v in inputs.items()}
-            tokens = model(**crops).last_hidden_state.float().cpu()
-            if grid is None:
-                grid = torch.zeros(tokens.shape[-1], padded_h // 16, padded_w // 16)
-            for (t, x), emb in zip(chunk, tokens, strict=True):
-                rows, cols = slice(t // 16, t // 16 + side), slice(x // 16, x // 16 + side)
-                grid[:, rows, cols] = emb.reshape(side, side, -1).permute(2, 0, 1)
-        empty_patches = no_data.reshape(padded_h // 16, 16, padded_w // 16, 16).all(dim=3).all(dim=1)
-        grid[:, empty_patches] = math.nan  # patches without any input data: nodata, not made-up embeddings
-    grid = grid[:, : -(-height // 16), : -(-width // 16)]
-    # whole patches: the grid covers the scene padded to multiples of 16
-    padded = dict(sample.profile, height=grid.shape[1] * 16, width=grid.shape[2] * 16)
-    with atomic_file(args.output, args.overwrite) as partial:
-        if args.output.endswith(".safetensors"):
-            from safetensors.torch import save_file
+    if args.compile:
+        import torch
 
-            transform = grid_transform(padded, grid.shape[1], grid.shape[2])
-            metadata = {"crs": str(sample.profile.get("crs")), "transform": json.dumps(list(transform)[:6]),
-                        "patch_size": "16", "modalities": ",".join(batch), "nodata": "nan"}  # fmt: skip
-            save_file({"embeddings": grid.contiguous()}, partial, metadata=metadata)
-        else:
-            write_geotiff(partial, grid.numpy(), padded, dtype="float32", nodata=math.nan)
-    print(f"Wrote {tuple(grid.shape)} embeddings to {args.output}")
+        model = torch.compile(model)
+    if single_file:
+        writer = SceneFile(output, args.overwrite)
+    elif parquet:
+        writer = SceneGeoParquet(output, args.model, args.per_patch, rank)
+    else:
+        writer = SceneGeoTiffs(output)
+    loader = tile_loader(todo, args.tile_size, args.batch_size, args.num_workers if len(todo) > 1 else 0)
+    written = 0
+
+    def commit(committed) -> None:
+        nonlocal written
+        for scene, paths in committed:
+            if not single_file:
+                manifest.record(scene.id, scene.paths, paths)
+            written += 1
+
+    from tqdm.auto import tqdm
+
+    try:
+        with tqdm(desc="embedding tiles", unit="tile", disable=args.no_progress) as bar:
+            for number, result in enumerate(embed_batches(model, loader, args.device, _torch_dtype(args.dtype)), 1):
+                commit(writer.add(result))
+                bar.update(result.facts.num_tiles)
+                bar.set_postfix_str(f"{number}/{len(todo)} scenes", refresh=False)
+        commit(writer.close())
+    except BaseException:
+        writer.discard()
+        raise
+    prefix = f"[rank {rank}/{world_size}] " if world_size > 1 else ""
+    skipped = f", skipped {len(mine) - len(todo)} finished" if len(mine) > len(todo) else ""
+    print(f"{prefix}Embedded {written} scene{'s' if written != 1 else ''}{skipped} into {output}")
 
 
-def _starts(size: int, tile: int) -> list[int]:
-    from .tiling import tile_starts
+def _parse_input_specs(entries: list[str]) -> dict[str, str]:
+    """--input MODALITY=FILE|FOLDER|GLOB entries -> {canonical modality: spec}."""
+    from .modalities import resolve_modality
 
-    return tile_starts(size, tile, tile)
+    return _parse_pairs(entries, "--input", resolve_modality)
+
+
+def _processes(device: str) -> tuple[int, int, Any]:
+    """(rank, world size, accelerate's PartialState or None) of this process; several under `accelerate launch`."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    import torch
+    from accelerate import PartialState
+
+    # --device cpu (or no GPU): CPU processes that talk over gloo; else a GPU per process (nccl)
+    state = PartialState(cpu=device.startswith("cpu") or not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state
 
 
 # ----------------------------------------------------------------------------- generate
@@ -387,7 +428,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=DEFAULT_GENERATE_MODEL,
                         help="converted folder, original release or Hub repo (with the decoder)")  # fmt: skip
     parser.add_argument("--output-modalities", required=True, help="comma separated, e.g. S2L2A,LULC")
-    parser.add_argument("--output-dir", required=True, help="folder for <MODALITY>.tif and <MODALITY>.png")
+    parser.add_argument("--output-dir", required=True, help="folder for <MODALITY>.tif and <MODALITY>.png (many "
+                        "scenes: <scene>/<MODALITY>.tif ...)")  # fmt: skip
     parser.add_argument("--tokenizer", action="append", default=[], metavar="MODALITY=PATH",
                         help="tokenizer folder or repo per output modality (default: the official repos)")  # fmt: skip
     parser.add_argument("--timesteps", type=_integer(1), default=50, help="diffusion steps of the tokenizer decoders")
@@ -401,6 +443,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                         help="tile overlap in pixels for scenes larger than a tile")  # fmt: skip
     parser.add_argument("--offset", action="append", default=[], metavar="MODALITY=NUMBER",
                         help="added to a modality's standardization means, e.g. S2L2A=1000")  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue an earlier many-scene run into the same "
+                        "--output-dir: skip the scenes its manifest lists as finished")  # fmt: skip
+    _add_scale_options(parser)
     _add_runtime_options(parser)
     parser.set_defaults(run=_run_generate)
 
@@ -408,68 +453,168 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> None:
     import torch
 
-    from .geotiff import write_geotiff
+    from .image_processing_terramind import TerraMindImageProcessor
     from .modalities import MODALITIES, resolve_output_modality
     from .modeling_terramind import TerraMindForGeneration
-    from .outputs import NODATA_VALUES, atomic_outputs, check_target
-    from .quicklook import save_quicklook
+    from .outputs import check_target
+    from .scenes import WholeScenes, find_scenes, read_scene_inputs, shard
 
     outputs = [resolve_output_modality(m.strip()) for m in args.output_modalities.split(",") if m.strip()]
     if not outputs:
         raise UsageError("--output-modalities is empty; e.g. --output-modalities S2L2A,LULC.")
     if len(set(outputs)) < len(outputs):
         raise UsageError(f"--output-modalities names a modality twice: {args.output_modalities}.")
-    paths = _parse_inputs(args.input)
+    specs = _parse_input_specs(args.input)
+    scenes = find_scenes(specs)
+    many = not all(Path(spec).is_file() for spec in specs.values())  # folders or globs: a folder per scene
     tokenizer_paths = _parse_pairs(args.tokenizer, "--tokenizer", resolve_output_modality)
-    tokenized_inputs = {name for name in paths if MODALITIES[name].kind == "image_tokens"}  # LULC, NDVI
+    tokenized_inputs = {name for name in specs if MODALITIES[name].kind == "image_tokens"}  # LULC, NDVI
     unused = sorted(set(tokenizer_paths) - set(outputs) - tokenized_inputs)
     if unused:
         raise UsageError(f"--tokenizer {', '.join(unused)} is given but neither generated (--output-modalities "
                          f"{args.output_modalities}) nor a tokenized input.")  # fmt: skip
-    out_dir = check_target(args.output_dir, overwrite=True, folder=True)
+    if args.resume and not many:
+        raise UsageError("--resume is for many scenes (--input folders or globs).")
     images = [name for name in outputs if name != "Coordinates"]
-    targets = [out_dir / f"{name}.{suffix}" for name in images for suffix in ("tif", "png")]
-    targets += [out_dir / "Coordinates.json"] if "Coordinates" in outputs else []
-    for target in targets:
-        check_target(target, args.overwrite)
+    names = [f"{name}.{suffix}" for name in images for suffix in ("tif", "png")]
+    names += ["Coordinates.json"] if "Coordinates" in outputs else []
+    rank, world_size, state = _processes(args.device) if many else (0, 1, None)
+    if state is not None and args.device == "cuda":
+        args.device = str(state.device)
+    out_dir = check_target(args.output_dir, overwrite=True, folder=True)
+    done: set[str] = set()
+    if many:
+        from .manifest import Manifest, check_folder, finished_scenes, start_folder
+
+        settings = {"command": "generate", "model": args.model, "modalities": sorted(specs), "outputs": outputs,
+                    "dtype": args.dtype, "tile_size": args.tile_size, "overlap": args.overlap, "seed": args.seed,
+                    "timesteps": args.timesteps, "decoding_steps": args.decoding_steps,
+                    "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}  # fmt: skip
+        check_folder(out_dir, settings, args.resume, args.overwrite)
+        if state is not None:
+            state.wait_for_everyone()
+        if rank == 0:
+            start_folder(out_dir, settings, args.resume, args.overwrite)
+        if state is not None:
+            state.wait_for_everyone()
+        done = finished_scenes(out_dir) if args.resume else set()
+        manifest = Manifest(out_dir, rank)
+    else:
+        for name in names:
+            check_target(out_dir / name, args.overwrite)
     for modality, path in tokenizer_paths.items():
         _check_tokenizer(modality, path)
     _prepare_run(args)
-    sample, processor, batch, no_data = _read_inputs(paths, _parse_offsets(args.offset))
-    height, width = next(iter(sample.images.values())).shape[-2:]
-    padded_h, padded_w = no_data.shape
-    tile = min(args.tile_size, padded_h, padded_w)
-    if "Coordinates" in outputs and (padded_h, padded_w) != (tile, tile):
-        raise UsageError("Coordinates are generated for one tile; give a scene of one tile (--tile-size).")
+    mine = shard(scenes, rank, world_size)
+    todo = [scene for scene in mine if scene.id not in done]
+    if not todo:
+        print(f"Every scene of this process ({len(mine)}) is finished in {out_dir}; nothing to do.")
+        return
+    offsets = _parse_offsets(args.offset)
+    try:  # a mistake in the inputs shows before the model loads
+        read_scene_inputs(todo[0].paths, offsets)
+    except ValueError as error:
+        raise ValueError(f"scene {todo[0].id}: {error}" if many else str(error)) from None
     tokenizers = _load_tokenizers(tokenizer_paths)
     model = _load(TerraMindForGeneration, args.model, DEFAULT_GENERATE_MODEL, dtype=_torch_dtype(args.dtype))
     for modality, tokenizer in tokenizers.items():
         model.terramind.set_tokenizer(modality, tokenizer)
     model = model.to(args.device).eval()
-    inputs = {k: v.to(args.device) for k, v in batch.items()}
+    if args.compile:
+        _compile_generator(model, tokenizers.values())
     options = dict(output_modalities=outputs, decoding_steps=args.decoding_steps, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, timesteps=args.timesteps, progress=not args.no_progress)  # fmt: skip
+                   top_k=args.top_k, top_p=args.top_p, timesteps=args.timesteps,
+                   progress=not args.no_progress and not many)  # fmt: skip
     generator = torch.Generator().manual_seed(args.seed)
-    if (padded_h, padded_w) == (tile, tile):
-        generated = model.generate(inputs, generator=generator, **options)
-    else:
-        generated = model.generate_tiled(inputs, tile_size=tile, overlap=min(args.overlap, tile - 16),
-                                         batch_size=args.batch_size, generator=generator, **options)  # fmt: skip
-    physical = {name: value.cpu() for name, value in processor.post_process_generation(generated).items()}
-    missing = no_data[:height, :width].numpy()
-    with atomic_outputs(targets, args.overwrite) as partial:
+    processor = TerraMindImageProcessor(do_pad=True, size_divisor=16, offset=offsets)  # destandardizes the outputs
+    loader = torch.utils.data.DataLoader(WholeScenes(todo, offsets), batch_size=None, collate_fn=_as_is,
+                                         num_workers=min(args.num_workers, len(todo)) if many else 0)  # fmt: skip
+
+    def write(items: list, generated: dict) -> None:
+        physical = {name: value.cpu() for name, value in processor.post_process_generation(generated).items()}
+        for index, item in enumerate(items):
+            folder = out_dir / item.scene.id if many else out_dir
+            scene_outputs = {name: value[index : index + 1] for name, value in physical.items()}
+            written = _write_generated(folder, images, scene_outputs, item, args.overwrite or many)
+            if many:
+                manifest.record(item.scene.id, item.scene.paths, written)
+            else:
+                for target in written:
+                    print(f"Wrote {target}")
+
+    pending: dict[tuple[int, int], list] = {}  # one-tile scenes by size, generated in batches across scenes
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(todo), desc="generating scenes", unit="scene", disable=args.no_progress or not many) as bar:
+        for item in loader:
+            if item.error:
+                raise ValueError(item.error)
+            padded_h, padded_w = item.no_data.shape
+            tile = min(args.tile_size, padded_h, padded_w)
+            one_tile = (padded_h, padded_w) == (tile, tile)
+            if "Coordinates" in outputs and not one_tile:
+                raise UsageError(f"Coordinates are generated for one tile; scene {item.scene.id} is larger than one "
+                                 "tile (--tile-size).")  # fmt: skip
+            if one_tile:
+                group = pending.setdefault((padded_h, padded_w), [])
+                group.append(item)
+                if len(group) < args.batch_size:
+                    continue
+                pending.pop((padded_h, padded_w))
+                inputs = {k: torch.cat([i.inputs[k] for i in group]).to(args.device) for k in item.inputs}
+                write(group, model.generate(inputs, generator=generator, **options))
+                bar.update(len(group))
+            else:
+                inputs = {k: v.to(args.device) for k, v in item.inputs.items()}
+                write([item], model.generate_tiled(inputs, tile_size=tile, overlap=min(args.overlap, tile - 16),
+                                                   batch_size=args.batch_size, generator=generator, **options))  # fmt: skip
+                bar.update()
+        for group in pending.values():
+            inputs = {k: torch.cat([i.inputs[k] for i in group]).to(args.device) for k in group[0].inputs}
+            write(group, model.generate(inputs, generator=generator, **options))
+            bar.update(len(group))
+    if many:
+        prefix = f"[rank {rank}/{world_size}] " if world_size > 1 else ""
+        skipped = f", skipped {len(mine) - len(todo)} finished" if len(mine) > len(todo) else ""
+        print(f"{prefix}Generated {len(todo)} scene{'s' if len(todo) != 1 else ''}{skipped} into {out_dir}")
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _compile_generator(model: Any, tokenizers: Any) -> None:
+    """torch.compile the generator's encoder and decoder blocks and the given tokenizers' decoders, in place."""
+    model.terramind.encoder.compile()
+    model.decoder.compile()
+    for tokenizer in tokenizers:
+        if hasattr(tokenizer, "decoder"):
+            tokenizer.decoder.compile()
+
+
+def _write_generated(folder: Path, images: list[str], physical: dict, item: Any, overwrite: bool) -> list[Path]:
+    """One scene's generated modalities: a GeoTIFF and a PNG quick-look each (Coordinates.json), all or none."""
+    from .geotiff import write_geotiff
+    from .outputs import NODATA_VALUES, atomic_outputs
+    from .quicklook import save_quicklook
+
+    profile = item.sample.profile
+    height, width = profile["height"], profile["width"]
+    targets = [folder / f"{name}.{suffix}" for name in images for suffix in ("tif", "png")]
+    targets += [folder / "Coordinates.json"] if "Coordinates" in physical else []
+    missing = item.no_data[:height, :width].numpy()
+    with atomic_outputs(targets, overwrite) as partial:
         if "Coordinates" in physical:
             lon, lat = (float(v) for v in physical.pop("Coordinates")[0])
-            partial[out_dir / "Coordinates.json"].write_text(json.dumps({"lon": lon, "lat": lat}))
+            partial[folder / "Coordinates.json"].write_text(json.dumps({"lon": lon, "lat": lat}))
         for name in images:
             values = physical[name][0, :, :height, :width].float().numpy()
             values[:, missing] = math.nan  # pixels without input data: nodata, not made-up values
             dtype = OUTPUT_DTYPES.get(name, "float32")
-            write_geotiff(partial[out_dir / f"{name}.tif"], values, sample.profile, dtype=dtype,
-                          nodata=NODATA_VALUES[dtype], band_names=_band_names(name, values.shape[0]))  # fmt: skip
-            save_quicklook(partial[out_dir / f"{name}.png"], name, values)
-    for target in targets:
-        print(f"Wrote {target}")
+            write_geotiff(partial[folder / f"{name}.tif"], values, profile, dtype=dtype, nodata=NODATA_VALUES[dtype],
+                          band_names=_band_names(name, values.shape[0]))  # fmt: skip
+            save_quicklook(partial[folder / f"{name}.png"], name, values)
+    return targets
 
 
 def _band_names(name: str, count: int) -> list[str] | None:
@@ -580,6 +725,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
+    from .outputs import check_target
     from .prediction import load_predictor, parse_inputs, predict_scene, read_scene, write_prediction
 
     outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
@@ -591,6 +737,8 @@ def _run_predict(args: argparse.Namespace) -> None:
         from transformers.utils import logging
 
         logging.disable_progress_bar()
+    for target in outputs:  # before any work (the quick-look PNG is checked once the task is known)
+        check_target(target, args.overwrite)
     paths = parse_inputs(args.input)
     model, processor = load_predictor(args.model, args.adapter, _torch_dtype(args.dtype), args.device)
     if args.probabilities and type(model).__name__ != "TerraMindForSemanticSegmentation":
@@ -599,7 +747,7 @@ def _run_predict(args: argparse.Namespace) -> None:
     overlap = args.overlap if args.overlap is not None else min(64, args.tile_size - 16)
     prediction = predict_scene(model, inputs, nodata, profile, args.tile_size, overlap, args.batch_size,
                                progress=not args.no_progress)  # fmt: skip
-    for path in write_prediction(prediction, args.output, args.probabilities):
+    for path in write_prediction(prediction, args.output, args.probabilities, args.overwrite):
         print(f"Wrote {path}")
 
 

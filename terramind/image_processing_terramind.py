@@ -426,7 +426,7 @@ class TerraMindImageProcessor(BaseImageProcessor):
                 f"{modality} sample(s) {empty.nonzero().flatten().tolist()} are entirely nodata "
                 f"(NaN/inf or nodata_value={nodata}); there is nothing to process."
             )
-        self._check_values(modality, pixels[~missing])
+        self._check_values(modality, pixels, missing)
 
         fill = self._fill_values(modality, _per_modality(fill_value, modality, "mean"), pixels.shape[1])
         pixels = torch.where(missing, fill, pixels)
@@ -492,9 +492,11 @@ class TerraMindImageProcessor(BaseImageProcessor):
         return pixels if indexes == list(range(channels)) else pixels[:, indexes]
 
     @staticmethod
-    def _check_values(modality: str, valid: torch.Tensor) -> None:
-        """Catch inputs in the wrong physical units, which would silently give garbage."""
-        low, high = valid.min().item(), valid.max().item()
+    def _check_values(modality: str, pixels: torch.Tensor, missing: torch.Tensor) -> None:
+        """Catch inputs in the wrong physical units, which would silently give garbage (the pixels not `missing`
+        are checked; masked reductions, not a gather of them, which costs several times more)."""
+        low = torch.where(missing, math.inf, pixels).amin().item()
+        high = torch.where(missing, -math.inf, pixels).amax().item()
         if modality == "NDVI" and (low < -1.001 or high > 1.001):
             raise ValueError(f"NDVI must be in [-1, 1], got values in [{low}, {high}]; rescale it first.")
         if modality == "RGB":
@@ -503,6 +505,7 @@ class TerraMindImageProcessor(BaseImageProcessor):
             if high <= 1:
                 logger.warning("RGB values are all <= 1: TerraMind expects 0-255, not 0-1.")
         if modality in CLASS_MODALITIES:
+            valid = pixels[~missing]
             if not torch.equal(valid, valid.round()) or low < 0 or high >= LULC_NUM_CLASSES:
                 raise ValueError(
                     f"{modality} must hold integer class ids 0..{LULC_NUM_CLASSES - 1}, got values in [{low}, {high}]."

@@ -121,39 +121,49 @@ def predict_scene(model: Any, inputs: dict[str, torch.Tensor], nodata: torch.Ten
     return ScenePrediction(logits, nodata, profile, "segmentation" if segmentation else "regression", names)
 
 
+def prediction_targets(output: str | os.PathLike, probabilities: str | os.PathLike | None = None,
+                       task: str = "segmentation") -> list[Path]:  # fmt: skip
+    """The files a prediction writes: the GeoTIFF, its PNG quick-look (segmentation), the probabilities if asked."""
+    targets = [Path(output)] + ([Path(output).with_suffix(".png")] if task == "segmentation" else [])
+    return targets + ([Path(probabilities)] if probabilities is not None else [])
+
+
 def write_prediction(prediction: ScenePrediction, output: str | os.PathLike,
-                     probabilities: str | os.PathLike | None = None) -> list[Path]:  # fmt: skip
+                     probabilities: str | os.PathLike | None = None, overwrite: bool = False) -> list[Path]:  # fmt: skip
     """Write the class map (uint8, nodata 255, plus a palette PNG) or regression values (float32, nodata NaN), and
-    the class probabilities if asked."""
+    the class probabilities if asked: all files or none (`outputs.atomic_outputs`), none over an existing file
+    unless `overwrite`."""
     from .geotiff import write_geotiff
+    from .outputs import atomic_outputs
     from .quicklook import save_class_quicklook
 
+    if prediction.task != "segmentation" and probabilities is not None:
+        raise ValueError("Class probabilities are for segmentation models; this model does pixel regression.")
+    if prediction.task == "segmentation" and len(prediction.class_names) > CLASS_NODATA:
+        raise ValueError(f"{len(prediction.class_names)} classes do not fit a uint8 class map.")
     nodata = prediction.nodata.numpy()
     logits = prediction.logits[0]
-    written = []
-    if prediction.task == "segmentation":
-        if len(prediction.class_names) > CLASS_NODATA:
-            raise ValueError(f"{len(prediction.class_names)} classes do not fit a uint8 class map.")
-        classes = logits.argmax(dim=0).numpy().astype(np.uint8)
-        classes[nodata] = CLASS_NODATA
-        marked = np.where(nodata, np.nan, classes.astype(np.float32))  # NaN: written as nodata, never a class
-        written.append(write_geotiff(output, marked, prediction.profile, dtype="uint8", nodata=CLASS_NODATA,
-                                     band_names=["class"]))  # fmt: skip
-        written.append(save_class_quicklook(Path(output).with_suffix(".png"), classes, len(prediction.class_names),
-                                            nodata=CLASS_NODATA))  # fmt: skip
-        if probabilities is not None:
-            values = logits.softmax(dim=0).numpy()
+    targets = prediction_targets(output, probabilities, prediction.task)
+    with atomic_outputs(targets, overwrite) as partial:
+        if prediction.task == "segmentation":
+            classes = logits.argmax(dim=0).numpy().astype(np.uint8)
+            classes[nodata] = CLASS_NODATA
+            marked = np.where(nodata, np.nan, classes.astype(np.float32))  # NaN: written as nodata, never a class
+            write_geotiff(partial[targets[0]], marked, prediction.profile, dtype="uint8", nodata=CLASS_NODATA,
+                          band_names=["class"])  # fmt: skip
+            save_class_quicklook(partial[targets[1]], classes, len(prediction.class_names), nodata=CLASS_NODATA)
+            if probabilities is not None:
+                values = logits.softmax(dim=0).numpy()
+                values[:, nodata] = np.nan
+                write_geotiff(partial[targets[2]], values, prediction.profile, dtype="float32", nodata=float("nan"),
+                              band_names=prediction.class_names)  # fmt: skip
+        else:
+            values = logits.numpy().copy()
             values[:, nodata] = np.nan
-            written.append(write_geotiff(probabilities, values, prediction.profile, dtype="float32",
-                                         nodata=float("nan"), band_names=prediction.class_names))  # fmt: skip
-    else:
-        if probabilities is not None:
-            raise ValueError("Class probabilities are for segmentation models; this model does pixel regression.")
-        values = logits.numpy().copy()
-        values[:, nodata] = np.nan
-        written.append(write_geotiff(output, values, prediction.profile, dtype="float32", nodata=float("nan"),
-                                     band_names=prediction.class_names))  # fmt: skip
-    return written
+            write_geotiff(partial[targets[0]], values, prediction.profile, dtype="float32", nodata=float("nan"),
+                          band_names=prediction.class_names)  # fmt: skip
+    return targets
 
 
-__all__ = ["ScenePrediction", "load_predictor", "parse_inputs", "predict_scene", "read_scene", "write_prediction"]
+__all__ = ["ScenePrediction", "load_predictor", "parse_inputs", "predict_scene", "prediction_targets", "read_scene",
+           "write_prediction"]  # fmt: skip

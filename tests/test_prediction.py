@@ -150,3 +150,20 @@ def test_predict_errors_are_one_line(models, tmp_path, capsys):
         code = main(["predict", *arguments, *inputs_of(), "--output", str(tmp_path / "out.tif"), *FAST])
         error = capsys.readouterr().err.strip()
         assert code == 2 and message in error and len(error.splitlines()) == 1, error
+
+
+def test_predict_outputs_are_whole_and_never_overwritten_unasked(models, tmp_path, capsys):
+    out, probabilities = tmp_path / "classes.tif", tmp_path / "probabilities.tif"
+    argv = ["predict", "--model", str(models["segmentation"]), *inputs_of(), "--output", str(out), *FAST]
+    probabilities.write_text("keep")
+    assert main([*argv, "--probabilities", str(probabilities)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert probabilities.read_text() == "keep" and not out.exists() and not out.with_suffix(".png").exists()
+    out.with_suffix(".png").write_text("keep")  # the quick-look is checked too, and nothing is half-written
+    assert main(argv) == 2
+    assert "classes.png exists" in capsys.readouterr().err and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.png", "probabilities.tif"]  # no leftovers
+    assert main([*argv, "--probabilities", str(probabilities), "--overwrite"]) == 0
+    with rasterio.open(probabilities) as dst:
+        assert dst.count == 4
+    assert Image.open(out.with_suffix(".png")).size == (224, 224)
