@@ -307,6 +307,21 @@ def _add_scale_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long runs)")
 
 
+def _open_run_folder(folder: Path, settings: dict, args: argparse.Namespace, state: Any, rank: int):
+    """A many-scene run's output folder, checked by every rank (the same verdict) and then started or resumed by
+    rank 0: the scenes already finished (with --resume) and this rank's manifest."""
+    from .manifest import Manifest, check_folder, finished_scenes, start_folder
+
+    check_folder(folder, settings, args.resume, args.overwrite)
+    if state is not None:
+        state.wait_for_everyone()  # all have checked before rank 0 changes the folder
+    if rank == 0:
+        start_folder(folder, settings, args.resume, args.overwrite)
+    if state is not None:
+        state.wait_for_everyone()
+    return (finished_scenes(folder) if args.resume else set()), Manifest(folder, rank)
+
+
 def _run_embed(args: argparse.Namespace) -> None:
     from .embedding import SceneFile, SceneGeoParquet, SceneGeoTiffs, embed_batches, tile_loader
     from .modeling_terramind import TerraMindModel
@@ -339,17 +354,7 @@ def _run_embed(args: argparse.Namespace) -> None:
                 "format": "parquet" if parquet else "geotiff", "per_patch": args.per_patch}  # fmt: skip
     done: set[str] = set()
     if not single_file:
-        from .manifest import Manifest, check_folder, finished_scenes, start_folder
-
-        check_folder(output, settings, args.resume, args.overwrite)  # every rank: the same verdict
-        if state is not None:
-            state.wait_for_everyone()  # all have checked before rank 0 changes the folder
-        if rank == 0:
-            start_folder(output, settings, args.resume, args.overwrite)
-        if state is not None:
-            state.wait_for_everyone()
-        done = finished_scenes(output) if args.resume else set()
-        manifest = Manifest(output, rank)
+        done, manifest = _open_run_folder(output, settings, args, state, rank)
     mine = shard(scenes, rank, world_size)
     todo = [scene for scene in mine if scene.id not in done]
     if not todo:
@@ -484,21 +489,11 @@ def _run_generate(args: argparse.Namespace) -> None:
     out_dir = check_target(args.output_dir, overwrite=True, folder=True)
     done: set[str] = set()
     if many:
-        from .manifest import Manifest, check_folder, finished_scenes, start_folder
-
         settings = {"command": "generate", "model": args.model, "modalities": sorted(specs), "outputs": outputs,
                     "dtype": args.dtype, "tile_size": args.tile_size, "overlap": args.overlap, "seed": args.seed,
                     "timesteps": args.timesteps, "decoding_steps": args.decoding_steps,
                     "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}  # fmt: skip
-        check_folder(out_dir, settings, args.resume, args.overwrite)
-        if state is not None:
-            state.wait_for_everyone()
-        if rank == 0:
-            start_folder(out_dir, settings, args.resume, args.overwrite)
-        if state is not None:
-            state.wait_for_everyone()
-        done = finished_scenes(out_dir) if args.resume else set()
-        manifest = Manifest(out_dir, rank)
+        done, manifest = _open_run_folder(out_dir, settings, args, state, rank)
     else:
         for name in names:
             check_target(out_dir / name, args.overwrite)
