@@ -90,6 +90,9 @@ class TerraMindPatchEmbedding(nn.Module):
         pos = interpolate_pos_embed(self.pos_emb, grid_h, grid_w)
         return (pos + self.mod_emb).expand(batch, -1, -1)
 
+    def num_tokens(self, pixel_values: torch.Tensor) -> int:
+        return (pixel_values.shape[-2] // self.patch_size) * (pixel_values.shape[-1] // self.patch_size)
+
     def positions_for(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Positional + modality embeddings (B, N, D) of an input, without embedding its pixels."""
         return self.positional(pixel_values.shape[0], *(s // self.patch_size for s in pixel_values.shape[-2:]))
@@ -131,6 +134,9 @@ class TerraMindImageTokenEmbedding(nn.Module):
             tokens = tokens.reshape(tokens.shape[0], side, side)
         return tokens
 
+    def num_tokens(self, tokens: torch.Tensor) -> int:
+        return tokens.shape[1] if tokens.ndim == 2 else tokens.shape[-2] * tokens.shape[-1]
+
     def positions_for(self, tokens: torch.Tensor) -> torch.Tensor:
         """Positional + modality embeddings (B, N, D) of a token grid."""
         tokens = self._grid(tokens)
@@ -158,6 +164,9 @@ class TerraMindSequenceEmbedding(nn.Module):
 
     def positional(self, batch: int, length: int) -> torch.Tensor:
         return (self.pos_emb[:, :length] + self.mod_emb).expand(batch, -1, -1)
+
+    def num_tokens(self, tokens: torch.Tensor) -> int:
+        return tokens.shape[1]
 
     def positions_for(self, tokens: torch.Tensor) -> torch.Tensor:
         """Positional + modality embeddings (B, L, D) of a token sequence."""
@@ -218,7 +227,7 @@ class TerraMindEmbeddings(nn.ModuleDict):
         slices = {}
         for key, value in inputs.items():
             kept = (token_positions or {}).get(key)
-            count = len(kept) if kept is not None else self[key].positions_for(value).shape[1]
+            count = len(kept) if kept is not None else self[key].num_tokens(value)
             slices[key] = slice(offset, offset + count)
             offset += count
         return slices
