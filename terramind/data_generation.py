@@ -112,8 +112,8 @@ class TargetTokenizer:
         for name, tokenizer in self.tokenizers.items():
             digest.update(name.encode())
             for tensor_name, tensor in sorted(tokenizer.state_dict().items()):
-                digest.update(tensor_name.encode())
-                digest.update(tensor.detach().cpu().float().numpy().tobytes()[:4096])
+                digest.update(f"{tensor_name}:{tensor.dtype}".encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
 
     @torch.no_grad()
