@@ -46,7 +46,16 @@ logger = logging.get_logger(__name__)
 
 
 # ----------------------------------------------------------------------------- modality embeddings
-class TerraMindPatchEmbedding(nn.Module):
+class TerraMindGridEmbedding(nn.Module):
+    """Base of the image-like embeddings: sin-cos positions of the patch grid (`pos_emb`, interpolated for other
+    grids) plus the learned modality embedding (`mod_emb`)."""
+
+    def positional(self, batch: int, grid_h: int, grid_w: int) -> torch.Tensor:
+        pos = interpolate_pos_embed(self.pos_emb, grid_h, grid_w)
+        return (pos + self.mod_emb).expand(batch, -1, -1)
+
+
+class TerraMindPatchEmbedding(TerraMindGridEmbedding):
     """Raw image modality -> tokens: a bias-free linear map of (ph, pw, channel)-flattened patches.
 
     `bands` (optional) are the band names of the input; for a pretrained modality the linear map keeps the
@@ -86,10 +95,6 @@ class TerraMindPatchEmbedding(nn.Module):
         patches = pixel_values.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
         return patches.reshape(b, (h // p) * (w // p), p * p * c)
 
-    def positional(self, batch: int, grid_h: int, grid_w: int) -> torch.Tensor:
-        pos = interpolate_pos_embed(self.pos_emb, grid_h, grid_w)
-        return (pos + self.mod_emb).expand(batch, -1, -1)
-
     def num_tokens(self, pixel_values: torch.Tensor) -> int:
         return (pixel_values.shape[-2] // self.patch_size) * (pixel_values.shape[-1] // self.patch_size)
 
@@ -111,7 +116,7 @@ class TerraMindPatchEmbedding(nn.Module):
         return tokens, self.positional(b, h // self.patch_size, w // self.patch_size).to(tokens.dtype)
 
 
-class TerraMindImageTokenEmbedding(nn.Module):
+class TerraMindImageTokenEmbedding(TerraMindGridEmbedding):
     """Tokenized image modality (a grid of tokenizer codes) -> tokens. With `to_logits` for the decoder."""
 
     def __init__(self, config: TerraMindConfig, vocab_size: int, with_logits: bool = False):
@@ -122,10 +127,6 @@ class TerraMindImageTokenEmbedding(nn.Module):
         self.mod_emb = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         grid = config.image_size // config.patch_size
         self.register_buffer("pos_emb", sincos_pos_embed_2d(grid, grid, config.hidden_size), persistent=False)
-
-    def positional(self, batch: int, grid_h: int, grid_w: int) -> torch.Tensor:
-        pos = interpolate_pos_embed(self.pos_emb, grid_h, grid_w)
-        return (pos + self.mod_emb).expand(batch, -1, -1)
 
     @staticmethod
     def _grid(tokens: torch.Tensor) -> torch.Tensor:
@@ -470,7 +471,7 @@ class TerraMindPreTrainedModel(PreTrainedModel):
         """MAE-style init as the original (see `init_transformer_weights`), plus modality and register tokens."""
         std = self.config.initializer_range
         init_transformer_weights(module, std)
-        if isinstance(module, (TerraMindPatchEmbedding, TerraMindImageTokenEmbedding)):
+        if isinstance(module, TerraMindGridEmbedding):
             init.normal_(module.mod_emb, std=std)
             grid = self.config.image_size // self.config.patch_size
             init.copy_(module.pos_emb, sincos_pos_embed_2d(grid, grid, self.config.hidden_size))
