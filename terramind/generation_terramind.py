@@ -181,7 +181,7 @@ class TerraMindGenerationMixin:
             if done:  # tokens of this target decoded in earlier steps condition the next ones
                 step_inputs[target] = tokens.reshape(batch, *grid)
                 known = {target: order[:done]}
-            mask = self.terramind.token_mask(step_inputs, valid, known)
+            mask = self.terramind.embeddings.token_mask(step_inputs, valid, known, self.config.num_register_tokens)
             context, _ = self.encode_context(step_inputs, known, attention_mask=mask)
             select = order[done : done + count] if len(schedule) > 1 else None
             logits, _ = self.decode(target, context, grid, select, context_mask=mask)
@@ -203,7 +203,7 @@ class TerraMindGenerationMixin:
         left-aligned and padded with [PAD] (B, L), and which of them are real (B, L)."""
         tokenizer = self.terramind.get_tokenizer(target)
         start, stop = sentinel_ids(tokenizer)
-        mask = self.terramind.token_mask(inputs, valid)
+        mask = self.terramind.embeddings.token_mask(inputs, valid, offset=self.config.num_register_tokens)
         context, _ = self.encode_context(inputs, attention_mask=mask)
         out = torch.full((context.shape[0], 1), start, dtype=torch.long, device=context.device)
         for _ in range(max_tokens):
@@ -407,14 +407,14 @@ class TerraMindGenerationMixin:
         tokens = {resolve_modality(k): v.to(device) for k, v in (input_tokens or {}).items()}
         inputs = self.terramind.collect_inputs(None, prepared, tokens)
         requested = _grid_of(image_size, self.config.patch_size) if image_size is not None else None
-        if any(self.terramind.is_image_modality(k) for k in inputs):
-            grid = self.terramind.patch_grid(inputs)
+        if any(self.terramind.inputs.is_image_modality(k) for k in inputs):
+            grid = self.terramind.inputs.patch_grid(inputs)
             if requested is not None and requested != grid:
                 patch = self.config.patch_size
                 raise ValueError(f"image_size {image_size} does not match the image inputs ({grid[0] * patch}x"
                                  f"{grid[1] * patch}); it sets the size when no input is an image.")  # fmt: skip
             return inputs, grid
-        return inputs, requested or self.terramind.default_grid()
+        return inputs, requested or self.terramind.inputs.default_grid()
 
     def get_tokenizer(self, modality: str, tokenizers: Mapping[str, Any] | None = None):
         """The tokenizer of a modality: passed in, or the encoder's (set or loaded from config.tokenizer_paths)."""

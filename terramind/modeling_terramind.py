@@ -13,7 +13,6 @@ Numerically equal to `terratorch.models.backbones.terramind` (terratorch 1.2.13)
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -26,12 +25,17 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithCrossAttentions
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs, maybe_install_capturing_hooks
 
 from .configuration_terramind import TerraMindConfig
 from .generation_terramind import TerraMindGenerationConfig, TerraMindGenerationMixin, sentinel_ids
-from .modalities import MODALITIES, NODATA_MASK_SUFFIX, UnknownModalityError, resolve_modality, token_modality
+from .modalities import MODALITIES, resolve_modality, token_modality
+from .modeling_terramind_inputs import TerraMindInputs, TerraMindModalityTokenizers
 from .modeling_terramind_layers import (
+    TerraMindAttention,
     TerraMindDecoderLayer,
     TerraMindLayer,
     additive_attention_mask,
@@ -233,6 +237,27 @@ class TerraMindEmbeddings(nn.ModuleDict):
             offset += count
         return slices
 
+    def token_mask(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        valid_tokens: Mapping[str, torch.Tensor] | None,
+        token_positions: Mapping[str, torch.Tensor] | None = None,
+        offset: int = 0,
+    ) -> torch.Tensor | None:
+        """(B, N) mask of the encoded tokens to attend to (`offset` leading tokens, e.g. registers, then every
+        input's tokens) from per-input (B, N_m) masks, e.g. of generated sequences padded to one length; None when
+        every token counts."""
+        valid_tokens = {k: v for k, v in (valid_tokens or {}).items() if k in inputs}
+        if not valid_tokens:
+            return None
+        slices = self.token_slices(inputs, token_positions, offset=offset)
+        first = next(iter(inputs.values()))
+        mask = torch.ones(first.shape[0], max(s.stop for s in slices.values()), dtype=torch.bool, device=first.device)
+        for key, valid in valid_tokens.items():
+            kept = (token_positions or {}).get(key)
+            mask[:, slices[key]] = valid if kept is None else valid[:, kept]
+        return mask
+
 
 def _keep(tokens: torch.Tensor, key: str, token_positions: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
     kept = (token_positions or {}).get(key)
@@ -248,7 +273,8 @@ def _padding_mask(attention_mask: torch.Tensor | None, queries: int, dtype: torc
 
 
 class TerraMindEncoder(nn.Module):
-    """The encoder blocks. `attention_mask` (B, N), 1 for tokens to attend to, hides padding tokens."""
+    """The encoder blocks. `attention_mask` (B, N), 1 for tokens to attend to, hides padding tokens. Hidden states
+    and attentions are recorded by the model's `@capture_outputs` hooks on the blocks."""
 
     def __init__(self, config: TerraMindConfig):
         super().__init__()
@@ -256,26 +282,14 @@ class TerraMindEncoder(nn.Module):
         self.layer = nn.ModuleList([TerraMindLayer(config, rate) for rate in rates])
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-    ) -> BaseModelOutput:
-        """`last_hidden_state` is the last block's output (before the final norm); `hidden_states` the input and
-        every block's output."""
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:  # fmt: skip
+        """`last_hidden_state` is the last block's output (before the final norm)."""
         mask = _padding_mask(attention_mask, hidden_states.shape[1], hidden_states.dtype)
-        all_states = [hidden_states] if output_hidden_states else None
-        attentions = [] if output_attentions else None
         for layer in self.layer:
-            hidden_states, weights = layer(hidden_states, mask, output_attentions)
-            if output_hidden_states:
-                all_states.append(hidden_states)
-            if output_attentions:
-                attentions.append(weights)
-        return BaseModelOutput(last_hidden_state=hidden_states,
-                               hidden_states=tuple(all_states) if all_states is not None else None,
-                               attentions=tuple(attentions) if attentions is not None else None)  # fmt: skip
+            hidden_states = layer(hidden_states, mask, **kwargs)[0]
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
 
 class TerraMindDecoder(nn.Module):
@@ -292,27 +306,13 @@ class TerraMindDecoder(nn.Module):
         context: torch.Tensor,
         self_attention_mask: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithCrossAttentions:
         """`self_attention_mask`: additive (B, 1, Nq, Nq) (e.g. causal); `context_mask`: (B, Nk) valid context."""
         cross_mask = _padding_mask(context_mask, hidden_states.shape[1], hidden_states.dtype)
-        all_states = [hidden_states] if output_hidden_states else None
-        attentions, cross_attentions = ([], []) if output_attentions else (None, None)
         for layer in self.layer:
-            hidden_states, weights, cross_weights = layer(hidden_states, context, self_attention_mask, cross_mask,
-                                                          output_attentions)  # fmt: skip
-            if output_hidden_states:
-                all_states.append(hidden_states)
-            if output_attentions:
-                attentions.append(weights)
-                cross_attentions.append(cross_weights)
-        return BaseModelOutputWithCrossAttentions(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_states) if all_states is not None else None,
-            attentions=tuple(attentions) if attentions is not None else None,
-            cross_attentions=tuple(cross_attentions) if cross_attentions is not None else None,
-        )
+            hidden_states = layer(hidden_states, context, self_attention_mask, cross_mask, **kwargs)[0]
+        return BaseModelOutputWithCrossAttentions(last_hidden_state=hidden_states)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -345,6 +345,13 @@ class TerraMindModelOutput(ModelOutput):
         super().__post_init__()
         self["last_hidden_state"] = first
         self.move_to_end("last_hidden_state", last=False)
+
+
+@dataclass
+class TerraMindEncoderOutput(BaseModelOutput):
+    """`BaseModelOutput` of the encoder over every token, with `token_slices`: where each input's tokens are."""
+
+    token_slices: dict[str, slice] | None = None
 
 
 @dataclass
@@ -407,30 +414,17 @@ class TerraMindPreTrainedModel(PreTrainedModel):
         model._renew_new_modalities(info, pretrained_model_name_or_path, **kwargs)
         if isinstance(model, TerraMindForGeneration):
             model.generation_config = kwargs.get("generation_config") or TerraMindGenerationConfig.from_folder(
-                pretrained_model_name_or_path, **_hub_kwargs(kwargs))
+                pretrained_model_name_or_path, **hub_kwargs(kwargs))
         model._after_loading()
         return (model, info) if want_info else model
 
     def _fill_tim_generators(self, info: dict, generation_config: TerraMindGenerationConfig | None,
                              **kwargs: Any) -> None:  # fmt: skip
-        """Load frozen TiM generators from the same folder when it does not hold them itself (a converted release
-        holds the generator's weights under their plain names), set their sampling (the folder's generation config
-        unless one is given) and keep them frozen (loading hands out fresh Parameters)."""
-        source = self.config._name_or_path
+        """Every TiM generator inside takes its weights and sampling from the same folder (`fill_from`)."""
         for module in self.modules():
-            if not isinstance(module, TerraMindModel) or module.tim_generator is None:
-                continue
-            if not checkpoint_has_key(source, "tim_generator.", **kwargs):
-                weights = TerraMindForGeneration.from_pretrained(
-                    source, modalities=list(module.tim_generator.terramind.modality_channels),
-                    config=tim_generator_config(module.config), dtype=module.dtype, **_hub_kwargs(kwargs),
-                )  # fmt: skip
-                module.tim_generator.load_state_dict(weights.state_dict(), assign=True)  # some are still on meta
-                module.tim_generator.tie_weights()
-                info["missing_keys"] = {k for k in info["missing_keys"] if "tim_generator." not in k}
-            module.tim_generator.generation_config = generation_config or TerraMindGenerationConfig.from_folder(
-                source, **_hub_kwargs(kwargs))
-            module.tim_generator.requires_grad_(False).eval()
+            if isinstance(module, TerraMindModel) and module.tim_generator is not None:
+                module.tim_generator.fill_from(self.config._name_or_path, "tim_generator.", info, generation_config,
+                                               **kwargs)  # fmt: skip
 
     def _renew_new_modalities(self, info: dict, source: str | os.PathLike, **kwargs: Any) -> None:
         """A new modality named like a pretrained one (`{"NDVI": 1}`) is a new raw patch embedding: weights that the
@@ -452,7 +446,7 @@ class TerraMindPreTrainedModel(PreTrainedModel):
                 continue  # nothing loaded under that name: fresh, and reported so
             if f"{prefix}proj.weight" not in info["missing_keys"]:  # the checkpoint has a patch embedding there
                 if saved_new is None:
-                    saved = PreTrainedConfig.get_config_dict(source, **_hub_kwargs(kwargs))[0].get("modalities") or []
+                    saved = PreTrainedConfig.get_config_dict(source, **hub_kwargs(kwargs))[0].get("modalities") or []
                     saved_new = {k: v for entry in saved if isinstance(entry, dict) for k, v in entry.items()}
                 if saved_new.get(name) == channels:  # saved as this new modality: loaded as saved
                     continue
@@ -485,8 +479,23 @@ class TerraMindPreTrainedModel(PreTrainedModel):
                 init.normal_(module.register_tokens, std=std)
 
 
-def _hub_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def hub_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: kwargs[k] for k in ("token", "revision", "cache_dir", "local_files_only") if k in kwargs}
+
+
+FRAMEWORK_KWARGS = frozenset(TransformersKwargs.__annotations__)
+
+
+def split_model_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A forward's keyword arguments -> (inputs by modality name, Transformers' kwargs such as `output_attentions`)."""
+    modalities = {k: v for k, v in kwargs.items() if k not in FRAMEWORK_KWARGS}
+    return modalities, {k: v for k, v in kwargs.items() if k in FRAMEWORK_KWARGS}
+
+
+def wants(config: TerraMindConfig, kwargs: Mapping[str, Any], flag: str) -> bool:
+    """Whether a call asks for an output (`output_hidden_states`, `output_attentions`): its kwarg, else the config."""
+    value = kwargs.get(flag)
+    return bool(getattr(config, flag, False) if value is None else value)
 
 
 def _check_model_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
@@ -505,31 +514,32 @@ class TerraMindModel(TerraMindPreTrainedModel):
     Raw image modalities take standardized pixels (B, C, H, W) with H, W multiples of the patch size. Keys
     `<MODALITY>_nodata_mask` (from the processor) are accepted and checked against their modality; the encoder
     does not mask tokens, so fill nodata first. Unknown keywords raise (`config.ignore_unknown_modalities`: dropped
-    with a warning, as the original).
+    with a warning, as the original). `inputs` reads them (`TerraMindInputs`), `tim_generator` thinks in modalities
+    (`TerraMindThinkingInModalities`), then embeddings -> encoder -> norm -> merged outputs.
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder", r"mask_token", r"encoder_embeddings\."]
     _keys_to_ignore_on_load_missing = [r"^tim_generator\."]  # filled from the same folder by from_pretrained
+    _can_record_outputs = {"hidden_states": TerraMindLayer, "attentions": OutputRecorder(TerraMindAttention, index=1)}
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
         _check_model_kwargs(type(self), kwargs)
         super().__init__(config)
         self.modality_channels = config.modality_specs()
-        self.tim_targets = [token_modality(m) for m in config.tim_modalities]
-        if self.tim_targets:
-            # Thinking-in-Modalities: a frozen generator from the same weights produces the TiM tokens. As in the
-            # original, the encoder's modality embeddings are the generator's own modules, so they stay frozen;
-            # the encoder blocks below are a trainable copy.
-            keys = list(dict.fromkeys([*self.modality_channels, *self.tim_targets]))
-            self.tim_generator = TerraMindForGeneration(tim_generator_config(config), modalities=keys)
-            self.tim_generator.requires_grad_(False).eval()
-            self.encoder_embeddings = None
+        self.tokenizers = TerraMindModalityTokenizers(config)
+        self.inputs = TerraMindInputs(config, self.modality_channels, self.tokenizers)
+        tim_targets = [token_modality(m) for m in config.tim_modalities]
+        self.tim_generator = self.encoder_embeddings = None
+        if tim_targets:  # as the original: the encoder embeds with the frozen generator's own modality embeddings
+            from .modeling_terramind_tim import TerraMindThinkingInModalities
+
+            keys = list(dict.fromkeys([*self.modality_channels, *tim_targets]))
+            self.tim_generator = TerraMindThinkingInModalities(config, keys)
+            self.tim_generator.terramind.use_tokenizers(self.tokenizers)
         else:
-            self.tim_generator = None
             self.encoder_embeddings = TerraMindEmbeddings(config, self.modality_channels)
-        self.image_modalities = [k for k in self.modality_channels if self.is_image_modality(k)]
-        self.image_modalities += [k for k in self.tim_targets
-                                  if k not in self.image_modalities and self.is_image_modality(k)]  # fmt: skip
+        self.image_modalities = [k for k in dict.fromkeys([*self.modality_channels, *tim_targets])
+                                 if self.inputs.is_image_modality(k)]  # fmt: skip
         self.encoder = TerraMindEncoder(config)
         self.layernorm = layer_norm(config)
         self.missing_modality_token = (
@@ -542,11 +552,6 @@ class TerraMindModel(TerraMindPreTrainedModel):
         )
         self.gradient_checkpointing = False
         self.post_init()
-
-    def is_image_modality(self, key: str) -> bool:
-        """Whether an embedding key is an image (raw, new or tokenized), not a sequence."""
-        spec = self.config.pretrained_spec(key)
-        return spec is None or spec.is_image
 
     @property
     def embeddings(self) -> TerraMindEmbeddings:
@@ -584,206 +589,24 @@ class TerraMindModel(TerraMindPreTrainedModel):
         if self.tim_generator is not None:
             self.tim_generator.generation_config.save_pretrained(save_directory)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.tim_generator is not None:
-            self.tim_generator.eval()  # the TiM generator is frozen, also in training
-        return self
+    # ------------------------------------------------------------------ inputs and tokenizers
+    def collect_inputs(self, pixel_values: Any, modalities: dict[str, Any],
+                       input_tokens: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Tensor/dict/keyword inputs -> embedding key -> model-ready tensor (`TerraMindInputs.collect`)."""
+        return self.inputs.collect(pixel_values, modalities, input_tokens)
 
-    # ------------------------------------------------------------------ inputs
-    def collect_inputs(
-        self,
-        pixel_values: Any,
-        modalities: dict[str, Any],
-        input_tokens: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Gather tensor/dict/keyword inputs into embedding key -> model-ready tensor, in configured order.
-
-        Raw images are validated; tokenized modalities given as images (or LULC class maps) go through their
-        tokenizer; `input_tokens` are ready token grids (B, H/16, W/16) that skip it; Coordinates (B, 2)
-        lon/lat become token ids through the coordinates tokenizer.
-        """
-        given: dict[str, Any] = {}
-        if isinstance(pixel_values, dict):
-            given.update(pixel_values)
-        elif pixel_values is not None:
-            given[next(iter(self.config.modality_aliases().values()))] = pixel_values
-        for name, value in modalities.items():
-            if name in given:
-                raise ValueError(f"Modality {name!r} was given twice.")
-            given[name] = value
-        masks = {k: given.pop(k) for k in list(given) if k.endswith(NODATA_MASK_SUFFIX)}
-        if not given and not input_tokens:
-            raise ValueError(f"No input given; expected one or more of {self._configured_names()}.")
-        by_key: dict[str, tuple[str, torch.Tensor, bool]] = {}
-        ignored: list[str] = []
-        for is_tokens, source in ((False, given), (True, input_tokens or {})):
-            for name, value in source.items():
-                key = self._known_input_key(name, is_tokens, ignored)
-                if key is None:
-                    continue
-                if key in by_key:
-                    raise ValueError(f"Modality {name!r} and another input both map to {key}; give it once.")
-                if not isinstance(value, torch.Tensor):
-                    raise ValueError(f"Input {name} must be a torch.Tensor, got {type(value).__name__}.")
-                by_key[key] = (name, value, is_tokens)
-        for name in masks:
-            modality = name[: -len(NODATA_MASK_SUFFIX)]
-            key = self._known_input_key(modality, False, ignored)
-            if key is not None and key not in by_key:
-                raise ValueError(f"{name} given without its modality {modality}.")
-        if ignored:
-            logger.warning_once(f"Ignoring inputs of modalities this model is not configured for: {ignored} "
-                                f"(ignore_unknown_modalities=True); it takes {self._configured_names()}.")  # fmt: skip
-        if not by_key:
-            raise ValueError(f"No input of a configured modality given; expected one or more of "
-                             f"{self._configured_names()}.")  # fmt: skip
-        ordered = {k: self._prepare_input(k, *by_key[k]) for k in self.modality_channels if k in by_key}
-        self._check_shared_shapes(ordered)
-        return ordered
-
-    def _configured_names(self) -> str:
-        return ", ".join(self.config.modality_aliases().values())
-
-    def _known_input_key(self, name: str, tokens: bool, ignored: list[str]) -> str | None:
-        """`_input_key`, or None (the name noted in `ignored`) for an unknown modality when the config says to
-        ignore those, as the original does."""
-        try:
-            return self._input_key(name, tokens=tokens)
-        except UnknownModalityError:
-            if not self.config.ignore_unknown_modalities:
-                raise
-            if name not in ignored:
-                ignored.append(name)
-            return None
-
-    def _input_key(self, name: str, tokens: bool = False) -> str:
-        try:
-            key = self.config.modality_key(name)
-        except ValueError:
-            key = None
-        if tokens and self.config.pretrained_spec(key) is not None and f"{key}_TOKENS" in self.modality_channels:
-            key = f"{key}_TOKENS"  # input_tokens={"S2L2A": grid} means the tokenized S2L2A modality
-        if key not in self.modality_channels:
-            raise UnknownModalityError(f"Unknown input modality {name!r}: this model is configured for "
-                                       f"{self._configured_names()}. Configure it in `modalities`.")  # fmt: skip
-        spec = self.config.pretrained_spec(key)
-        if tokens and (spec is None or spec.kind != "image_tokens"):
-            raise ValueError(f"input_tokens takes token grids of tokenized modalities (LULC, NDVI, S2L2A_TOKENS, "
-                             f"...), not {name!r}.")  # fmt: skip
-        return key
-
-    def _prepare_input(self, key: str, name: str, value: torch.Tensor, is_tokens: bool) -> torch.Tensor:
-        spec = self.config.pretrained_spec(key)
-        if spec is None or spec.kind == "image":
-            return self._check_image(key, name, value)
-        if spec.kind == "sequence":
-            tokenizer = self.get_tokenizer("Coordinates")
-            return tokenizer.encode_coordinates(value).to(value.device)
-        if not is_tokens:  # an image of a tokenized modality: tokenize it (frozen tokenizer)
-            tokenizer = self.get_tokenizer(spec.tokenizer_modality)
-            with torch.no_grad():
-                value = tokenizer.encode(value.to(tokenizer.device)).tokens.to(value.device)
-        if value.ndim != 3 or value.is_floating_point():
-            raise ValueError(f"Token grid {name} must be an integer tensor (B, h, w), got {value.dtype} "
-                             f"{tuple(value.shape)}.")  # fmt: skip
-        if not torch.compiler.is_compiling() and value.numel() and (value.min() < 0 or value.max() >= spec.vocab_size):
-            raise ValueError(f"Token grid {name} has ids outside the codebook [0, {spec.vocab_size}).")
-        return value.long()
-
-    def _check_image(self, key: str, name: str, value: torch.Tensor) -> torch.Tensor:
-        channels = self.modality_channels[key]
-        patch = self.config.patch_size
-        if value.ndim != 4:
-            raise ValueError(f"Input {name} must be (B, C, H, W), got shape {tuple(value.shape)}.")
-        if value.shape[1] != channels:
-            raise ValueError(f"Input {name} expected {channels} channels, got {value.shape[1]} "
-                             f"(shape {tuple(value.shape)}).")  # fmt: skip
-        h, w = value.shape[-2:]
-        if h % patch or w % patch:
-            raise ValueError(f"Input {name} has spatial size {h}x{w}; expected multiples of {patch}.")
-        if not value.is_floating_point():
-            raise ValueError(f"Input {name} must be a floating point tensor, got {value.dtype}.")
-        if not torch.compiler.is_compiling() and not torch.isfinite(value).all():  # data-dependent: not traced
-            raise ValueError(f"Input {name} contains NaN or inf; fill nodata first (e.g. with "
-                             f"TerraMindImageProcessor, which fills and reports it).")  # fmt: skip
-        return value
-
-    def _check_shared_shapes(self, inputs: dict[str, torch.Tensor]) -> None:
-        """One batch size, and one patch grid for all image modalities (merges stack them)."""
-        batch, grid, first = None, None, None
-        patch = self.config.patch_size
-        for key, value in inputs.items():
-            name = self.config.modality_aliases().get(key, key)
-            if batch is not None and value.shape[0] != batch:
-                raise ValueError(f"Input {name} has batch size {value.shape[0]}, {first} has {batch}.")
-            batch, first = value.shape[0], first or name
-            if self.modality_channels.get(key) is not None:
-                this_grid = (value.shape[-2] // patch, value.shape[-1] // patch)
-            elif MODALITIES[key].kind == "image_tokens":
-                this_grid = tuple(value.shape[-2:])
-            else:
-                continue
-            if grid is not None and this_grid != grid:
-                raise ValueError(f"Input {name} has a {this_grid} patch grid, other inputs {grid}; image "
-                                 f"modalities must share one spatial size.")  # fmt: skip
-            grid = this_grid
-
-    def patch_grid(self, inputs: Mapping[str, torch.Tensor], default: tuple[int, int] | None = None) -> tuple[int, int]:
-        """(h, w) token grid of prepared inputs; `default` when none is an image (e.g. Coordinates alone)."""
-        for key, value in inputs.items():
-            if self.modality_channels.get(key) is not None:
-                return value.shape[-2] // self.config.patch_size, value.shape[-1] // self.config.patch_size
-            if key in MODALITIES and MODALITIES[key].kind == "image_tokens":
-                return tuple(value.shape[-2:])
-        if default is None:
-            raise ValueError("At least one image modality is needed to know the spatial size.")
-        return default
-
-    def default_grid(self) -> tuple[int, int]:
-        """The token grid of `config.image_size`: what the original generates without an image input."""
-        side = self.config.image_size // self.config.patch_size
-        return side, side
-
-    # ------------------------------------------------------------------ tokenizers
     def get_tokenizer(self, modality: str):
-        """Tokenizer of a modality (S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI or Coordinates): set with
-        `set_tokenizer`, or loaded once, frozen, from `config.tokenizer_paths` (defaults: the official repos).
-        Tokenizers are not part of this model's weights."""
-        name = resolve_modality(modality).removesuffix("_TOKENS")
-        cache = self.__dict__.setdefault("_tokenizers", {})
-        if name not in cache:
-            from .configuration_terramind import DEFAULT_TOKENIZER_REPOS
-
-            path = (self.config.tokenizer_paths or {}).get(name) or DEFAULT_TOKENIZER_REPOS.get(name)
-            try:
-                if name == "Coordinates":
-                    from .tokenization_terramind_coords import TerraMindCoordsTokenizer
-
-                    tokenizer = TerraMindCoordsTokenizer.from_pretrained(path)
-                else:
-                    from .modeling_terramind_tokenizer import TerraMindTokenizerModel
-
-                    tokenizer = TerraMindTokenizerModel.from_pretrained(path).eval().requires_grad_(False)
-            except (OSError, ValueError) as error:
-                raise ValueError(f"The {name} tokenizer could not be loaded from {path!r} ({error}). Pass it with "
-                                 f"`set_tokenizer('{name}', tokenizer)` (generate: tokenizers={{'{name}': ...}}) or "
-                                 f"set config.tokenizer_paths['{name}'] to a converted or original tokenizer "
-                                 "folder.") from None  # fmt: skip
-            cache[name] = tokenizer
-        tokenizer = cache[name]
-        if isinstance(tokenizer, nn.Module) and tokenizer.device != self.device:
-            cache[name] = tokenizer = tokenizer.to(self.device)
-        return tokenizer
+        """Frozen tokenizer of a modality (S2L2A, S1GRD, S1RTC, DEM, LULC, NDVI or Coordinates) on this model's
+        device: set with `set_tokenizer`, or loaded once from `config.tokenizer_paths` (not part of the weights)."""
+        return self.tokenizers.get(modality, self.device)
 
     def set_tokenizer(self, modality: str, tokenizer: Any) -> None:
         """Use `tokenizer` for `modality` (frozen; kept outside the model's weights; also the TiM generator's)."""
-        name = resolve_modality(modality).removesuffix("_TOKENS")
-        if isinstance(tokenizer, nn.Module):
-            tokenizer = tokenizer.eval().requires_grad_(False)
-        self.__dict__.setdefault("_tokenizers", {})[name] = tokenizer
-        if self.tim_generator is not None:
-            self.tim_generator.terramind.set_tokenizer(modality, tokenizer)
+        self.tokenizers.set(modality, tokenizer)
+
+    def use_tokenizers(self, tokenizers: TerraMindModalityTokenizers) -> None:
+        """Share another model's tokenizers (the TiM generator shares its encoder's)."""
+        self.tokenizers = self.inputs.tokenizers = tokenizers
 
     def drop_modalities(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training-time modality dropout: each input but one random survivor is dropped with the rate."""
@@ -794,43 +617,58 @@ class TerraMindModel(TerraMindPreTrainedModel):
         drop = torch.rand(len(keys)) < self.config.modality_drop_rate
         return {k: v for k, v, d in zip(keys, inputs.values(), drop.tolist(), strict=True) if k == keep or not d}
 
-    # ------------------------------------------------------------------ encoding
+    # ------------------------------------------------------------------ forward: inputs -> embeddings -> encoder
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
+        input_tokens: dict[str, torch.Tensor] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> TerraMindModelOutput:
+        r"""
+        pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
+        input_tokens: token grids (B, H/16, W/16) of tokenized modalities (LULC, NDVI, ...), used as they are.
+        kwargs: further inputs by modality name, e.g. `S2L2A=x, S1GRD=y`; tokenized modalities (LULC, NDVI) as
+            images or class maps (tokenized first, by their frozen tokenizer); `Coordinates` as (B, 2) lon/lat.
+            And Transformers' `output_hidden_states` / `output_attentions` (computed eagerly for this call).
+        """
+        modalities, kwargs = split_model_kwargs(kwargs)
+        inputs = self.inputs.collect(pixel_values, modalities, input_tokens)
+        tim_tokens = {}
+        if self.tim_generator is not None:
+            tim_tokens = self.tim_generator.think(inputs, self.inputs.patch_grid(inputs, self.inputs.default_grid()))
+        inputs = {**self.drop_modalities(inputs), **tim_tokens}
+        outputs = self.encode(inputs, return_dict=True, **kwargs)
+        slices = outputs.token_slices
+        if tim_tokens and self.config.merge_method == "dict":  # as the original: the inputs' tokens, not TiM's
+            slices = {k: v for k, v in slices.items() if k not in tim_tokens}
+        hidden_states = outputs.hidden_states
+        if hidden_states is not None:
+            hidden_states = tuple(self.merge(state, slices) for state in hidden_states)
+        aliases = self.config.modality_aliases()
+        return TerraMindModelOutput(
+            last_hidden_state=self.merge(outputs.last_hidden_state, slices), hidden_states=hidden_states,
+            attentions=outputs.attentions,
+            tim_tokens={aliases.get(k, k.removesuffix("_TOKENS")): v.flatten(1) for k, v in tim_tokens.items()} or None,
+        )  # fmt: skip
+
+    @capture_outputs(tie_last_hidden_states=False)
     def encode(
         self,
         inputs: Mapping[str, torch.Tensor],
         token_positions: Mapping[str, torch.Tensor] | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
         attention_mask: torch.Tensor | None = None,
-    ) -> tuple[BaseModelOutput, dict[str, slice]]:
-        """Prepared inputs (embedding key -> tensor) -> the encoder's output (last state normed) and token slices.
-        `attention_mask` (B, N) hides tokens (see `token_mask`)."""
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> TerraMindEncoderOutput:
+        """Prepared inputs (embedding key -> tensor) -> the encoder's output (last state normed; every token,
+        `hidden_states` and `attentions` recorded from the blocks) and where each input's tokens are.
+        `attention_mask` (B, N) hides tokens (see `TerraMindEmbeddings.token_mask`)."""
         hidden = self.embeddings(inputs, token_positions)
         if self.register_tokens is not None:
             hidden = torch.cat([self.register_tokens.to(hidden.dtype).expand(hidden.shape[0], -1, -1), hidden], 1)
-        outputs = self.encoder(hidden, attention_mask, output_attentions=output_attentions,
-                               output_hidden_states=output_hidden_states)  # fmt: skip
-        outputs.last_hidden_state = self.layernorm(outputs.last_hidden_state)
-        return outputs, self.embeddings.token_slices(inputs, token_positions, offset=self.config.num_register_tokens)
-
-    def token_mask(
-        self,
-        inputs: Mapping[str, torch.Tensor],
-        valid_tokens: Mapping[str, torch.Tensor] | None,
-        token_positions: Mapping[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor | None:
-        """(B, N) mask of the encoded tokens to attend to (registers, then every input's tokens) from per-input
-        (B, N_m) masks, e.g. of generated sequences padded to one length; None when every token counts."""
-        valid_tokens = {k: v for k, v in (valid_tokens or {}).items() if k in inputs}
-        if not valid_tokens:
-            return None
+        outputs = self.encoder(hidden, attention_mask, **kwargs)
         slices = self.embeddings.token_slices(inputs, token_positions, offset=self.config.num_register_tokens)
-        first = next(iter(inputs.values()))
-        mask = torch.ones(first.shape[0], max(s.stop for s in slices.values()), dtype=torch.bool, device=first.device)
-        for key, valid in valid_tokens.items():
-            kept = (token_positions or {}).get(key)
-            mask[:, slices[key]] = valid if kept is None else valid[:, kept]
-        return mask
+        return TerraMindEncoderOutput(last_hidden_state=self.layernorm(outputs.last_hidden_state), token_slices=slices)
 
     def merge(self, hidden: torch.Tensor, slices: Mapping[str, slice]) -> Any:
         """Merge a (B, N, D) sequence's per-modality tokens as `config.merge_method` says."""
@@ -845,6 +683,8 @@ class TerraMindModel(TerraMindPreTrainedModel):
             out.update({aliases.get(k, k): v for k, v in parts.items()})
             return out
         images = [v for k, v in parts.items() if k in self.image_modalities]
+        if len(parts) == 1 and len(images) == 1 and method in ("mean", "max") and images[0].shape == hidden.shape:
+            return hidden  # one image modality, no registers: its tokens are the sequence (and keep its graph)
         if not images:
             raise ValueError("merge_method needs at least one image modality among the inputs.")
         if method == "mean":
@@ -854,60 +694,6 @@ class TerraMindModel(TerraMindPreTrainedModel):
         # concat: configured image modalities in order, a learned token where one is missing
         missing = self.missing_modality_token.to(hidden.dtype).expand_as(images[0])
         return torch.cat([parts.get(k, missing) for k in self.image_modalities], dim=-1)
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
-        input_tokens: dict[str, torch.Tensor] | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **modalities: torch.Tensor,
-    ) -> TerraMindModelOutput | tuple:
-        r"""
-        pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
-        input_tokens: token grids (B, H/16, W/16) of tokenized modalities (LULC, NDVI, ...), used as they are.
-        output_attentions: return every block's attention probabilities (computed eagerly for this call).
-        modalities: further inputs by modality name, e.g. `S2L2A=x, S1GRD=y`; tokenized modalities (LULC, NDVI)
-            as images or class maps (tokenized first, by their frozen tokenizer); `Coordinates` as (B, 2) lon/lat.
-        """
-        config = self.config
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else config.return_dict
-        inputs = self.collect_inputs(pixel_values, modalities, input_tokens)
-        tim_tokens = self.think(inputs) if self.tim_generator is not None else None
-        inputs = self.drop_modalities(inputs)
-        if tim_tokens:
-            inputs.update(tim_tokens)
-        outputs, slices = self.encode(inputs, output_attentions=output_attentions,
-                                      output_hidden_states=output_hidden_states)  # fmt: skip
-        if tim_tokens and config.merge_method == "dict":  # as the original: the inputs' tokens, not the TiM ones
-            slices = {k: v for k, v in slices.items() if k not in tim_tokens}
-        last = self.merge(outputs.last_hidden_state, slices)
-        all_states = tuple(self.merge(s, slices) for s in outputs.hidden_states) if output_hidden_states else None
-        if tim_tokens:
-            aliases = config.modality_aliases()
-            tim_tokens = {aliases.get(k, k.removesuffix("_TOKENS")): v.flatten(1) for k, v in tim_tokens.items()}
-        if not return_dict:
-            return tuple(v for v in (last, all_states, outputs.attentions, tim_tokens) if v is not None)
-        return TerraMindModelOutput(last_hidden_state=last, hidden_states=all_states, attentions=outputs.attentions,
-                                    tim_tokens=tim_tokens)  # fmt: skip
-
-    def think(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Thinking-in-Modalities: generate the TiM modalities the input lacks (token grids (B, h, w); Coordinates
-        as up to 4 token ids (B, L), padded with 0, as the original) with the frozen generator's generation config,
-        each conditioned on the TiM modalities before it unless `tim_chained_generations=False`. Without an image
-        input the grid is that of `config.image_size`, as the original's 224 x 224."""
-        targets = [k for k in self.tim_targets if k not in inputs]
-        if not targets:
-            return {}
-        return self.tim_generator.generate_tokens(inputs, targets, self.patch_grid(inputs, self.default_grid()),
-                                                  chained=self.config.tim_chained_generations,
-                                                  sequence_tokens=MODALITIES["Coordinates"].max_length)  # fmt: skip
-
 
 # ----------------------------------------------------------------------------- generator
 DECODER_MODALITIES = tuple(k for k, s in MODALITIES.items() if s.kind in ("image_tokens", "sequence"))
@@ -924,6 +710,11 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
     """
 
     _keys_to_ignore_on_load_unexpected = [r"embeddings\."]  # embeddings of modalities left out by `modalities`
+    _can_record_outputs = {
+        "hidden_states": TerraMindDecoderLayer,
+        "attentions": OutputRecorder(TerraMindAttention, index=1, layer_name="self_attention"),
+        "cross_attentions": OutputRecorder(TerraMindAttention, index=1, layer_name="cross_attention"),
+    }
     generation_config_class = TerraMindGenerationConfig
     # `**modalities` is not `**loss_kwargs`: Trainer must not pass `num_items_in_batch` as an input.
     accepts_loss_kwargs = False
@@ -977,17 +768,23 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         self,
         inputs: Mapping[str, torch.Tensor],
         token_positions: Mapping[str, torch.Tensor] | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
         attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, BaseModelOutput]:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, TerraMindEncoderOutput]:
         """Prepared inputs -> the decoder's context (B, N, D): the normed encoder output, projected, plus the
         inputs' positional and modality embeddings (as the original); and the encoder's output. `attention_mask`
-        (B, N) hides tokens from the encoder (`TerraMindModel.token_mask`); give it to the decoder too."""
-        outputs, _ = self.terramind.encode(inputs, token_positions, output_attentions, output_hidden_states,
-                                           attention_mask)  # fmt: skip
+        (B, N) hides tokens from the encoder (`TerraMindEmbeddings.token_mask`); give it to the decoder too."""
+        outputs = self.terramind.encode(inputs, token_positions, attention_mask, return_dict=True, **kwargs)
         positions = self.terramind.embeddings.positions(inputs, token_positions).to(outputs.last_hidden_state.dtype)
         return self.decoder_proj_context(outputs.last_hidden_state) + positions, outputs
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def run_decoder(
+        self, queries: torch.Tensor, context: torch.Tensor, self_attention_mask: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None, **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithCrossAttentions:  # fmt: skip
+        """The decoder blocks over `queries`; hidden states, self- and cross-attentions recorded from the blocks."""
+        return self.decoder(queries, context, self_attention_mask, context_mask, **kwargs)
 
     def decode(
         self,
@@ -995,9 +792,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         context: torch.Tensor,
         grid: tuple[int, int],
         query_positions: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
         context_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, BaseModelOutputWithCrossAttentions]:
         """Logits (B, n, V) of an image-token target at flat grid `query_positions` (all when None): mask-token
         queries at those positions attend to each other and to the context (its tokens where `context_mask`)."""
@@ -1005,9 +801,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         queries = embedding.positional(context.shape[0], *grid).to(context.dtype)
         if query_positions is not None:
             queries = queries[:, query_positions]
-        outputs = self.decoder(self.mask_token.to(context.dtype) + queries, context, context_mask=context_mask,
-                               output_attentions=output_attentions,
-                               output_hidden_states=output_hidden_states)  # fmt: skip
+        outputs = self.run_decoder(self.mask_token.to(context.dtype) + queries, context, context_mask=context_mask,
+                                   return_dict=True, **kwargs)  # fmt: skip
         return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
 
     def decode_sequence(
@@ -1015,9 +810,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         target: str,
         context: torch.Tensor,
         tokens: torch.Tensor,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
         context_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, BaseModelOutputWithCrossAttentions]:
         """Next-token logits (B, L, V) of a sequence target (Coordinates) given its tokens so far (B, L), which
         start with the sentinel [S_1]: causal self-attention, as the original (context tokens where `context_mask`)."""
@@ -1026,12 +820,12 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         hidden = embedding.token_emb(tokens) + embedding.positional(tokens.shape[0], length).to(context.dtype)
         causal = torch.ones(length, length, dtype=torch.bool, device=context.device).tril()
         mask = additive_attention_mask(causal.expand(tokens.shape[0], -1, -1), hidden.dtype)
-        outputs = self.decoder(hidden, context, self_attention_mask=mask, context_mask=context_mask,
-                               output_attentions=output_attentions,
-                               output_hidden_states=output_hidden_states)  # fmt: skip
+        outputs = self.run_decoder(hidden, context, self_attention_mask=mask, context_mask=context_mask,
+                                   return_dict=True, **kwargs)  # fmt: skip
         return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
 
     # ------------------------------------------------------------------ forward
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
@@ -1039,14 +833,11 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         target_modalities: Sequence[str] | None = None,
         labels: dict[str, torch.Tensor] | None = None,
         reveal_fraction: float | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **modalities: torch.Tensor,
-    ) -> TerraMindGenerationOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> TerraMindGenerationOutput:
         r"""Predict the tokens of target modalities from the inputs (what one-step generation does).
 
-        pixel_values / input_tokens / modalities: the inputs, as for `TerraMindModel`.
+        pixel_values / input_tokens / kwargs: the inputs, as for `TerraMindModel` (and Transformers' `output_*`).
         target_modalities: modalities to predict (LULC, S2L2A, ...; default: the keys of `labels`). Image targets
             get logits at every grid position from mask-token queries.
         labels: target modality -> token ids: grids (B, h, w) for image modalities, (B, L) for Coordinates
@@ -1056,19 +847,15 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             masked pre-training); `predicted_positions` says which. Default: none in evaluation, and in training
             a fraction drawn uniformly in [0, `config.target_reveal_rate`] per batch (0 unless configured).
         """
-        config = self.config
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else config.return_dict
+        modalities, kwargs = split_model_kwargs(kwargs)
+        if wants(self.config, kwargs, "output_attentions") or wants(self.config, kwargs, "output_hidden_states"):
+            maybe_install_capturing_hooks(self)  # the whole model's hooks at once, before its encoder's own
         targets = self._forward_targets(target_modalities, labels)
         inputs = self.terramind.collect_inputs(pixel_values, modalities, input_tokens)
         image_targets = any(MODALITIES[k].is_image for k in targets.values())
-        grid = self.terramind.patch_grid(inputs, self.terramind.default_grid()) if image_targets else None
+        grid = self.terramind.inputs.patch_grid(inputs, self.terramind.inputs.default_grid()) if image_targets else None
         predicted, revealed = self._reveal_targets(inputs, targets, labels, grid, reveal_fraction)
-        context, encoder_outputs = self.encode_context(inputs, revealed, output_attentions=output_attentions,
-                                                       output_hidden_states=output_hidden_states)  # fmt: skip
+        context, encoder_outputs = self.encode_context(inputs, revealed, **kwargs)
         logits, decoder_states, decoder_attentions, cross_attentions, losses = {}, {}, {}, {}, []
         for name, key in targets.items():
             target_labels = None if labels is None else _find_label(labels, name)
@@ -1076,25 +863,22 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
                 if target_labels is None:
                     raise ValueError(f"{name} logits are teacher-forced: give its token ids in labels={{'{name}': ...}}.")
                 target_logits, outputs = self.decode_sequence(key, context, self._sequence_decoder_input(target_labels),
-                                                              output_attentions, output_hidden_states)  # fmt: skip
+                                                              **kwargs)  # fmt: skip
             else:
-                target_logits, outputs = self.decode(key, context, grid, predicted.get(name), output_attentions,
-                                                     output_hidden_states)  # fmt: skip
+                target_logits, outputs = self.decode(key, context, grid, predicted.get(name), **kwargs)
             logits[name] = target_logits
             if target_labels is not None:
                 losses.append(self._token_loss(key, name, target_logits, target_labels, grid, predicted.get(name)))
-            if output_hidden_states:
+            if outputs.hidden_states is not None:
                 decoder_states[name] = outputs.hidden_states
-            if output_attentions:
+            if outputs.attentions is not None:
                 decoder_attentions[name], cross_attentions[name] = outputs.attentions, outputs.cross_attentions
-        loss = torch.stack(losses).sum() if losses else None
-        output = TerraMindGenerationOutput(
-            loss=loss, logits=logits, encoder_last_hidden_state=context,
+        return TerraMindGenerationOutput(
+            loss=torch.stack(losses).sum() if losses else None, logits=logits, encoder_last_hidden_state=context,
             encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions,
             decoder_hidden_states=decoder_states or None, decoder_attentions=decoder_attentions or None,
             cross_attentions=cross_attentions or None, predicted_positions=predicted or None,
         )  # fmt: skip
-        return output if return_dict else output.to_tuple()
 
     def _reveal_targets(
         self, inputs: dict[str, torch.Tensor], targets: Mapping[str, str], labels: Mapping[str, torch.Tensor] | None,
@@ -1173,33 +957,6 @@ def _find_label(labels: Mapping[str, torch.Tensor], name: str) -> torch.Tensor |
         if key == name or token_modality(key) == token_modality(name):
             return value
     return None
-
-
-def checkpoint_has_key(name_or_path: str, part: str, **kwargs: Any) -> bool:
-    """Whether the safetensors weights of a saved model hold a key containing `part`."""
-    from safetensors import safe_open
-    from transformers.utils import cached_file
-
-    hub = _hub_kwargs(kwargs)
-    index = cached_file(name_or_path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False,
-                        **hub)  # fmt: skip
-    if index is not None:
-        with open(index) as handle:
-            return any(part in k for k in json.load(handle)["weight_map"])
-    weights = cached_file(name_or_path, "model.safetensors", _raise_exceptions_for_missing_entries=False, **hub)
-    if weights is None:
-        return False
-    with safe_open(weights, "pt") as handle:
-        return any(part in k for k in handle.keys())
-
-
-def tim_generator_config(config: TerraMindConfig) -> TerraMindConfig:
-    """Config of the frozen TiM generator: the same architecture, no dropout, no TiM of its own."""
-    generator = copy.deepcopy(config)
-    generator.tim_modalities = []
-    generator.drop_path_rate = generator.attention_dropout = generator.hidden_dropout = 0.0
-    generator.modality_drop_rate = 0.0
-    return generator
 
 
 __all__ = [

@@ -110,12 +110,13 @@ class TerraMindAttention(nn.Module):
         hidden_states: torch.Tensor,
         context: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
+        **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns the attended states and, with `output_attentions`, the attention probabilities (B, H, Nq, Nk).
+        """Returns the attended states and the attention probabilities (B, H, Nq, Nk), or None where the
+        implementation does not materialise them.
 
-        SDPA never materialises the probabilities, so a call that asks for them runs the eager path (the same
-        numbers up to rounding); other calls use the configured implementation.
+        SDPA never materialises the probabilities, so a call that asks for them (`output_attentions`, given or the
+        config's) runs the eager path (the same numbers up to rounding); other calls use the configured one.
         """
         batch, length, dim = hidden_states.shape
         heads = (batch, -1, self.num_heads, self.head_dim)
@@ -125,6 +126,9 @@ class TerraMindAttention(nn.Module):
         else:
             qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
             query, key, value = qkv.permute(2, 0, 3, 1, 4)
+        output_attentions = kwargs.get("output_attentions")
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
         implementation = "eager" if output_attentions else (getattr(self.config, "_attn_implementation", None) or "sdpa")
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, weights = attention_interface(
@@ -137,7 +141,7 @@ class TerraMindAttention(nn.Module):
             dropout=getattr(self.config, "attention_dropout", 0.0) if self.training else 0.0,
             is_causal=False,
         )
-        return self.proj_dropout(self.proj(output.reshape(batch, length, dim))), weights if output_attentions else None
+        return self.proj_dropout(self.proj(output.reshape(batch, length, dim))), weights
 
 
 class TerraMindMLP(nn.Module):
@@ -195,10 +199,11 @@ class TerraMindLayer(GradientCheckpointingLayer):
         self.drop_path = TerraMindDropPath(drop_path)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns the block output and, with `output_attentions`, its attention probabilities."""
-        attended, weights = self.attention(self.norm1(hidden_states), None, attention_mask, output_attentions)
+        """Returns the block output and its attention probabilities (None where not materialised); the models
+        record both with `@capture_outputs` hooks."""
+        attended, weights = self.attention(self.norm1(hidden_states), None, attention_mask, **kwargs)
         hidden_states = hidden_states + self.drop_path(attended)
         return hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states))), weights
 
@@ -223,14 +228,13 @@ class TerraMindDecoderLayer(GradientCheckpointingLayer):
         context: torch.Tensor,
         self_attention_mask: torch.Tensor | None = None,
         cross_attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
+        **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Returns the block output and, with `output_attentions`, its self- and cross-attention probabilities."""
-        attended, self_weights = self.self_attention(self.norm1(hidden_states), None, self_attention_mask,
-                                                     output_attentions)  # fmt: skip
+        """Returns the block output and its self- and cross-attention probabilities (None where not materialised)."""
+        attended, self_weights = self.self_attention(self.norm1(hidden_states), None, self_attention_mask, **kwargs)
         hidden_states = hidden_states + self.drop_path(attended)
         attended, cross_weights = self.cross_attention(self.query_norm(hidden_states), self.context_norm(context),
-                                                       cross_attention_mask, output_attentions)  # fmt: skip
+                                                       cross_attention_mask, **kwargs)  # fmt: skip
         hidden_states = hidden_states + self.drop_path(attended)
         return hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states))), self_weights, cross_weights
 

@@ -53,7 +53,9 @@ from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.models.upernet.modeling_upernet import UperNetConvModule, UperNetFCNHead, UperNetHead
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_terramind import TerraMindConfig
 from .losses import (
@@ -68,6 +70,8 @@ from .modeling_terramind import (
     TerraMindModel,
     TerraMindModelOutput,
     TerraMindPreTrainedModel,
+    split_model_kwargs,
+    wants,
 )
 from .temporal import fold_time, merge_time
 from .tiling import run_tiled
@@ -290,6 +294,12 @@ class TerraMindNeck(nn.Module):
         """Whether a stage other than the (normed) last one is used."""
         return any(index != self.last_stage for index in self.out_indices)
 
+    def encoder_kwargs(self, config: TerraMindConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The encoder's keyword arguments: the caller's, with the hidden states the neck reads."""
+        if self.needs_hidden_states and not wants(config, kwargs, "output_hidden_states"):
+            return {**kwargs, "output_hidden_states": True}
+        return kwargs
+
     def forward(self, outputs: TerraMindModelOutput, grid: tuple[int, int]) -> list[torch.Tensor]:
         maps = []
         for index in self.out_indices:
@@ -421,11 +431,10 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
                 parameter.requires_grad_(not freeze)
 
     def _encode(
-        self, pixel_values: Any, modalities: dict[str, Any], output_hidden_states: bool = True,
-        output_attentions: bool = False,
-    ) -> tuple[TerraMindModelOutput, tuple[int, int]]:  # fmt: skip
-        """Run the encoder; returns its output (with every block's hidden states) and the patch grid."""
-        outputs, inputs = self._run_encoder(pixel_values, modalities, output_hidden_states, output_attentions)
+        self, pixel_values: Any, modalities: dict[str, Any], **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple[TerraMindModelOutput, tuple[int, int]]:
+        """Run the encoder; returns its output and the patch grid."""
+        outputs, inputs = self._run_encoder(pixel_values, modalities, **kwargs)
         tokens = outputs.last_hidden_state.shape[1]
         return outputs, _spatial_grid([inputs], self.config.patch_size, tokens)
 
@@ -439,9 +448,8 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
         return inputs
 
     def _run_encoder(
-        self, pixel_values: Any, modalities: dict[str, Any], output_hidden_states: bool | None,
-        output_attentions: bool | None = None,
-    ) -> tuple[TerraMindModelOutput, dict[str, Any]]:  # fmt: skip
+        self, pixel_values: Any, modalities: dict[str, Any], **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple[TerraMindModelOutput, dict[str, Any]]:
         """The encoder over the inputs; time series (B, C, T, H, W) go through it one time step at a time (folded
         into the batch) and its outputs are merged over time by `temporal_merge` (attentions stay per time step,
         (B * T, heads, N, N)). Returns the output and the (folded) inputs."""
@@ -457,8 +465,7 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
         expected = task_setting(self.config, "num_timesteps")
         if steps is not None and expected is not None and steps != expected:
             raise ValueError(f"The inputs have {steps} time steps, this model was built for num_timesteps={expected}.")
-        outputs = self.terramind(inputs, input_tokens=tokens, output_hidden_states=output_hidden_states,
-                                 output_attentions=output_attentions, return_dict=True)  # fmt: skip
+        outputs = self.terramind(inputs, input_tokens=tokens, return_dict=True, **kwargs)
         if steps is None:
             return outputs, inputs
         subsets = task_setting(self.config, "temporal_subset_lengths")
@@ -550,29 +557,21 @@ class TerraMindBackbone(BackboneMixin, TerraMindTaskPreTrainedModel):
         """Channels of each returned feature map (pyramid widths when the pyramid is on)."""
         return list(self.feature_neck.out_channels)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **modalities: torch.Tensor,
-    ) -> BackboneOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BackboneOutput:
         r"""
         pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
-        modalities: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`.
+        kwargs: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`, and Transformers' `output_*`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        keep_states = bool(output_hidden_states) or self.feature_neck.needs_hidden_states
-        outputs, grid = self._encode(pixel_values, modalities, keep_states, bool(output_attentions))
+        modalities, kwargs = split_model_kwargs(kwargs)
+        outputs, grid = self._encode(pixel_values, modalities, **self.feature_neck.encoder_kwargs(self.config, kwargs))
         feature_maps = tuple(self.feature_neck(outputs, grid))
-        hidden_states = outputs.hidden_states if output_hidden_states else None
-        output = BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=outputs.attentions)
-        return output if return_dict else output.to_tuple()
+        hidden_states = outputs.hidden_states if wants(self.config, kwargs, "output_hidden_states") else None
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=outputs.attentions)
 
 
 # ----------------------------------------------------------------------------- dense heads
@@ -624,11 +623,9 @@ class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
         self._apply_freezing()
 
     def _dense_forward(
-        self, pixel_values: Any, modalities: dict[str, Any], output_hidden_states: bool | None,
-        output_attentions: bool | None,
-    ) -> tuple[torch.Tensor, TerraMindModelOutput]:  # fmt: skip
-        keep_states = bool(output_hidden_states) or self.feature_neck.needs_hidden_states
-        outputs, grid = self._encode(pixel_values, modalities, keep_states, bool(output_attentions))
+        self, pixel_values: Any, modalities: dict[str, Any], **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple[torch.Tensor, TerraMindModelOutput]:
+        outputs, grid = self._encode(pixel_values, modalities, **self.feature_neck.encoder_kwargs(self.config, kwargs))
         logits = self.decode_head(self.feature_neck(outputs, grid))
         size = (grid[0] * self.config.patch_size, grid[1] * self.config.patch_size)
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
@@ -685,34 +682,28 @@ class TerraMindForSemanticSegmentation(TerraMindDenseModel):
     def ignore_index(self) -> int:
         return int(task_setting(self.config, "ignore_index"))
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **modalities: torch.Tensor,
-    ) -> SemanticSegmenterOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SemanticSegmenterOutput:
         r"""
         pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
         labels: (B, H, W) (or (B, 1, H, W)) class ids; `ignore_index` pixels do not count.
-        modalities: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`.
+        kwargs: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`, and Transformers' `output_*`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        logits, outputs = self._dense_forward(pixel_values, modalities, output_hidden_states, output_attentions)
+        modalities, kwargs = split_model_kwargs(kwargs)
+        logits, outputs = self._dense_forward(pixel_values, modalities, **kwargs)
         loss = None
         if labels is not None:
             labels = check_segmentation_labels(labels, logits, self.config.num_labels, self.ignore_index)
             loss = segmentation_loss(logits, labels, task_setting(self.config, "loss") or "ce", self.ignore_index,
                                      task_setting(self.config, "class_weights"))  # fmt: skip
-        hidden_states = outputs.hidden_states if output_hidden_states else None
-        output = SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states,
+        hidden_states = outputs.hidden_states if wants(self.config, kwargs, "output_hidden_states") else None
+        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states,
                                          attentions=outputs.attentions)  # fmt: skip
-        return output if return_dict else output.to_tuple()
 
 
 class TerraMindForPixelRegression(TerraMindDenseModel):
@@ -742,33 +733,27 @@ class TerraMindForPixelRegression(TerraMindDenseModel):
         """Label value that does not count; only when set explicitly (regression targets may take any value)."""
         return self.config.__dict__.get("ignore_index")
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **modalities: torch.Tensor,
-    ) -> TerraMindPixelRegressionOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> TerraMindPixelRegressionOutput:
         r"""
         pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
         labels: (B, H, W) targets (one output) or (B, num_regression_outputs, H, W); NaN pixels do not count.
-        modalities: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`.
+        kwargs: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`, and Transformers' `output_*`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        logits, outputs = self._dense_forward(pixel_values, modalities, output_hidden_states, output_attentions)
+        modalities, kwargs = split_model_kwargs(kwargs)
+        logits, outputs = self._dense_forward(pixel_values, modalities, **kwargs)
         loss = None
         if labels is not None:
             labels = check_regression_labels(labels, logits)
             loss = regression_loss(logits, labels, self._loss_name(self.config), self.ignore_index)
-        hidden_states = outputs.hidden_states if output_hidden_states else None
-        output = TerraMindPixelRegressionOutput(loss=loss, logits=logits, hidden_states=hidden_states,
+        hidden_states = outputs.hidden_states if wants(self.config, kwargs, "output_hidden_states") else None
+        return TerraMindPixelRegressionOutput(loss=loss, logits=logits, hidden_states=hidden_states,
                                                 attentions=outputs.attentions)  # fmt: skip
-        return output if return_dict else output.to_tuple()
 
 
 # ----------------------------------------------------------------------------- classification
@@ -805,34 +790,28 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
             return torch.stack(parts, dim=1).mean(dim=1)
         return last_hidden_state[:, num_register_tokens:].mean(dim=1)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **modalities: torch.Tensor,
-    ) -> ImageClassifierOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ImageClassifierOutput:
         r"""
         pixel_values: one tensor (the first configured modality) or a dict modality -> tensor.
         labels: (B,) class ids, (B, num_labels) multi-hot floats, or (B,) floats for regression.
-        modalities: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`.
+        kwargs: further inputs by modality name, e.g. `S2L2A=x, S1RTC=y`, and Transformers' `output_*`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        outputs, _ = self._run_encoder(pixel_values, modalities, output_hidden_states, output_attentions)
+        modalities, kwargs = split_model_kwargs(kwargs)
+        outputs, _ = self._run_encoder(pixel_values, modalities, **kwargs)
         registers = self.config.num_register_tokens if self.config.merge_method is None else 0
         logits = self.classifier(self.dropout(self.pool(outputs.last_hidden_state, registers)))
         loss = None
         if labels is not None:
             loss = self._classification_loss(logits, labels)
-        hidden_states = outputs.hidden_states if output_hidden_states else None
-        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states,
+        hidden_states = outputs.hidden_states if wants(self.config, kwargs, "output_hidden_states") else None
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states,
                                        attentions=outputs.attentions)  # fmt: skip
-        return output if return_dict else output.to_tuple()
 
     def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.to(logits.device)
