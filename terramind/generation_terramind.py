@@ -19,6 +19,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
+from transformers.generation import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from .modalities import MODALITIES, resolve_modality, resolve_output_modality, standardization, token_modality
 
@@ -81,21 +87,19 @@ def linear_token_schedule(steps: int, total: int) -> list[int]:
     return [c for c in chunks if c > 0]
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | float = 0, top_p: float = 0.0) -> torch.Tensor:
-    """Top-k then nucleus (top-p) filtering of (N, V) logits: removed entries become -inf."""
-    logits = logits.clone()
-    if top_k > 0:
-        k = min(int(top_k) if isinstance(top_k, int) else int(top_k * logits.shape[-1]), logits.shape[-1])
-        threshold = torch.topk(logits, k)[0][..., -1, None]
-        logits[logits < threshold] = float("-inf")
-    if top_p > 0.0:
-        sorted_logits, sorted_indices = torch.sort(logits, dim=-1, descending=True)
-        cumulative = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
-        remove = cumulative > top_p
-        remove[..., 1:] = remove[..., :-1].clone()
-        remove[..., 0] = False
-        logits[remove.scatter(-1, sorted_indices, remove)] = float("-inf")
-    return logits
+def logits_warpers(temperature: float, top_k: int | float = 0, top_p: float = 0.0,
+                   vocab_size: int | None = None) -> LogitsProcessorList:  # fmt: skip
+    """Transformers' top-k, top-p and temperature warpers, in the original's order: top-k and nucleus filtering of
+    the raw logits, then the temperature (Transformers' default order puts the temperature first, which changes the
+    nucleus). A fractional `top_k` is that share of `vocab_size`."""
+    warpers = LogitsProcessorList()
+    if top_k:
+        k = top_k if isinstance(top_k, int) else max(1, int(top_k * vocab_size))
+        warpers.append(TopKLogitsWarper(k if vocab_size is None else min(k, vocab_size)))
+    if top_p:
+        warpers.append(TopPLogitsWarper(top_p))
+    warpers.append(TemperatureLogitsWarper(float(temperature)))
+    return warpers
 
 
 def sample_tokens(
@@ -105,12 +109,12 @@ def sample_tokens(
     top_p: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Sample one token per row of (..., V) logits; temperature 0 takes the argmax."""
+    """Sample one token per row of (..., V) logits through `logits_warpers`; temperature 0 takes the argmax."""
     shape = logits.shape[:-1]
     logits = logits.reshape(-1, logits.shape[-1]).float()
     if temperature <= 1e-10:
         return logits.argmax(dim=-1).reshape(shape)
-    probs = F.softmax(filter_logits(logits, top_k, top_p) / temperature, dim=-1)
+    probs = F.softmax(logits_warpers(temperature, top_k, top_p, logits.shape[-1])(None, logits), dim=-1)
     if generator is not None and generator.device != probs.device:
         samples = torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)
     else:
