@@ -26,7 +26,8 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
-from .modalities import MODALITIES, resolve_modality, resolve_output_modality, standardization, token_modality
+from .image_processing_terramind import TerraMindImageProcessor
+from .modalities import MODALITIES, resolve_modality, resolve_output_modality, token_modality
 
 
 class TerraMindGenerationConfig(GenerationConfig):
@@ -461,10 +462,13 @@ def standardization_offsets(
 def _statistics(
     modality: str, device: torch.device, offsets: Mapping[str, torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """v1 pre-training mean (plus the modality's offset, if any) and std as (1, C, 1, 1) tensors."""
-    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in standardization(modality))
-    shift = (offsets or {}).get(resolve_modality(modality).removesuffix("_TOKENS"))
-    return (mean if shift is None else mean + shift.to(device).view(1, -1, 1, 1)), std
+    """Mean (plus the modality's offset, if any) and std as (1, C, 1, 1) tensors: the image processor's, which owns
+    the standardization statistics (the v1 pre-training values, by band)."""
+    key = resolve_modality(modality).removesuffix("_TOKENS")
+    shift = (offsets or {}).get(key)
+    processor = TerraMindImageProcessor(offset=None if shift is None else {key: shift.tolist()})
+    mean, std = processor.band_statistics(key)
+    return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1) for v in (mean, std))
 
 
 def standardize_input(name: str, value: torch.Tensor, offsets: Mapping[str, torch.Tensor]) -> torch.Tensor:
