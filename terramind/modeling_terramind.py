@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import wraps
 from typing import Any, ClassVar
 
 import torch
@@ -28,7 +29,7 @@ from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithCr
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
-from transformers.utils.output_capturing import OutputRecorder, capture_outputs, maybe_install_capturing_hooks
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs, recursively_install_hooks
 
 from .configuration_terramind import TerraMindConfig
 from .generation_terramind import TerraMindGenerationConfig, TerraMindGenerationMixin, sentinel_ids
@@ -381,6 +382,25 @@ class TerraMindGenerationOutput(ModelOutput):
 
 
 # ----------------------------------------------------------------------------- base class
+def own_output_hooks(method: Callable) -> Callable:
+    """Put outside `@capture_outputs`: when a call asks for outputs, the model's recording hooks go on its own
+    blocks only, once. Transformers' installer also walks into sub-models (the generator's encoder, the TiM
+    generator), even where those installed theirs already, so their outputs would be recorded twice."""
+
+    @wraps(method)
+    def wrapper(self: TerraMindPreTrainedModel, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self, "_output_capturing_hooks_installed", False) and any(
+                wants(self.config, kwargs, f"output_{key}") for key in self._can_record_outputs or {}):  # fmt: skip
+            tasks = [(key, spec) for key, spec in self._can_record_outputs.items()]
+            for name, child in self.named_children():
+                if not isinstance(child, PreTrainedModel):  # sub-models install their own when asked
+                    recursively_install_hooks(child, name, tasks)
+            self._output_capturing_hooks_installed = True
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class TerraMindPreTrainedModel(PreTrainedModel):
     config_class = TerraMindConfig
     config: TerraMindConfig
@@ -520,7 +540,10 @@ class TerraMindModel(TerraMindPreTrainedModel):
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder", r"mask_token", r"encoder_embeddings\."]
     _keys_to_ignore_on_load_missing = [r"^tim_generator\."]  # filled from the same folder by from_pretrained
-    _can_record_outputs = {"hidden_states": TerraMindLayer, "attentions": OutputRecorder(TerraMindAttention, index=1)}
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(TerraMindLayer, index=0),
+        "attentions": OutputRecorder(TerraMindAttention, index=1),
+    }
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
         _check_model_kwargs(type(self), kwargs)
@@ -652,6 +675,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
             tim_tokens={aliases.get(k, k.removesuffix("_TOKENS")): v.flatten(1) for k, v in tim_tokens.items()} or None,
         )  # fmt: skip
 
+    @own_output_hooks
     @capture_outputs(tie_last_hidden_states=False)
     def encode(
         self,
@@ -711,7 +735,7 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
 
     _keys_to_ignore_on_load_unexpected = [r"embeddings\."]  # embeddings of modalities left out by `modalities`
     _can_record_outputs = {
-        "hidden_states": TerraMindDecoderLayer,
+        "hidden_states": OutputRecorder(TerraMindDecoderLayer, index=0),
         "attentions": OutputRecorder(TerraMindAttention, index=1, layer_name="self_attention"),
         "cross_attentions": OutputRecorder(TerraMindAttention, index=1, layer_name="cross_attention"),
     }
@@ -778,6 +802,7 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         positions = self.terramind.embeddings.positions(inputs, token_positions).to(outputs.last_hidden_state.dtype)
         return self.decoder_proj_context(outputs.last_hidden_state) + positions, outputs
 
+    @own_output_hooks
     @capture_outputs(tie_last_hidden_states=False)
     def run_decoder(
         self, queries: torch.Tensor, context: torch.Tensor, self_attention_mask: torch.Tensor | None = None,
@@ -848,8 +873,6 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             a fraction drawn uniformly in [0, `config.target_reveal_rate`] per batch (0 unless configured).
         """
         modalities, kwargs = split_model_kwargs(kwargs)
-        if wants(self.config, kwargs, "output_attentions") or wants(self.config, kwargs, "output_hidden_states"):
-            maybe_install_capturing_hooks(self)  # the whole model's hooks at once, before its encoder's own
         targets = self._forward_targets(target_modalities, labels)
         inputs = self.terramind.collect_inputs(pixel_values, modalities, input_tokens)
         image_targets = any(MODALITIES[k].is_image for k in targets.values())
