@@ -518,6 +518,16 @@ def wants(config: TerraMindConfig, kwargs: Mapping[str, Any], flag: str) -> bool
     return bool(getattr(config, flag, False) if value is None else value)
 
 
+def selected_hidden_states(config: TerraMindConfig, kwargs: Mapping[str, Any]) -> bool | list[int]:
+    """What a call asks of `output_hidden_states` (its kwarg, else the config): all (True), none (False), or the
+    indices of some (as Transformers' `output_hidden_states=[0, -1]`)."""
+    value = kwargs.get("output_hidden_states")
+    value = getattr(config, "output_hidden_states", False) if value is None else value
+    if isinstance(value, bool) or not value:
+        return bool(value)
+    return [value] if isinstance(value, int) else list(value)
+
+
 def _check_model_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
     """`from_pretrained` hands keyword arguments that are no config field to the model: a typo lands here."""
     if kwargs:
@@ -667,7 +677,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
             slices = {k: v for k, v in slices.items() if k not in tim_tokens}
         hidden_states = outputs.hidden_states
         if hidden_states is not None:
-            hidden_states = tuple(self.merge(state, slices) for state in hidden_states)
+            hidden_states = tuple(None if h is None else self.merge(h, slices) for h in hidden_states)
         aliases = self.config.modality_aliases()
         return TerraMindModelOutput(
             last_hidden_state=self.merge(outputs.last_hidden_state, slices), hidden_states=hidden_states,

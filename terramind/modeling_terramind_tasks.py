@@ -70,8 +70,8 @@ from .modeling_terramind import (
     TerraMindModel,
     TerraMindModelOutput,
     TerraMindPreTrainedModel,
+    selected_hidden_states,
     split_model_kwargs,
-    wants,
 )
 from .temporal import fold_time, merge_time
 from .tiling import run_tiled
@@ -295,10 +295,23 @@ class TerraMindNeck(nn.Module):
         return any(index != self.last_stage for index in self.out_indices)
 
     def encoder_kwargs(self, config: TerraMindConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The encoder's keyword arguments: the caller's, with the hidden states the neck reads."""
-        if self.needs_hidden_states and not wants(config, kwargs, "output_hidden_states"):
-            return {**kwargs, "output_hidden_states": True}
-        return kwargs
+        """The encoder's keyword arguments: the caller's, with the hidden states the neck reads added to what the
+        caller selects (only those are recorded when the caller asks for none)."""
+        needed = [index for index in self.out_indices if index != self.last_stage]
+        selected = selected_hidden_states(config, kwargs)
+        if not needed or selected is True:
+            return kwargs
+        return {**kwargs, "output_hidden_states": sorted(set(selected or []) | set(needed))}
+
+    @staticmethod
+    def returned_states(config: TerraMindConfig, kwargs: dict[str, Any], hidden_states: tuple | None) -> tuple | None:
+        """The hidden states the caller asked for (all, none, or the selected ones with None elsewhere)."""
+        selected = selected_hidden_states(config, kwargs)
+        if selected is True or not selected or hidden_states is None:
+            return hidden_states if selected else None
+        count = len(hidden_states)
+        keep = {index % count for index in selected if -count <= index < count}
+        return tuple(state if index in keep else None for index, state in enumerate(hidden_states))
 
     def forward(self, outputs: TerraMindModelOutput, grid: tuple[int, int]) -> list[torch.Tensor]:
         maps = []
@@ -570,7 +583,7 @@ class TerraMindBackbone(BackboneMixin, TerraMindTaskPreTrainedModel):
         modalities, kwargs = split_model_kwargs(kwargs)
         outputs, grid = self._encode(pixel_values, modalities, **self.feature_neck.encoder_kwargs(self.config, kwargs))
         feature_maps = tuple(self.feature_neck(outputs, grid))
-        hidden_states = outputs.hidden_states if wants(self.config, kwargs, "output_hidden_states") else None
+        hidden_states = self.feature_neck.returned_states(self.config, kwargs, outputs.hidden_states)
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=outputs.attentions)
 
 
@@ -701,7 +714,7 @@ class TerraMindForSemanticSegmentation(TerraMindDenseModel):
             labels = check_segmentation_labels(labels, logits, self.config.num_labels, self.ignore_index)
             loss = segmentation_loss(logits, labels, task_setting(self.config, "loss") or "ce", self.ignore_index,
                                      task_setting(self.config, "class_weights"))  # fmt: skip
-        hidden_states = outputs.hidden_states if wants(self.config, kwargs, "output_hidden_states") else None
+        hidden_states = self.feature_neck.returned_states(self.config, kwargs, outputs.hidden_states)
         return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states,
                                          attentions=outputs.attentions)  # fmt: skip
 
@@ -751,7 +764,7 @@ class TerraMindForPixelRegression(TerraMindDenseModel):
         if labels is not None:
             labels = check_regression_labels(labels, logits)
             loss = regression_loss(logits, labels, self._loss_name(self.config), self.ignore_index)
-        hidden_states = outputs.hidden_states if wants(self.config, kwargs, "output_hidden_states") else None
+        hidden_states = self.feature_neck.returned_states(self.config, kwargs, outputs.hidden_states)
         return TerraMindPixelRegressionOutput(loss=loss, logits=logits, hidden_states=hidden_states,
                                                 attentions=outputs.attentions)  # fmt: skip
 
@@ -809,7 +822,7 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self._classification_loss(logits, labels)
-        hidden_states = outputs.hidden_states if wants(self.config, kwargs, "output_hidden_states") else None
+        hidden_states = outputs.hidden_states if selected_hidden_states(self.config, kwargs) else None
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states,
                                        attentions=outputs.attentions)  # fmt: skip
 

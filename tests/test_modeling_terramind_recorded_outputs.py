@@ -135,3 +135,21 @@ def test_layers_record_nothing_without_a_request():
         model(torch.randn(1, 12, 32, 32))
     assert not getattr(model, "_output_capturing_hooks_installed", False)
     assert all(not m._forward_hooks for m in model.modules() if isinstance(m, nn.Module))
+
+
+@pytest.mark.parametrize("model_class", [TerraMindModel, TerraMindBackbone, TerraMindForSemanticSegmentation],
+                         ids=lambda c: c.__name__)  # fmt: skip
+def test_selected_hidden_states_only(model_class):
+    """`output_hidden_states=[0, -1]` keeps those (None elsewhere), as Transformers; a head's neck still reads
+    the stages it needs, and its output is unchanged."""
+    torch.manual_seed(0)
+    model = model_class(TerraMindConfig(**TINY, **CLASSES[model_class])).eval()
+    x = torch.randn(1, 12, 32, 32)
+    with torch.no_grad():
+        every = model(x, output_hidden_states=True)
+        some = model(x, output_hidden_states=[0, -1])
+        none = model(x)
+    assert some.hidden_states[1] is None and none.hidden_states is None
+    torch.testing.assert_close(some.hidden_states[0], every.hidden_states[0])
+    torch.testing.assert_close(some.hidden_states[2], every.hidden_states[2])
+    torch.testing.assert_close(first_output(some), first_output(none))
