@@ -5,7 +5,9 @@ Numerically equal to `terratorch.models.backbones.terramind` (terratorch 1.2.13)
   token embeddings for tokenized modalities and sequences, each plus fixed sin-cos positions (interpolated
   bicubically for other sizes) and a learned modality embedding; `TerraMindEmbeddings` holds them per modality;
 - `TerraMindEncoder` and `TerraMindDecoder`: stacks of the shared blocks (`modeling_terramind_layers`);
-- `TerraMindModel`: inputs -> embeddings -> encoder -> norm -> the per-modality tokens merged (`merge_method`);
+- `TerraMindModel`: inputs (`TerraMindInputs`, modeling_terramind_inputs) -> Thinking-in-Modalities where configured
+  (`TerraMindThinkingInModalities`, modeling_terramind_tim) -> embeddings -> encoder -> norm -> the per-modality
+  tokens merged (`merge_method`); hidden states and attentions are recorded by Transformers' `@capture_outputs`;
 - `TerraMindForGeneration`: the encoder plus the decoder predicting target-modality tokens (`forward` gives their
   logits and loss, `generate` samples them, `generation_terramind`).
 """
