@@ -12,6 +12,7 @@ from typing import Any, Literal
 from huggingface_hub.dataclasses import strict
 from transformers import GenerationConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
+from transformers.utils import logging
 
 from .modalities import (
     GENERATABLE_MODALITIES,
@@ -21,6 +22,8 @@ from .modalities import (
     ModalitySpec,
     resolve_modality,
 )
+
+logger = logging.get_logger(__name__)
 
 # The four released v1 architectures. tiny/small: biases + GELU MLP; base/large: no biases + SwiGLU (`fc3`).
 TERRAMIND_VARIANTS: dict[str, dict[str, Any]] = {
@@ -190,6 +193,11 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
         self.tokenizer_paths = dict(self.tokenizer_paths or {})
         self.pool_scales = list(self.pool_scales)
         self.unet_channels = list(self.unet_channels)
+        if _LOADING.get():  # a folder saved by an earlier version: its TiM sampling settings no longer apply
+            legacy = [name for name in LEGACY_TIM_SAMPLING if name in kwargs]
+            for name in legacy:
+                kwargs.pop(name)
+            check_legacy_tim_settings(legacy, warn=True)
         check_legacy_tim_settings(kwargs)
         if not _LOADING.get():  # written by the user: a typo is an error (a saved config may carry anything)
             refuse_unknown_settings(kwargs, type(self).known_settings(), type(self).__name__)
@@ -507,21 +515,27 @@ def one_of(name: str, value: Any, allowed: tuple[str, ...], listed: str | None =
 
 
 def refuse_unknown_settings(given: Mapping[str, Any], known: Iterable[str], where: str) -> None:
-    """Keywords that no TerraMind class knows: a TypeError naming, for each, the nearest known setting."""
+    """Keywords not in `known`: a TypeError naming, for each, the nearest setting that a TerraMind class knows."""
     known = set(known)
     unknown = sorted(name for name in given if name not in known and not name.startswith("_"))
     if unknown:
-        hints = "; ".join(f"{name!r}{nearest(name, known)}" for name in unknown)
+        settings = TerraMindConfig.known_settings()
+        hints = "; ".join(f"{name!r}{nearest(name, settings)}" for name in unknown)
         raise TypeError(f"{where} got unknown settings: {hints}. No TerraMind class knows "
                         f"{'it' if len(unknown) == 1 else 'them'} (see TerraMindConfig's fields).")  # fmt: skip
 
 
-def check_legacy_tim_settings(given: Iterable[str]) -> None:
-    """TiM sampling settings of earlier versions: where they went."""
+def check_legacy_tim_settings(given: Iterable[str], warn: bool = False) -> None:
+    """TiM sampling settings of earlier versions: an error saying where they went (a warning that they are ignored
+    for a saved config, which must still load)."""
     legacy = sorted(name for name in given if name in LEGACY_TIM_SAMPLING)
     if legacy:
-        raise ValueError(f"{', '.join(legacy)} moved to the generation config: pass "
-                         f"tim_generation_config=TerraMindGenerationConfig(...) when loading a TiM model.")  # fmt: skip
+        moved = (f"{', '.join(legacy)} moved to the generation config: pass "
+                 f"tim_generation_config=TerraMindGenerationConfig(...) when loading a TiM model")  # fmt: skip
+        if not warn:
+            raise ValueError(f"{moved}.")
+        logger.warning(f"Ignoring {', '.join(legacy)} of this saved config: {moved} (or save its "
+                       f"generation_config.json).")  # fmt: skip
 
 
 __all__ = ["TerraMindConfig", "TERRAMIND_VARIANTS", "TERRATORCH_OUT_INDICES", "DEFAULT_TOKENIZER_REPOS"]

@@ -99,12 +99,12 @@ def task_setting(config: TerraMindConfig, name: str) -> Any:
     return getattr(config, name)
 
 
-def apply_task_kwargs(config: TerraMindConfig, kwargs: dict[str, Any]) -> None:
+def apply_task_kwargs(config: TerraMindConfig, kwargs: dict[str, Any], model: type) -> None:
     """Task settings given to a model constructor (`TerraMindForSemanticSegmentation(config, decode_head="unet")`)
     go into its config; a keyword that no TerraMind class knows is an error naming the nearest setting.
     (`from_pretrained` sets known settings on the config itself and hands the unknown ones here.)"""
     check_legacy_tim_settings(kwargs)
-    refuse_unknown_settings(kwargs, TerraMindConfig.known_settings(), "TerraMind")
+    refuse_unknown_settings(kwargs, TerraMindConfig.known_settings(), model.__name__)
     for name, value in kwargs.items():
         setattr(config, name, value)
 
@@ -461,7 +461,7 @@ class TerraMindBackbone(BackboneMixin, TerraMindTaskPreTrainedModel):
     uses = ("out_indices", "use_feature_pyramid")
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
-        apply_task_kwargs(config, kwargs)
+        apply_task_kwargs(config, kwargs, type(self))
         self.check_settings(config, self.uses)
         super().__init__(config)
         _check_spatial_merge(config, "TerraMindBackbone")
@@ -625,7 +625,7 @@ class TerraMindForSemanticSegmentation(TerraMindDenseModel):
     uses = (*TerraMindDenseModel.uses, "ignore_index", "class_weights")
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
-        apply_task_kwargs(config, kwargs)
+        apply_task_kwargs(config, kwargs, type(self))
         if config.num_labels < 2:
             raise ValueError(f"Semantic segmentation needs num_labels >= 2, got {config.num_labels}.")
         check_class_weights(config)
@@ -676,7 +676,7 @@ class TerraMindForPixelRegression(TerraMindDenseModel):
     uses = (*TerraMindDenseModel.uses, "num_regression_outputs", "regression_loss", "ignore_index")
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
-        apply_task_kwargs(config, kwargs)
+        apply_task_kwargs(config, kwargs, type(self))
         config.validate_task_settings()
         loss, older = config.loss, config.regression_loss
         if loss is not None and older != "mse" and loss != older:
@@ -735,7 +735,7 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
     uses = ("classifier_dropout", "head_dropout", "ignore_index", "class_weights")
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
-        apply_task_kwargs(config, kwargs)
+        apply_task_kwargs(config, kwargs, type(self))
         self.check_settings(config, self.uses)
         dropout, older = task_setting(config, "head_dropout"), task_setting(config, "classifier_dropout") or 0.0
         if dropout and older and dropout != older:
