@@ -30,6 +30,17 @@ _UNREACHABLE = ("NewConnectionError", "ConnectionError", "ConnectTimeout", "Read
                 "ProxyError", "SSLError", "timed out")  # fmt: skip
 
 
+# Markers that Transformers' common tests put on their tests (registered as upstream's conftest does).
+UPSTREAM_MARKERS = ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test",
+                    "torch_compile_test", "torch_export_test", "generate", "is_pipeline_test", "is_staging_test")  # fmt: skip
+
+
+def register_markers(config) -> None:
+    """For tests/conftest.py's `pytest_configure`: no unknown-marker warnings from the upstream tests."""
+    for marker in UPSTREAM_MARKERS:
+        config.addinivalue_line("markers", f"{marker}: a marker of Transformers' common tests")
+
+
 class UpstreamTestsUnavailable(RuntimeError):
     """The sdist cannot be downloaded because the package registry cannot be reached (the tests are skipped)."""
 
