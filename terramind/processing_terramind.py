@@ -68,15 +68,17 @@ class TerraMindProcessor(ProcessorMixin):
         self,
         images: Mapping[str, Any] | None = None,
         coordinates: Any = None,
-        tokenize_coordinates: bool = False,
-        return_tensors: str | None = "pt",
+        tokenize_coordinates: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
         """
-        Process `images` (`{modality: array}`, see [`TerraMindImageProcessor.preprocess`], which takes the other
-        keyword arguments) and pass `coordinates` ((B, 2) or (2,) longitude/latitude in degrees) through unchanged as
-        `"Coordinates"`, or as the tokenizer's (B, L) token ids with `tokenize_coordinates=True`.
+        Process `images` (`{modality: array}` or bare images of the default modality, see
+        [`TerraMindImageProcessor.preprocess`], which takes the other keyword arguments) and pass `coordinates`
+        ((B, 2) or (2,) longitude/latitude in degrees) through unchanged as `"Coordinates"`, or as the tokenizer's
+        (B, L) token ids with `tokenize_coordinates=True`. `return_tensors` is "pt" (default), "np" or None.
         """
+        # As Transformers' processors: explicit arguments are the inputs, settings with defaults are keywords.
+        return_tensors = kwargs.pop("return_tensors", "pt")
         if images is None and coordinates is None:
             raise ValueError("Give `images` ({modality: array}), `coordinates` ((B, 2) lon/lat), or both.")
         data = {}
