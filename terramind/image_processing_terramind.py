@@ -514,9 +514,12 @@ class TerraMindImageProcessor(BaseImageProcessor):
         if do_convert_rgb and modality != "RGB":
             raise ValueError(f"`do_convert_rgb` applies to RGB images; the default modality is {modality}.")
         return_tensors = settings.pop("return_tensors")
-        if getattr(images, "ndim", None) == 5:  # a time series (B, C, T, H, W): channels-first, as in a dict
+        is_series = getattr(images, "ndim", None) == 5 or (  # (B, C, T, H, W), or a list of (C, T, H, W) samples
+            isinstance(images, (list, tuple)) and images and all(getattr(i, "ndim", None) == 4 for i in images)
+        )
+        if is_series:  # time series are channels-first, as in a dict
             if input_data_format not in (None, ChannelDimension.FIRST, "channels_first"):
-                raise ValueError("Time series (B, C, T, H, W) must be channels-first.")
+                raise ValueError("Time series ((B, C, T, H, W) or (C, T, H, W) samples) must be channels-first.")
             batches = [_as_tensor(images, modality)]
         else:
             channels = self._bare_channel_counts(modality, settings, do_convert_rgb)

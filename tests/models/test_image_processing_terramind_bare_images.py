@@ -122,6 +122,20 @@ def test_multispectral_channels_last_and_band_names():
     torch.testing.assert_close(processor(reversed_last, band_names=named[::-1])["pixel_values"], first)
 
 
+def test_bare_one_band_maps_and_time_series_keep_their_meaning():
+    """As before bare images took the layouts of a dict: (H, W) one-band maps, (C, T, H, W) time-series samples."""
+    dem = TerraMindImageProcessor(default_modality="DEM")
+    heights = np.random.default_rng(0).uniform(0, 900, (16, 16)).astype(np.float32)
+    torch.testing.assert_close(dem(heights)["pixel_values"], dem({"DEM": heights})["DEM"])
+    torch.testing.assert_close(dem([heights, heights])["pixel_values"], dem({"DEM": [heights, heights]})["DEM"])
+    s2 = TerraMindImageProcessor(default_modality="S2L2A")
+    series = np.random.default_rng(1).uniform(0, 5000, (12, 2, 16, 16)).astype(np.float32)  # (C, T, H, W)
+    out = s2([series, series])["pixel_values"]
+    assert out.shape == (2, 12, 2, 16, 16)
+    torch.testing.assert_close(out, s2({"S2L2A": [series, series]})["S2L2A"])
+    torch.testing.assert_close(s2(series[None])["pixel_values"], out[:1])
+
+
 def test_standardize_and_destandardize_round_trip():
     processor = TerraMindImageProcessor(offset={"S2L2A": 1000})
     tile = torch.from_numpy(np.random.default_rng(0).uniform(0, 5000, (2, 12, 8, 8)).astype(np.float32))
