@@ -148,3 +148,28 @@ def test_standardize_and_destandardize_round_trip():
     assert processor.standardize("LULC", classes) is classes and processor.destandardize("LULC", classes) is classes
     with pytest.raises(ValueError, match="5 channels match neither"):
         processor.standardize("S2L2A", tile[:, :5])
+
+
+def test_remote_code_processor_takes_bare_images_without_package(tmp_path):
+    """A saved folder's own copy of the processor (trust_remote_code, `terramind` not importable) loads its image
+    processor through Transformers' sub-processor machinery and takes channels-last images."""
+    from conftest import run_without_package
+
+    from terramind import TerraMindConfig, TerraMindProcessor
+
+    TerraMindConfig().save_pretrained(tmp_path / "folder")
+    TerraMindProcessor(TerraMindImageProcessor(default_modality="RGB")).save_pretrained(tmp_path / "folder")
+    image = rgb(16, 24)
+    np.save(tmp_path / "image.npy", image.transpose(1, 2, 0))
+    expected = TerraMindImageProcessor(default_modality="RGB")(image)["pixel_values"]
+    torch.save(expected, tmp_path / "expected.pt")
+    stdout = run_without_package(f"""
+        import numpy as np, torch
+        from transformers import AutoProcessor
+        processor = AutoProcessor.from_pretrained({str(tmp_path / "folder")!r}, trust_remote_code=True)
+        out = processor(np.load({str(tmp_path / "image.npy")!r}), coordinates=[[7.5, 45.0]])
+        torch.testing.assert_close(out["pixel_values"], torch.load({str(tmp_path / "expected.pt")!r}))
+        assert out["Coordinates"].tolist() == [[7.5, 45.0]] and processor.tokenizer is None
+        print("REMOTE_OK", type(processor).__module__.split(".")[0], type(processor.image_processor).__name__)
+    """, tmp_path)  # fmt: skip
+    assert "REMOTE_OK transformers_modules TerraMindImageProcessor" in stdout
