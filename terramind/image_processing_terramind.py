@@ -38,6 +38,8 @@ PIXEL_MODALITIES = tuple(
 CLASS_MODALITIES = ("LULC",)  # class ids: never standardized, resized with nearest neighbour, returned as int64
 LULC_NUM_CLASSES = 10  # width of the one-hot input of the v1 LULC tokenizer (classes 0..9)
 RESAMPLE_MODES = ("bilinear", "bicubic", "nearest", "nearest-exact", "area")
+# Transformers' `resample` values (PIL's filters: NEAREST, BILINEAR, BICUBIC, BOX) as `F.interpolate` modes.
+_PIL_RESAMPLE_MODES = {0: "nearest-exact", 2: "bilinear", 3: "bicubic", 4: "area"}
 
 # Sentinel-2 band ids (B01, B1, B8A, ...) as the band names TerraMind uses.
 _S2_BAND_IDS = {
@@ -181,8 +183,8 @@ class TerraMindImageProcessor(BaseImageProcessor):
         do_resize (`bool`, *optional*, defaults to `False`), size (`int`, `(h, w)` or `{"height", "width"}`):
             Whether and to which size to resize.
         resample (`str`, *optional*, defaults to `"bilinear"`):
-            Interpolation of continuous modalities (`torch.nn.functional.interpolate` mode); class maps and masks
-            always use "nearest-exact".
+            Interpolation of continuous modalities (`torch.nn.functional.interpolate` mode, or Transformers'
+            `PILImageResampling` NEAREST/BILINEAR/BICUBIC/BOX); class maps and masks always use "nearest-exact".
         do_center_crop (`bool`, *optional*, defaults to `False`), crop_size (`int`, `(h, w)` or dict):
             Whether and to which size to center-crop.
         do_pad (`bool`, *optional*, defaults to `False`), pad_size (`int`, `(h, w)` or dict):
@@ -244,7 +246,7 @@ class TerraMindImageProcessor(BaseImageProcessor):
         self.return_nodata_mask = return_nodata_mask
         self.do_resize = do_resize
         self.size = _size_dict(size, "size")
-        self.resample = resample
+        self.resample = _resample_mode(resample)
         self.do_center_crop = do_center_crop
         self.crop_size = _size_dict(crop_size, "crop_size")
         self.do_pad = do_pad
@@ -453,7 +455,7 @@ class TerraMindImageProcessor(BaseImageProcessor):
             "fill_value": self.fill_value if fill_value is None else fill_value,
             "do_normalize": self.do_normalize if do_normalize is None else do_normalize,
             "size": (_size_dict(size, "size") or self.size) if do_resize else None,
-            "resample": self.resample if resample is None else resample,
+            "resample": self.resample if resample is None else _resample_mode(resample),
             "crop_size": (_size_dict(crop_size, "crop_size") or self.crop_size) if do_center_crop else None,
             "do_pad": self.do_pad if do_pad is None else do_pad,
             "pad_size": _size_dict(pad_size, "pad_size") or self.pad_size,
@@ -800,6 +802,16 @@ def _offset_values(value: Any) -> float | list[float]:
                              for v in values):  # fmt: skip
         raise ValueError(f"An offset must be a number or a list of numbers (one per band), got {value!r}.")
     return [float(v) for v in values] if isinstance(value, (list, tuple)) else float(value)
+
+
+def _resample_mode(resample: str | int) -> str | int:
+    """A `resample` setting as an `F.interpolate` mode (Transformers' PIL filters mapped; others checked later)."""
+    if isinstance(resample, int) and not isinstance(resample, bool):
+        if resample not in _PIL_RESAMPLE_MODES:
+            raise ValueError(f"`resample` {resample!r} has no torch equivalent; use one of {RESAMPLE_MODES}, or PIL's "
+                             "NEAREST, BILINEAR, BICUBIC or BOX.")  # fmt: skip
+        return _PIL_RESAMPLE_MODES[resample]
+    return resample
 
 
 def _batch_feature(data: dict[str, torch.Tensor], return_tensors: str | None) -> BatchFeature:

@@ -59,6 +59,14 @@ def test_pil_images_and_lists_of_any_size_with_do_resize(processor):
     torch.testing.assert_close(processor(pil[0])["pixel_values"], processor(images[0])["pixel_values"])
     with pytest.raises(ValueError, match="different sizes.*do_resize"):
         processor(pil)
+    from transformers.image_utils import PILImageResampling
+
+    bicubic = processor(pil, do_resize=True, size=16, resample=PILImageResampling.BICUBIC)["pixel_values"]
+    torch.testing.assert_close(bicubic, processor(pil, do_resize=True, size=16, resample="bicubic")["pixel_values"])
+    assert not torch.allclose(bicubic, out)
+    assert TerraMindImageProcessor(resample=PILImageResampling.BOX).resample == "area"
+    with pytest.raises(ValueError, match="no torch equivalent"):
+        processor(pil, do_resize=True, size=16, resample=PILImageResampling.LANCZOS)
 
 
 def test_per_call_statistics_replace_the_modality_statistics(processor):
