@@ -33,7 +33,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs, recursively_install_hooks
 
-from .configuration_terramind import TerraMindConfig
+from .configuration_terramind import TerraMindConfig, check_legacy_tim_settings, refuse_unknown_settings
 from .generation_terramind import TerraMindGenerationConfig, TerraMindGenerationMixin, sentinel_ids
 from .modalities import MODALITIES, resolve_modality, token_modality
 from .modeling_terramind_inputs import TerraMindInputs, TerraMindModalityTokenizers
@@ -531,10 +531,10 @@ def selected_hidden_states(config: TerraMindConfig, kwargs: Mapping[str, Any]) -
 
 
 def _check_model_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
-    """`from_pretrained` hands keyword arguments that are no config field to the model: a typo lands here."""
-    if kwargs:
-        raise TypeError(f"{cls.__name__} got unexpected arguments {sorted(kwargs)}: neither TerraMindConfig fields "
-                        f"nor arguments of the model (a typo?).")  # fmt: skip
+    """`from_pretrained` hands keyword arguments that are no config field to the model: a typo lands here, and is
+    an error naming the nearest known setting (a TiM sampling setting says where it moved)."""
+    check_legacy_tim_settings(kwargs)
+    refuse_unknown_settings(kwargs, (), cls.__name__)
 
 
 # ----------------------------------------------------------------------------- encoder model
