@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from terramind import TerraMindConfig, TerraMindModel
-from terramind.adapters import load_adapter, save_adapter
-from terramind.finetuning import apply_lora
 from terramind.modeling_terramind_tasks import TerraMindForSemanticSegmentation
+from terramind.training.adapters import load_adapter, save_adapter
+from terramind.training.finetuning import apply_lora
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_decoder_layers=1, hidden_act="gelu",

@@ -17,7 +17,7 @@ from conftest import fixture_checkpoint
 from rasterio.warp import transform as reproject
 
 from terramind.cli import main
-from terramind.conversion import convert_checkpoint
+from terramind.conversion.checkpoint import convert_checkpoint
 from terramind.scenes import find_scenes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -90,8 +90,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> None:
-    from .conversion import check_checkpoint_file
-    from .outputs import atomic_folder
+    from ..conversion.checkpoint import check_checkpoint_file
+    from ..outputs import atomic_folder
 
     overrides = {}
     if args.config:
@@ -105,12 +105,12 @@ def _run_convert(args: argparse.Namespace) -> None:
     check_checkpoint_file(args.tokenizer_checkpoint or args.checkpoint)
     with atomic_folder(args.output, args.overwrite) as staging:
         if args.tokenizer_checkpoint:
-            from .tokenizer_conversion import convert_tokenizer_checkpoint
+            from ..conversion.tokenizer import convert_tokenizer_checkpoint
 
             convert_tokenizer_checkpoint(args.tokenizer_checkpoint, staging, args.modality, push_to_hub=args.push_to_hub,
                                          config_overrides=overrides or None)  # fmt: skip
         else:
-            from .conversion import convert_checkpoint
+            from ..conversion.checkpoint import convert_checkpoint
 
             if args.num_heads:
                 overrides["num_attention_heads"] = args.num_heads
@@ -175,7 +175,7 @@ def _check_device(name: str) -> None:
     """The device must exist in this torch build and machine (checked before anything is loaded)."""
     import torch
 
-    from .errors import first_line
+    from ..errors import first_line
 
     try:
         torch.empty(0, device=torch.device(name))
@@ -186,8 +186,8 @@ def _check_device(name: str) -> None:
 def _check_model(name: str, option: str = "--model") -> None:
     """A local --model must be a TerraMind model folder (converted, or an original release); checked before
     loading, so that a tokenizer folder or a typo fails in one line."""
-    from .conversion import ORIGINAL_MODEL_FILE, find_release_file
-    from .hub import local_source
+    from ..conversion.checkpoint import ORIGINAL_MODEL_FILE, find_release_file
+    from ..hub import local_source
 
     local = local_source(name)
     if local is None:  # a Hub repo id
@@ -220,8 +220,8 @@ def _model_type(folder: Path) -> str | None:
 
 def _check_tokenizer(modality: str, name: str) -> None:
     """A local --tokenizer must be a tokenizer folder or release (checked before anything is loaded)."""
-    from .hub import local_source
-    from .tokenizer_conversion import ORIGINAL_TOKENIZER_FILE, find_original_tokenizer_checkpoint
+    from ..conversion.tokenizer import ORIGINAL_TOKENIZER_FILE, find_original_tokenizer_checkpoint
+    from ..hub import local_source
 
     local = local_source(name)
     if local is None or modality == "Coordinates":
@@ -236,14 +236,14 @@ def _check_tokenizer(modality: str, name: str) -> None:
 
 def _load_tokenizers(paths: dict[str, str]) -> dict[str, Any]:
     """The --tokenizer models, loaded before the model and checked to be of their modality."""
-    from .errors import first_line
-    from .modeling_terramind_tokenizer import TerraMindTokenizerModel, check_tokenizer_modality
+    from ..errors import first_line
+    from ..modeling_terramind_tokenizer import TerraMindTokenizerModel, check_tokenizer_modality
 
     tokenizers = {}
     for modality, path in paths.items():
         try:
             if modality == "Coordinates":
-                from .tokenization_terramind_coords import TerraMindCoordsTokenizer
+                from ..tokenization_terramind_coords import TerraMindCoordsTokenizer
 
                 tokenizers[modality] = TerraMindCoordsTokenizer.from_pretrained(path)
                 continue
@@ -263,7 +263,7 @@ def _load(model_class, name: str, default: str, **kwargs):
     try:
         return model_class.from_pretrained(name, **kwargs)
     except OSError as error:
-        from .errors import first_line
+        from ..errors import first_line
 
         hint = (" Without network access, pass --model PATH to a converted folder or to a folder holding the "
                 "original TerraMind_v1_*.pt.") if name == default else ""  # fmt: skip
@@ -310,7 +310,7 @@ def _add_scale_options(parser: argparse.ArgumentParser) -> None:
 def _open_run_folder(folder: Path, settings: dict, args: argparse.Namespace, state: Any, rank: int):
     """A many-scene run's output folder, checked by every rank (the same verdict) and then started or resumed by
     rank 0: the scenes already finished (with --resume) and this rank's manifest."""
-    from .manifest import Manifest, check_folder, finished_scenes, start_folder
+    from ..manifest import Manifest, check_folder, finished_scenes, start_folder
 
     check_folder(folder, settings, args.resume, args.overwrite)
     if state is not None:
@@ -323,10 +323,10 @@ def _open_run_folder(folder: Path, settings: dict, args: argparse.Namespace, sta
 
 
 def _run_embed(args: argparse.Namespace) -> None:
-    from .embedding import SceneFile, SceneGeoParquet, SceneGeoTiffs, embed_batches, tile_loader
-    from .modeling_terramind import TerraMindModel
-    from .outputs import check_target
-    from .scenes import find_scenes, shard
+    from ..embedding import SceneFile, SceneGeoParquet, SceneGeoTiffs, embed_batches, tile_loader
+    from ..modeling_terramind import TerraMindModel
+    from ..outputs import check_target
+    from ..scenes import find_scenes, shard
 
     output = args.output.rstrip("/")
     if Path(output).suffix not in ("", ".tif", ".tiff", ".safetensors", ".parquet") and not Path(output).is_dir():
@@ -360,7 +360,7 @@ def _run_embed(args: argparse.Namespace) -> None:
     if not todo:
         print(f"Every scene of this process ({len(mine)}) is finished in {output}; nothing to do.")
         return
-    from .scenes import read_scene_inputs
+    from ..scenes import read_scene_inputs
 
     try:  # a mistake in the inputs shows before the model loads; later scenes are read by the loader
         read_scene_inputs(todo[0].paths)
@@ -408,7 +408,7 @@ def _run_embed(args: argparse.Namespace) -> None:
 
 def _parse_input_specs(entries: list[str]) -> dict[str, str]:
     """--input MODALITY=FILE|FOLDER|GLOB entries -> {canonical modality: spec}."""
-    from .modalities import resolve_modality
+    from ..modalities import resolve_modality
 
     return _parse_pairs(entries, "--input", resolve_modality)
 
@@ -458,11 +458,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> None:
     import torch
 
-    from .image_processing_terramind import TerraMindImageProcessor
-    from .modalities import MODALITIES, resolve_output_modality
-    from .modeling_terramind import TerraMindForGeneration
-    from .outputs import check_target
-    from .scenes import WholeScenes, find_scenes, read_scene_inputs, shard
+    from ..image_processing_terramind import TerraMindImageProcessor
+    from ..modalities import MODALITIES, resolve_output_modality
+    from ..modeling_terramind import TerraMindForGeneration
+    from ..outputs import check_target
+    from ..scenes import WholeScenes, find_scenes, read_scene_inputs, shard
 
     outputs = [resolve_output_modality(m.strip()) for m in args.output_modalities.split(",") if m.strip()]
     if not outputs:
@@ -589,9 +589,9 @@ def _compile_generator(model: Any, tokenizers: Any) -> None:
 
 def _write_generated(folder: Path, images: list[str], physical: dict, item: Any, overwrite: bool) -> list[Path]:
     """One scene's generated modalities: a GeoTIFF and a PNG quick-look each (Coordinates.json), all or none."""
-    from .geotiff import write_geotiff
-    from .outputs import NODATA_VALUES, atomic_outputs
-    from .quicklook import save_quicklook
+    from ..geotiff import write_geotiff
+    from ..outputs import NODATA_VALUES, atomic_outputs
+    from ..quicklook import save_quicklook
 
     profile = item.sample.profile
     height, width = profile["height"], profile["width"]
@@ -613,7 +613,7 @@ def _write_generated(folder: Path, images: list[str], physical: dict, item: Any,
 
 
 def _band_names(name: str, count: int) -> list[str] | None:
-    from .modalities import MODALITIES
+    from ..modalities import MODALITIES
 
     bands = MODALITIES[name].bands if name in MODALITIES else ()
     return list(bands) if len(bands) == count else None
@@ -629,7 +629,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> None:
-    from .finetuning import main as finetune_main
+    from ..training.finetuning import main as finetune_main
 
     argv = list(args.arguments)
     if not (len(argv) == 1 and argv[0].endswith(".json")):  # a JSON file of arguments is parsed by the script
@@ -668,7 +668,7 @@ def _finetune_parser() -> argparse.ArgumentParser:
 
     from transformers import HfArgumentParser, TrainingArguments
 
-    from .finetuning import FinetuningArguments
+    from ..training.finetuning import FinetuningArguments
 
     class Parser(OneLineErrors, HfArgumentParser):
         pass
@@ -689,7 +689,7 @@ def _advise_finetuning(finetuning_args: Any, training_args: Any) -> None:
     import torch
     from transformers.utils import logging
 
-    from .data_terramind import read_split
+    from ..training.data_terramind import read_split
     from .hardware import warn_if_slow_bf16
 
     logger = logging.get_logger("terramind.cli")
@@ -720,8 +720,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    from .outputs import check_target
-    from .prediction import load_predictor, parse_inputs, predict_scene, read_scene, write_prediction
+    from ..outputs import check_target
+    from ..prediction import load_predictor, parse_inputs, predict_scene, read_scene, write_prediction
 
     outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
     if not all(path.endswith((".tif", ".tiff")) for path in outputs):
@@ -769,14 +769,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.arguments = [*extra, *args.arguments]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .conversion import ConversionError
+    from ..conversion.checkpoint import ConversionError
 
     # SIGTERM (kill, a scheduler's time limit) unwinds like Ctrl-C, so that partial outputs are removed
     previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
     try:
         args.run(args)
     except (UsageError, ConversionError, ValueError, OSError) as error:
-        from .errors import one_line
+        from ..errors import one_line
 
         print(f"terramind {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
@@ -797,7 +797,3 @@ def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

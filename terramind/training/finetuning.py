@@ -29,19 +29,19 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
-from .configuration_terramind import TerraMindConfig
+from ..configuration_terramind import TerraMindConfig
+from ..modeling_terramind import TerraMindForGeneration, TerraMindModel
+from ..modeling_terramind_tasks import (
+    TerraMindForImageClassification,
+    TerraMindForPixelRegression,
+    TerraMindForSemanticSegmentation,
+)
 from .data_generation import build_generation_dataset, token_accuracy_metrics, token_predictions
 from .data_terramind import (
     TerraMindDataCollator,
     build_compute_metrics,
     build_dataset,
     preprocess_logits_for_metrics,
-)
-from .modeling_terramind import TerraMindForGeneration, TerraMindModel
-from .modeling_terramind_tasks import (
-    TerraMindForImageClassification,
-    TerraMindForPixelRegression,
-    TerraMindForSemanticSegmentation,
 )
 
 logger = logging.get_logger(__name__)
@@ -288,7 +288,7 @@ def build_model(args: FinetuningArguments) -> torch.nn.Module:
             settings["id2label"] = dict(enumerate(args.class_names))
     overrides = json.loads(args.config_overrides) if args.config_overrides else {}
     if args.model_name_or_path:
-        from .modeling_terramind_tasks import TASK_CONFIG_DEFAULTS
+        from ..modeling_terramind_tasks import TASK_CONFIG_DEFAULTS
 
         config_settings = {**settings, **{k: v for k, v in overrides.items() if k not in TASK_CONFIG_DEFAULTS}}
         task_settings.update({k: v for k, v in overrides.items() if k in TASK_CONFIG_DEFAULTS})
@@ -334,7 +334,7 @@ def finetune(
         model = build_model(args)
     config = model.config
     if processor is None:
-        from .image_processing_terramind import TerraMindImageProcessor
+        from ..image_processing_terramind import TerraMindImageProcessor
 
         processor = TerraMindImageProcessor()
     train_dataset, eval_dataset = build_datasets(args, config, processor, model)
