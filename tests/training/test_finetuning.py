@@ -29,7 +29,7 @@ from terramind.training.data_terramind import (
 )
 from terramind.training.finetuning import FinetuningArguments, apply_lora, finetune, weights_digest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TILES = REPO / "samples" / "terramesh"  # 3 tiles with S2L2A, S1RTC and LULC (classes 0-9)
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_decoder_layers=1, hidden_act="gelu",
             gated_mlp=False)  # fmt: skip

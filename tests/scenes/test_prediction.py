@@ -17,7 +17,7 @@ from terramind.modeling_terramind_tasks import TerraMindForPixelRegression, Terr
 from terramind.training.adapters import save_adapter
 from terramind.training.finetuning import apply_lora
 
-SCENE = Path(__file__).resolve().parents[1] / "samples" / "terramesh"
+SCENE = Path(__file__).resolve().parents[2] / "samples" / "terramesh"
 TILE = "282D_485L_3_3.tif"
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_decoder_layers=1, hidden_act="gelu",
             gated_mlp=False, modalities=["S2L2A", "S1RTC"])  # fmt: skip

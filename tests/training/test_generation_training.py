@@ -15,7 +15,7 @@ from terramind import TerraMindForGeneration
 from terramind.training.data_generation import build_generation_dataset, token_accuracy_metrics, token_predictions
 from terramind.training.data_terramind import TerraMindDataCollator
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "terramesh"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "terramesh"
 
 
 def generator(seed: int = 0, **kwargs) -> TerraMindForGeneration:

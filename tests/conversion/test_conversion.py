@@ -14,7 +14,7 @@ from conftest import FIXTURES, fixture_checkpoint
 from terramind import TerraMindForGeneration, TerraMindModel
 from terramind.conversion.checkpoint import ConversionError, convert_checkpoint, convert_state_dict, infer_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHAPES = json.loads((FIXTURES / "v1_checkpoint_shapes.json").read_text())
 
 

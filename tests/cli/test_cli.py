@@ -20,7 +20,7 @@ from PIL import Image
 from terramind.cli import main
 from terramind.conversion.checkpoint import convert_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCENE = ROOT / "samples" / "terramesh"
 TILE = "282D_485L_3_3.tif"
 
