@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> FinetuningResult:
     else:
         args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if args.task not in ("segmentation", "generation"):
-        parser.error("This command fine-tunes segmentation and generation; use terramind.finetuning.finetune for "
+        parser.error("This command fine-tunes segmentation and generation; use terramind.training.finetuning.finetune for "
                      "other tasks.")  # fmt: skip
     result = finetune(args, training_args)
     if result.trainer.is_world_process_zero():
