@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from terramind import TerraMindConfig, TerraMindModel  # noqa: E402
+from terramind.cli.hardware import cpu_has_native_bf16  # noqa: E402
 from terramind.embedding import SceneGeoParquet, embed_batches, tile_loader  # noqa: E402
-from terramind.hardware import cpu_has_native_bf16  # noqa: E402
 from terramind.scenes import find_scenes, scene_tiles  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "terramesh"

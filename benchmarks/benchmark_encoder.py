@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from terramind import TerraMindConfig, TerraMindModel  # noqa: E402
-from terramind.conversion import convert_state_dict  # noqa: E402
+from terramind.conversion.checkpoint import convert_state_dict  # noqa: E402
 
 
 def load_original(variant: str, modalities: list[str], reference_path: str | None):

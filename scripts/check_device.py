@@ -76,7 +76,7 @@ def finetune(output_dir: Path, argv: list[str]) -> float:
     training loss goes to output_dir/first_loss.json."""
     from transformers import set_seed
 
-    from terramind.finetuning import main
+    from terramind.training.finetuning import main
 
     set_seed(0)  # the new head and the LoRA weights are drawn before Trainer seeds: the same on every device
     start = time.perf_counter()
@@ -111,7 +111,7 @@ def relative(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def has_predict() -> bool:
-    from terramind.cli import build_parser
+    from terramind.cli.app import build_parser
 
     return "predict" in build_parser().format_help()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from terramind.finetuning import main  # noqa: E402
+from terramind.training.finetuning import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -138,7 +138,8 @@ def _register() -> None:
 
     from .configuration_terramind import TerraMindConfig
     from .configuration_terramind_tokenizer import TerraMindTokenizerConfig
-    from .conversion import resolve_original_release
+    from .conversion.checkpoint import resolve_original_release
+    from .conversion.tokenizer import resolve_original_tokenizer_release
     from .image_processing_terramind import TerraMindImageProcessor
     from .modeling_terramind import TerraMindForGeneration, TerraMindModel, TerraMindPreTrainedModel
     from .modeling_terramind_tasks import (
@@ -149,7 +150,6 @@ def _register() -> None:
     from .modeling_terramind_tokenizer import TerraMindTokenizerModel
     from .processing_terramind import TerraMindProcessor, register_processors
     from .tokenization_terramind_coords import TerraMindCoordsTokenizer
-    from .tokenizer_conversion import resolve_original_tokenizer_release
 
     TerraMindPreTrainedModel.original_release_resolver = staticmethod(resolve_original_release)
     TerraMindTokenizerModel.original_release_resolver = staticmethod(resolve_original_tokenizer_release)

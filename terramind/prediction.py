@@ -96,7 +96,7 @@ def load_predictor(model: str | os.PathLike, adapter: str | os.PathLike | None =
 def read_scene(paths: dict[str, list[str]], processor: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:
     """Model inputs of a scene ((1, C, H, W), or (1, C, T, H, W) for time series), its nodata mask (H, W: any input,
     any time step) and the georeference profile."""
-    from .data_terramind import read_series_sample
+    from .training.data_terramind import read_series_sample
 
     sample = read_series_sample({name: files if len(files) > 1 else files[0] for name, files in paths.items()})
     images = {key: image[None] if image.ndim == 4 else image for key, image in sample.images.items()}

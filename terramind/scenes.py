@@ -66,7 +66,7 @@ class SceneFacts:
 
 def _files(spec: str) -> dict[str, Path]:
     """Sample id -> file for one --input value: a file, a folder (*.tif) or a glob in the file name."""
-    from .data_terramind import index_folder
+    from .training.data_terramind import index_folder
 
     path = Path(spec)
     if path.is_file():

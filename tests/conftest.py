@@ -55,7 +55,7 @@ def load_cases(arch: str, kind: str) -> list[dict]:
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory) -> dict[str, Path]:
     """The narrow golden checkpoints of the original (tiny- and base-style), converted with our converter."""
-    from terramind.conversion import convert_checkpoint
+    from terramind.conversion.checkpoint import convert_checkpoint
 
     out = {}
     for arch in ARCHITECTURES:

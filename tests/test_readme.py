@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import fixture_checkpoint, mini_tokenizer
 
-from terramind.conversion import convert_checkpoint
+from terramind.conversion.checkpoint import convert_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_MARKERS = ("# needs the network", "# CI runs this")

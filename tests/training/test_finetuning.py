@@ -20,16 +20,16 @@ from safetensors.torch import load_file
 from transformers import EvalPrediction, TrainingArguments
 
 from terramind import TerraMindConfig, TerraMindModel
-from terramind.data_terramind import (
+from terramind.modeling_terramind_tasks import TerraMindForSemanticSegmentation
+from terramind.training.data_terramind import (
     TerraMindDataCollator,
     build_compute_metrics,
     build_dataset,
     segmentation_metrics,
 )
-from terramind.finetuning import FinetuningArguments, apply_lora, finetune, weights_digest
-from terramind.modeling_terramind_tasks import TerraMindForSemanticSegmentation
+from terramind.training.finetuning import FinetuningArguments, apply_lora, finetune, weights_digest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TILES = REPO / "samples" / "terramesh"  # 3 tiles with S2L2A, S1RTC and LULC (classes 0-9)
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_decoder_layers=1, hidden_act="gelu",
             gated_mlp=False)  # fmt: skip
@@ -300,7 +300,7 @@ DRIVER = """
     import json, os, sys
     sys.path.insert(0, {repo!r})
     from transformers import HfArgumentParser, TrainingArguments
-    from terramind.finetuning import FinetuningArguments, finetune, weights_digest
+    from terramind.training.finetuning import FinetuningArguments, finetune, weights_digest
     args, training_args = HfArgumentParser((FinetuningArguments, TrainingArguments)).parse_args_into_dataclasses()
     result = finetune(args, training_args)
     report = {{"digest": weights_digest(result.model), "world_size": training_args.world_size,

@@ -12,12 +12,12 @@ from PIL import Image
 from rasterio.windows import Window
 
 from terramind import TerraMindConfig, TerraMindImageProcessor, TerraMindModel
-from terramind.adapters import save_adapter
 from terramind.cli import main
-from terramind.finetuning import apply_lora
 from terramind.modeling_terramind_tasks import TerraMindForPixelRegression, TerraMindForSemanticSegmentation
+from terramind.training.adapters import save_adapter
+from terramind.training.finetuning import apply_lora
 
-SCENE = Path(__file__).resolve().parents[1] / "samples" / "terramesh"
+SCENE = Path(__file__).resolve().parents[2] / "samples" / "terramesh"
 TILE = "282D_485L_3_3.tif"
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_decoder_layers=1, hidden_act="gelu",
             gated_mlp=False, modalities=["S2L2A", "S1RTC"])  # fmt: skip
@@ -107,7 +107,7 @@ def test_predict_any_scene_size_keeps_georeference_and_nodata(models, tmp_path):
 
 
 def test_predict_with_adapter_matches_the_python_model(models, tmp_path):
-    from terramind.adapters import load_adapter
+    from terramind.training.adapters import load_adapter
 
     out = tmp_path / "out.tif"
     assert main(["predict", "--model", str(models["base"]), "--adapter", str(models["adapter"]), *inputs_of(),

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from .configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
-from .hub import looks_like_path, resolve_source
-from .modalities import ORIGINAL_KEY_TO_NAME, RAW_IMAGE_MODALITIES
+from ..configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
+from ..hub import looks_like_path, resolve_source
+from ..modalities import ORIGINAL_KEY_TO_NAME, RAW_IMAGE_MODALITIES
+from ..outputs import partial_path, remove, remove_stale_partials
 from .model_card import push_folder, write_model_card
-from .outputs import partial_path, remove, remove_stale_partials
 
 ORIGINAL_MODEL_FILE = re.compile(r"^TerraMind_v1_(tiny|small|base|large)\.pt$")
 CACHE_ENV = "TERRAMIND_CACHE"
@@ -184,9 +184,9 @@ def convert_checkpoint(
 ) -> Path:
     """Convert `TerraMind_v1_*.pt` into a folder that TerraMindModel, TerraMindForGeneration and the TiM
     models all load (config.json + model.safetensors with every weight of the original)."""
-    from .image_processing_terramind import TerraMindImageProcessor
-    from .modeling_terramind import TerraMindForGeneration
-    from .processing_terramind import TerraMindProcessor
+    from ..image_processing_terramind import TerraMindImageProcessor
+    from ..modeling_terramind import TerraMindForGeneration
+    from ..processing_terramind import TerraMindProcessor
 
     state = load_original_state_dict(checkpoint)
     overrides = config_overrides or {}
@@ -298,8 +298,9 @@ def _permissions_of_umask(folder: Path) -> None:
         path.chmod(mode if path.is_dir() else mode & 0o666)
 
 
-# The modules whose code decides what a converted folder holds; a change to any of them is a new converter version.
-CONVERTER_MODULES = ("conversion.py", "tokenizer_conversion.py", "configuration_terramind.py",
+# The modules (paths under terramind/) whose code decides what a converted folder holds: a change to any of them
+# is a new converter version.
+CONVERTER_MODULES = ("conversion/checkpoint.py", "conversion/tokenizer.py", "configuration_terramind.py",
                      "configuration_terramind_tokenizer.py", "modalities.py", "modeling_terramind.py",
                      "modeling_terramind_tokenizer.py", "processing_terramind.py", "image_processing_terramind.py")  # fmt: skip
 _HUB_BLOB = re.compile(r"^[0-9a-f]{64}$")
@@ -310,7 +311,7 @@ def converter_version() -> str:
     """Digest of the converter's code: part of the cache key, so that a fixed converter reconverts old caches."""
     digest = hashlib.sha256()
     for name in CONVERTER_MODULES:
-        digest.update((Path(__file__).with_name(name)).read_bytes())
+        digest.update((Path(__file__).parents[1] / name).read_bytes())
     return digest.hexdigest()[:16]
 
 

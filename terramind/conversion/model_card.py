@@ -7,7 +7,7 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
-from .modalities import MODALITIES, resolve_modality
+from ..modalities import MODALITIES, resolve_modality
 
 RELEASE_LICENSE = "apache-2.0"  # the ibm-esa-geospatial/TerraMind-1.0-* releases
 

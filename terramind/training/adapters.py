@@ -54,7 +54,7 @@ def load_adapter(adapter: str | os.PathLike, base_model: str | os.PathLike | Non
 
     import terramind
 
-    from .configuration_terramind import TerraMindConfig
+    from ..configuration_terramind import TerraMindConfig
 
     config = TerraMindConfig.from_pretrained(adapter, **kwargs)
     base_model = base_model or PeftConfig.from_pretrained(adapter, **kwargs).base_model_name_or_path

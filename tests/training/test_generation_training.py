@@ -12,10 +12,10 @@ from conftest import mini_tokenizer, tiny_config
 from transformers import Trainer, TrainingArguments
 
 from terramind import TerraMindForGeneration
-from terramind.data_generation import build_generation_dataset, token_accuracy_metrics, token_predictions
-from terramind.data_terramind import TerraMindDataCollator
+from terramind.training.data_generation import build_generation_dataset, token_accuracy_metrics, token_predictions
+from terramind.training.data_terramind import TerraMindDataCollator
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "terramesh"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "terramesh"
 
 
 def generator(seed: int = 0, **kwargs) -> TerraMindForGeneration:
@@ -114,7 +114,7 @@ def test_dataset_tokenizes_targets_once_and_caches(tmp_path):
     assert len(data) == 3 and len(list(tmp_path.glob("tokens-*.arrow"))) == 1
     row = data[0]
     assert row["S2L2A"].shape == (12, 224, 224) and row["labels"]["LULC"].shape == (14, 14)
-    from terramind.data_terramind import TerraMindSampleTransform
+    from terramind.training.data_terramind import TerraMindSampleTransform
 
     lulc = TerraMindSampleTransform(task="classification").process_sample(
         {"LULC": str(SAMPLES / "LULC" / f"{row['sample_id']}.tif")})["LULC"]  # fmt: skip
@@ -176,7 +176,7 @@ def test_lora_adapter_round_trip_and_merge(tmp_path):
     base reproduces the trained outputs exactly; merging gives the same outputs."""
     from peft import PeftModel
 
-    from terramind.finetuning import apply_lora
+    from terramind.training.finetuning import apply_lora
 
     base_folder = tmp_path / "base"
     mini_tokenizer("LULC").save_pretrained(tmp_path / "lulc")
@@ -207,7 +207,7 @@ def test_lora_adapter_round_trip_and_merge(tmp_path):
 
 def test_finetune_cli_generation(tmp_path):
     """`terramind finetune --task generation`: a generator folder, a local tokenizer, token accuracy reported."""
-    from terramind.finetuning import main
+    from terramind.training.finetuning import main
 
     generator().save_pretrained(tmp_path / "model")
     mini_tokenizer("LULC").save_pretrained(tmp_path / "lulc")

@@ -354,7 +354,7 @@ def test_settings_a_model_does_not_use_give_one_warning_naming_their_users():
 def test_one_config_touched_by_trainer_and_peft_builds_every_model():
     """As Trainer (`use_cache`), tests (`batch_norm_eps`) and older versions leave attributes on a config, and one
     config holds the settings of every head: every class builds from it, again and again (full, then LoRA)."""
-    from terramind.finetuning import apply_lora
+    from terramind.training.finetuning import apply_lora
 
     shared = config(decode_head="unet", unet_channels=[8, 8, 8, 8], out_indices=[1, 2, 3, 4], class_weights=[1.0] * 5)
     shared.use_cache = False

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from terramind import TerraMindConfig, TerraMindModel
-from terramind.adapters import load_adapter, save_adapter
-from terramind.finetuning import apply_lora
 from terramind.modeling_terramind_tasks import TerraMindForSemanticSegmentation
+from terramind.training.adapters import load_adapter, save_adapter
+from terramind.training.finetuning import apply_lora
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_decoder_layers=1, hidden_act="gelu",
             gated_mlp=False, modalities=["S2L2A", "S1RTC"], bands={"S2L2A": ["RED", "GREEN", "BLUE", "NIR_NARROW"]})  # fmt: skip
 HUB_BASE = "ibm-esa-geospatial/TerraMind-1.0-tiny"

@@ -12,9 +12,9 @@ import torch
 from conftest import FIXTURES, fixture_checkpoint
 
 from terramind import TerraMindForGeneration, TerraMindModel
-from terramind.conversion import ConversionError, convert_checkpoint, convert_state_dict, infer_config
+from terramind.conversion.checkpoint import ConversionError, convert_checkpoint, convert_state_dict, infer_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHAPES = json.loads((FIXTURES / "v1_checkpoint_shapes.json").read_text())
 
 
@@ -121,7 +121,7 @@ def cached_folders(cache: Path) -> list[Path]:
 def test_cache_is_keyed_on_content_and_converter_version(tmp_path, monkeypatch):
     import os
 
-    import terramind.conversion as conversion
+    import terramind.conversion.checkpoint as conversion
 
     monkeypatch.setenv("TERRAMIND_CACHE", str(tmp_path / "cache"))
     release = small_release(tmp_path / "release")
@@ -150,7 +150,7 @@ def test_cache_cleans_killed_conversions_and_serves_a_group(tmp_path, monkeypatc
     from transformers import AutoProcessor
 
     from terramind import TerraMindProcessor
-    from terramind.conversion import resolve_original_release
+    from terramind.conversion.checkpoint import resolve_original_release
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("TERRAMIND_CACHE", str(cache))

@@ -17,10 +17,10 @@ from conftest import fixture_checkpoint
 from rasterio.warp import transform as reproject
 
 from terramind.cli import main
-from terramind.conversion import convert_checkpoint
+from terramind.conversion.checkpoint import convert_checkpoint
 from terramind.scenes import find_scenes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "terramesh"
 SCENES = sorted(path.stem for path in (SAMPLES / "S2L2A").glob("*.tif"))  # 3 scenes of 224 x 224 pixels
 TILE = 64  # 224 px: tiles at 0, 64, 128 and 160 (flush), 16 per scene

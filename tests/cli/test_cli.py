@@ -18,9 +18,9 @@ from conftest import fixture_checkpoint, mini_tokenizer
 from PIL import Image
 
 from terramind.cli import main
-from terramind.conversion import convert_checkpoint
+from terramind.conversion.checkpoint import convert_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCENE = ROOT / "samples" / "terramesh"
 TILE = "282D_485L_3_3.tif"
 
@@ -408,9 +408,9 @@ def test_no_progress_hides_every_bar(assets, tmp_path, capsys):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(assets, tmp_path, monkeypatch, caplog):
-    import terramind.hardware
+    import terramind.cli.hardware
 
-    monkeypatch.setattr(terramind.hardware, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(terramind.cli.hardware, "cpu_has_native_bf16", lambda: False)
     assert main(["embed", "--model", str(assets["model"]), "--input", f"S2L2A={scene('S2L2A')}", "--output",
                  str(tmp_path / "e.tif"), "--dtype", "bf16", "--no-progress"]) == 0  # fmt: skip
     assert "bf16 on this CPU is emulated" in caplog.text and "use fp32 here" in caplog.text

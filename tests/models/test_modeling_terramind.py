@@ -189,7 +189,7 @@ def test_new_modality_named_like_a_pretrained_one(converted, tmp_path):
     from conftest import fixture_checkpoint
 
     from terramind import TerraMindConfig
-    from terramind.conversion import convert_checkpoint
+    from terramind.conversion.checkpoint import convert_checkpoint
 
     overrides = {"num_attention_heads": 2, "modalities": ["S2L2A", {"NDVI": 1}]}
     folder = convert_checkpoint(fixture_checkpoint("tiny", tmp_path), tmp_path / "new", config_overrides=overrides)

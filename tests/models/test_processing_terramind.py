@@ -15,7 +15,7 @@ from terramind.image_processing_terramind import TerraMindImageProcessor, nodata
 from terramind.modalities import MODALITIES
 from terramind.processing_terramind import TerraMindProcessor, register_processors
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "terramesh"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "terramesh"
 TILE = "282D_485L_3_3.tif"
 S2_IDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]  # S2L1C order
 

@@ -15,7 +15,7 @@ from terramind.geotiff import GeoTiff, read_geotiff, read_sample, write_geotiff
 from terramind.image_processing_terramind import TerraMindImageProcessor
 from terramind.modalities import MODALITIES
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "terramesh"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "terramesh"
 TILE = "282D_485L_3_3.tif"
 FOLDERS = ("S2L1C", "S2L2A", "S2RGB", "S1RTC", "DEM", "LULC", "NDVI")
 CANONICAL = {"S2RGB": "RGB"}

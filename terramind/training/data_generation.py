@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .conversion import default_cache_dir
+from ..conversion.checkpoint import default_cache_dir
+from ..modalities import resolve_modality, resolve_output_modality
 from .data_terramind import TerraMindSampleTransform, find_layout, index_folder, read_split
-from .modalities import resolve_modality, resolve_output_modality
 
 
 def build_generation_dataset(

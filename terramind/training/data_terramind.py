@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from .configuration_terramind import TerraMindConfig
-from .errors import first_line
-from .geotiff import SUPPORTED_DTYPES, GeoSample, open_raster, read_sample
-from .modalities import MODALITIES, resolve_modality
+from ..configuration_terramind import TerraMindConfig
+from ..errors import first_line
+from ..geotiff import SUPPORTED_DTYPES, GeoSample, open_raster, read_sample
+from ..modalities import MODALITIES, resolve_modality
 
 TASKS = ("segmentation", "regression", "classification")
 MAX_LISTED = 5
@@ -329,7 +329,7 @@ class TerraMindSampleTransform:
         num_timesteps: Mapping[str, int] | None = None,
     ):
         if processor is None:
-            from .image_processing_terramind import TerraMindImageProcessor
+            from ..image_processing_terramind import TerraMindImageProcessor
 
             processor = TerraMindImageProcessor()
         self.processor = processor

@@ -15,7 +15,7 @@ from terramind import TerraMindCoordsTokenizer, TerraMindForGeneration, TerraMin
 from terramind.hub import looks_like_path
 from terramind.modeling_terramind_tokenizer import TerraMindTokenizerModel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_what_looks_like_a_path(tmp_path, monkeypatch):

@@ -28,8 +28,8 @@ from terramind import (
     TerraMindModel,
     TerraMindTokenizerModel,
 )
-from terramind.finetuning import apply_lora
 from terramind.modeling_terramind_layers import TerraMindAttention, TerraMindDecoderLayer, TerraMindLayer
+from terramind.training.finetuning import apply_lora
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
@@ -453,8 +453,8 @@ def test_head_from_generator_folder_reports_only_new_modules(generator_folder, n
 
 
 # ----------------------------------------------------------------------------- 9. remote code
-FORBIDDEN_CODE = {"conversion.py", "tokenizer_conversion.py", "cli.py", "finetuning.py", "data_terramind.py",
-                  "geotiff.py", "quicklook.py", "__init__.py"}  # fmt: skip
+FORBIDDEN_CODE = {"conversion.py", "tokenizer_conversion.py", "checkpoint.py", "cli.py", "app.py", "finetuning.py",
+                  "data_terramind.py", "geotiff.py", "quicklook.py", "__init__.py"}  # fmt: skip
 
 
 def test_remote_code_generation_and_segmentation_without_package(tmp_path):

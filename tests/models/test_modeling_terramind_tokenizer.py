@@ -12,14 +12,14 @@ from conftest import FIXTURES, reference_input, relative_error, run_without_pack
 from huggingface_hub.errors import StrictDataclassError
 
 from terramind.configuration_terramind_tokenizer import TOKENIZER_PRESETS, TerraMindTokenizerConfig
-from terramind.conversion import ConversionError
-from terramind.modeling_terramind_tokenizer import TerraMindTokenizerModel
-from terramind.tokenizer_conversion import (
+from terramind.conversion.checkpoint import ConversionError
+from terramind.conversion.tokenizer import (
     convert_tokenizer_checkpoint,
     convert_tokenizer_state_dict,
     load_original_tokenizer,
     resolve_original_tokenizer_release,
 )
+from terramind.modeling_terramind_tokenizer import TerraMindTokenizerModel
 
 V1_MODALITIES = ("S2L2A", "S1GRD", "S1RTC", "DEM", "LULC", "NDVI")
 # The narrow architectures of the golden files (../shared/reference/fixtures/manifest.json, "tokenizers").
@@ -297,7 +297,7 @@ def test_from_pretrained_converts_an_original_release_once(models, mini_presets,
     def fail(*args, **kwargs):
         raise AssertionError("converted twice")
 
-    monkeypatch.setattr("terramind.tokenizer_conversion.convert_tokenizer_checkpoint", fail)
+    monkeypatch.setattr("terramind.conversion.tokenizer.convert_tokenizer_checkpoint", fail)
     assert resolve_original_tokenizer_release(mini_presets) == cached
     again = TerraMindTokenizerModel.from_pretrained(mini_presets / "TerraMind_Tokenizer_S1GRD.pt")
     assert_same_weights(again, first)

@@ -29,19 +29,19 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
-from .configuration_terramind import TerraMindConfig
+from ..configuration_terramind import TerraMindConfig
+from ..modeling_terramind import TerraMindForGeneration, TerraMindModel
+from ..modeling_terramind_tasks import (
+    TerraMindForImageClassification,
+    TerraMindForPixelRegression,
+    TerraMindForSemanticSegmentation,
+)
 from .data_generation import build_generation_dataset, token_accuracy_metrics, token_predictions
 from .data_terramind import (
     TerraMindDataCollator,
     build_compute_metrics,
     build_dataset,
     preprocess_logits_for_metrics,
-)
-from .modeling_terramind import TerraMindForGeneration, TerraMindModel
-from .modeling_terramind_tasks import (
-    TerraMindForImageClassification,
-    TerraMindForPixelRegression,
-    TerraMindForSemanticSegmentation,
 )
 
 logger = logging.get_logger(__name__)
@@ -330,7 +330,7 @@ def finetune(
         model = build_model(args)
     config = model.config
     if processor is None:
-        from .image_processing_terramind import TerraMindImageProcessor
+        from ..image_processing_terramind import TerraMindImageProcessor
 
         processor = TerraMindImageProcessor()
     train_dataset, eval_dataset = build_datasets(args, config, processor, model)
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> FinetuningResult:
     else:
         args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if args.task not in ("segmentation", "generation"):
-        parser.error("This command fine-tunes segmentation and generation; use terramind.finetuning.finetune for "
+        parser.error("This command fine-tunes segmentation and generation; use terramind.training.finetuning.finetune for "
                      "other tasks.")  # fmt: skip
     result = finetune(args, training_args)
     if result.trainer.is_world_process_zero():

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .configuration_terramind_tokenizer import TerraMindTokenizerConfig, canonical_tokenizer_modality
-from .conversion import ConversionError, find_release_file, load_original_state_dict, resolve_release
+from ..configuration_terramind_tokenizer import TerraMindTokenizerConfig, canonical_tokenizer_modality
+from .checkpoint import ConversionError, find_release_file, load_original_state_dict, resolve_release
 from .model_card import push_folder, write_model_card
 
 ORIGINAL_TOKENIZER_FILE = re.compile(r"^TerraMind_Tokenizer_(S2L2A|S1GRD|S1RTC|DEM|LULC|NDVI)\.pt$")
@@ -145,7 +145,7 @@ def load_original_tokenizer(
     The architecture comes from `config`, else from the v1 preset of `modality` (taken from the file name
     `TerraMind_Tokenizer_<MODALITY>.pt` when not given) with `config_overrides`. Every weight must fit.
     """
-    from .modeling_terramind_tokenizer import TerraMindTokenizerModel
+    from ..modeling_terramind_tokenizer import TerraMindTokenizerModel
 
     state = checkpoint if isinstance(checkpoint, dict) else load_original_state_dict(checkpoint)
     if config is None:

@@ -1,0 +1,7 @@
+"""`python -m terramind.cli`: the same as the `terramind` console script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

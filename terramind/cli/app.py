@@ -1,0 +1,69 @@
+"""The `terramind` command line: convert original releases, embed scenes, generate modalities, fine-tune, predict."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .convert import add_convert
+from .embed import add_embed
+from .finetune import add_finetune
+from .generate import add_generate
+from .options import Parser, UsageError, version
+from .predict import add_predict
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="terramind", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,embed,generate,finetune}")
+    add_convert(sub)
+    add_embed(sub)
+    add_generate(sub)
+    add_finetune(sub)
+    add_predict(sub)
+    return parser
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "finetune":  # its options belong to the fine-tuning script (HfArgumentParser)
+        args.arguments = [*extra, *args.arguments]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from ..conversion.checkpoint import ConversionError
+
+    # SIGTERM (kill, a scheduler's time limit) unwinds like Ctrl-C, so that partial outputs are removed
+    previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
+    try:
+        args.run(args)
+    except (UsageError, ConversionError, ValueError, OSError) as error:
+        from ..errors import one_line
+
+        print(f"terramind {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"terramind {args.command}: interrupted; no partial output was left behind", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if getattr(args, "restore_progress_bars", False):  # main() may run again in this process
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.enable_progress_bar()
+    return 0
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,47 @@
+"""`terramind predict`: a scene through a fine-tuned segmentation or regression model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import UsageError, add_runtime_options, torch_dtype
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("predict", help="predict a scene with a fine-tuned segmentation or regression model")
+    parser.add_argument("--model", required=True,
+                        help="fine-tuned model folder, or the base model (folder, Hub repo, release) of --adapter")  # fmt: skip
+    parser.add_argument("--adapter", help="LoRA adapter folder or Hub repo (saved by finetune / save_adapter)")
+    parser.add_argument("--output", required=True, help="OUT.tif: class map (uint8, plus OUT.png) or regression")
+    parser.add_argument("--probabilities", metavar="PATH", help="also write class probabilities (float32 GeoTIFF)")
+    parser.add_argument("--overlap", type=int, help="tile overlap in pixels (default: min(64, tile size - 16))")
+    add_runtime_options(parser)
+    parser.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    from ..outputs import check_target
+    from ..prediction import load_predictor, parse_inputs, predict_scene, read_scene, write_prediction
+
+    outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
+    if not all(path.endswith((".tif", ".tiff")) for path in outputs):
+        raise UsageError("--output and --probabilities must end in .tif/.tiff (GeoTIFF).")
+    if args.probabilities and Path(args.probabilities).resolve() == Path(args.output).resolve():
+        raise UsageError("--probabilities and --output must be different files.")
+    if args.no_progress:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+    for target in outputs:  # before any work (the quick-look PNG is checked once the task is known)
+        check_target(target, args.overwrite)
+    paths = parse_inputs(args.input)
+    model, processor = load_predictor(args.model, args.adapter, torch_dtype(args.dtype), args.device)
+    if args.probabilities and type(model).__name__ != "TerraMindForSemanticSegmentation":
+        raise UsageError("--probabilities is for segmentation models; this model does pixel regression.")
+    inputs, nodata, profile = read_scene(paths, processor)
+    overlap = args.overlap if args.overlap is not None else min(64, args.tile_size - 16)
+    prediction = predict_scene(model, inputs, nodata, profile, args.tile_size, overlap, args.batch_size,
+                               progress=not args.no_progress)  # fmt: skip
+    for path in write_prediction(prediction, args.output, args.probabilities, args.overwrite):
+        print(f"Wrote {path}")
