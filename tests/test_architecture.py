@@ -26,6 +26,10 @@ KNOWN_UPWARD = {
     ("terramind.generation_terramind", "terramind.tiling"),
     ("terramind.modeling_terramind_tasks", "terramind.tiling"),
 }
+# Cycles by design, each with its reason. Thinking-in-Modalities: as in the original, the encoder holds a frozen
+# generator that holds an encoder, so TerraMindModel builds TerraMindThinkingInModalities (imported when a config
+# asks for TiM) and that class is a TerraMindForGeneration.
+KNOWN_CYCLES = [["terramind.modeling_terramind", "terramind.modeling_terramind_tim"]]
 
 
 def module_files() -> dict[str, Path]:
@@ -142,7 +146,7 @@ def test_imports_flow_one_way():
 
 
 def test_no_import_cycles():
-    assert cycles(import_graph()) == []
+    assert cycles(import_graph()) == KNOWN_CYCLES
 
 
 def test_model_files_do_not_import_the_application():
