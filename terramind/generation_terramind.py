@@ -330,7 +330,7 @@ class TerraMindGenerationMixin:
         tapered window, so tiles meet without seams; with `decode=False` each token comes from the tile whose
         centre is nearest. Outputs have the input's size (token grids: ceil(H/16), ceil(W/16)).
         """
-        from .tiling import run_tiled
+        from terramind.scenes.tiling import run_tiled  # the scene engine's tiler (the application's, not remote code)
 
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)

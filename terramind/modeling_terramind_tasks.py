@@ -70,7 +70,6 @@ from .modeling_terramind import (
     TerraMindPreTrainedModel,
 )
 from .temporal import fold_time, merge_time
-from .tiling import run_tiled
 
 DECODE_HEADS = ("upernet", "unet", "fcn")
 SPATIAL_MERGE_METHODS = ("mean", "max", "concat")
@@ -649,6 +648,8 @@ class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
         tiled inference). Inputs are those of `forward` (standardized, e.g. by the processor; time series too) at
         any H, W: scenes smaller than a tile or not a multiple of the patch size are padded with 0 (the band mean)
         and the output cropped back. Returns float32 on the CPU; `softmax(dim=1)` gives class probabilities."""
+        from terramind.scenes.tiling import run_tiled  # the scene engine's tiler (the application's, not remote code)
+
         inputs = self._gather_inputs(pixel_values, modalities)
         dtype = next(self.parameters()).dtype
 

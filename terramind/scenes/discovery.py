@@ -66,7 +66,7 @@ class SceneFacts:
 
 def _files(spec: str) -> dict[str, Path]:
     """Sample id -> file for one --input value: a file, a folder (*.tif) or a glob in the file name."""
-    from .data_terramind import index_folder
+    from ..data_terramind import index_folder
 
     path = Path(spec)
     if path.is_file():
@@ -111,8 +111,8 @@ def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
 def read_scene_inputs(paths: Mapping[str, str], offsets: Mapping[str, float] | None = None):
     """A scene's rasters, processed inputs (padded to multiples of 16; `offsets` added to the standardization
     means) and a (H', W') mask, True where no input has data (nodata in every modality, or padding)."""
+    from ..image_processing_terramind import TerraMindImageProcessor, nodata_mask_key
     from .geotiff import read_sample
-    from .image_processing_terramind import TerraMindImageProcessor, nodata_mask_key
 
     sample = read_sample(paths)
     processor = TerraMindImageProcessor(do_pad=True, size_divisor=16, offset=dict(offsets) if offsets else None)
@@ -155,7 +155,7 @@ class SceneTiles(IterableDataset):
             try:
                 sample, _, inputs, no_data = read_scene_inputs(scene.paths)
             except (ValueError, OSError) as error:
-                from .errors import one_line
+                from ..errors import one_line
 
                 yield TileBatch(error=f"scene {scene.id}: {one_line(error)}")
                 return
@@ -201,7 +201,7 @@ class WholeScenes(IterableDataset):
             try:
                 sample, _, inputs, no_data = read_scene_inputs(scene.paths, self.offsets)
             except (ValueError, OSError) as error:
-                from .errors import one_line
+                from ..errors import one_line
 
                 yield SceneInputs(scene, error=f"scene {scene.id}: {one_line(error)}")
                 return

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .scenes import Scene, SceneFacts, SceneTiles, TileBatch, TileInfo
+from .discovery import Scene, SceneFacts, SceneTiles, TileBatch, TileInfo
 
 Committed = list[tuple[Scene, list[Path]]]  # scenes whose outputs are on disk, with those outputs
 

@@ -20,9 +20,9 @@ import torch
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 
-from .errors import first_line
-from .image_processing_terramind import match_bands
-from .modalities import resolve_modality
+from ..errors import first_line
+from ..image_processing_terramind import match_bands
+from ..modalities import resolve_modality
 from .outputs import atomic_file
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float32", "float64")

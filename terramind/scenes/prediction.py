@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .modalities import NODATA_MASK_SUFFIX
+from ..modalities import NODATA_MASK_SUFFIX
 
 DENSE_TASK_MODELS = ("TerraMindForSemanticSegmentation", "TerraMindForPixelRegression")
 CLASS_NODATA = 255
@@ -38,7 +38,7 @@ class ScenePrediction:
 
 def parse_inputs(entries: Sequence[str]) -> dict[str, list[str]]:
     """MODALITY=PATH entries -> {modality: [paths]}; a repeated modality is a time series (in the given order)."""
-    from .modalities import resolve_modality
+    from ..modalities import resolve_modality
 
     paths: dict[str, list[str]] = {}
     for entry in entries:
@@ -74,8 +74,8 @@ def load_predictor(model: str | os.PathLike, adapter: str | os.PathLike | None =
     config.json (saved by `save_adapter`) or the model's."""
     import terramind
 
-    from .configuration_terramind import TerraMindConfig
-    from .image_processing_terramind import TerraMindImageProcessor
+    from ..configuration_terramind import TerraMindConfig
+    from ..image_processing_terramind import TerraMindImageProcessor
 
     config = _from_pretrained(TerraMindConfig.from_pretrained, [adapter, model])
     architectures = (getattr(config, "architectures", None) or []) if config is not None else []
@@ -96,7 +96,7 @@ def load_predictor(model: str | os.PathLike, adapter: str | os.PathLike | None =
 def read_scene(paths: dict[str, list[str]], processor: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:
     """Model inputs of a scene ((1, C, H, W), or (1, C, T, H, W) for time series), its nodata mask (H, W: any input,
     any time step) and the georeference profile."""
-    from .data_terramind import read_series_sample
+    from ..data_terramind import read_series_sample
 
     sample = read_series_sample({name: files if len(files) > 1 else files[0] for name, files in paths.items()})
     images = {key: image[None] if image.ndim == 4 else image for key, image in sample.images.items()}

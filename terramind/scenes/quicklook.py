@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .modalities import MODALITIES, resolve_modality
+from ..modalities import MODALITIES, resolve_modality
 
 # ESRI 2020-style land-cover classes as in TerraMesh (0 = no data).
 LULC_PALETTE = np.array(

@@ -1,0 +1,474 @@
+"""The scene engine: one streaming loop for embed, predict and generate, at a memory that does not grow with the scene.
+
+A scene is cut into tiles (`TileGrid`: `tile_size` squares overlapping by `overlap`, the last row and column flush
+with the padded edge). Loader threads read each tile's window of the inputs (rasterio windowed reads, the overlap
+included; GDAL's block cache, capped at `GDAL_CACHE_MB`, serves the blocks that neighbouring tiles share) and
+prepare it (`prepare`: e.g. the image processor) while the model computes. Tiles whose every pixel is nodata are
+skipped (no model time) and counted. The others go to the model `step` in batches of `batch_size`, in row-major
+order (the order and batches of the in-memory tiler, so results match it). Tile outputs are merged into a rolling
+band of output rows (`RowBand`: blended with a tapered window, nearest tile centre, or last tile wins), and every
+row that no later tile touches goes to the `output` at once. So memory holds a few batches and one band of rows,
+never the scene.
+
+Plug-ins, all numpy in and out (this module imports neither torch nor the model, so an onnxruntime step works with
+torch absent):
+- `prepare(raw, height, width) -> (inputs, nodata)`: raw window arrays {name: (C, h, w) or (C, T, h, w)}, clipped
+  to the scene, -> model inputs padded at the bottom/right to (height, width) and a (height, width) nodata mask;
+- `step(batch) -> outputs`: {name: (n, ...)} -> an array or {name: array} (n, ..., tile / s, tile / s);
+- `output.write_rows(top, values, nodata)`: finished output rows {name: (..., rows, W / s)} from output row `top`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+GDAL_CACHE_MB = 128  # GDAL's block cache while a scene streams: a constant, not the default 5% of the RAM
+MERGE_MODES = ("blend", "nearest", "last")
+SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float32", "float64")
+
+Arrays = dict[str, np.ndarray]
+Prepare = Callable[[Arrays, int, int], tuple[Arrays, np.ndarray]]
+Step = Callable[[Arrays], "np.ndarray | Arrays"]
+
+
+class SceneOutput(Protocol):
+    """Where finished rows go (a GeoTIFF/COG writer, GeoParquet rows, an in-memory array)."""
+
+    def write_rows(self, top: int, values: Arrays, nodata: np.ndarray) -> None: ...
+
+
+# ----------------------------------------------------------------------------- tiles
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Tile offsets covering [0, size): regular steps, the last tile flush with the edge; [0] if size <= tile."""
+    if tile < 1 or stride < 1:
+        raise ValueError(f"tile and stride must be >= 1, got tile={tile}, stride={stride}.")
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile + 1, stride))
+    if starts[-1] != size - tile:
+        starts.append(size - tile)
+    return starts
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles of a (height, width) scene padded at the bottom/right to (padded_height, padded_width)."""
+
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+    tile: int
+    overlap: int
+    tops: tuple[int, ...]
+    lefts: tuple[int, ...]
+
+    @classmethod
+    def plan(cls, height: int, width: int, tile_size: int, overlap: int = 0, multiple_of: int = 1,
+             shrink: bool = False) -> TileGrid:  # fmt: skip
+        """Pad to multiples of `multiple_of` and (unless `shrink`: tiles shrink to a smaller scene's shorter side
+        instead) to at least one tile; tiles step by tile_size - overlap."""
+        if tile_size < 1 or tile_size % multiple_of or not 0 <= overlap < tile_size or overlap % multiple_of:
+            raise ValueError(f"tile_size and overlap must be multiples of {multiple_of} with 0 <= overlap < tile_size, "
+                             f"got tile_size={tile_size}, overlap={overlap}.")  # fmt: skip
+        padded_h, padded_w = (-(-n // multiple_of) * multiple_of for n in (height, width))
+        if shrink:
+            tile_size = min(tile_size, padded_h, padded_w)
+            overlap = min(overlap, tile_size - multiple_of)
+        else:
+            padded_h, padded_w = max(tile_size, padded_h), max(tile_size, padded_w)
+        stride = tile_size - overlap
+        return cls(height, width, padded_h, padded_w, tile_size, overlap,
+                   tuple(tile_starts(padded_h, tile_size, stride)), tuple(tile_starts(padded_w, tile_size, stride)))  # fmt: skip
+
+    @property
+    def tiles(self) -> list[tuple[int, int]]:
+        """(top, left) of every tile, row by row."""
+        return [(top, left) for top in self.tops for left in self.lefts]
+
+    def __len__(self) -> int:
+        return len(self.tops) * len(self.lefts)
+
+
+def blend_window(size: int, ramp: int) -> np.ndarray:
+    """(size, size) float32 weights: 1 in the middle, a linear ramp over `ramp` pixels to a small floor at the
+    edges (the in-memory tiler's window, value for value)."""
+    ramp = max(1, min(ramp, size // 2))
+    profile = np.ones(size, dtype=np.float32)
+    edge = (np.arange(ramp, dtype=np.float32) + np.float32(0.5)) / np.float32(ramp)
+    profile[:ramp] = edge
+    profile[-ramp:] = edge[::-1]
+    return profile[:, None] * profile[None, :]
+
+
+# ----------------------------------------------------------------------------- inputs
+def _missing(array: np.ndarray, nodata: float | None) -> np.ndarray:
+    """True where a raw value is nodata (NaN/inf, or the file's nodata value)."""
+    missing = ~np.isfinite(array) if array.dtype.kind == "f" else np.zeros(array.shape, dtype=bool)
+    if nodata is not None and not math.isnan(nodata):
+        missing |= array == nodata
+    return missing
+
+
+class SceneSource:
+    """The rasters of one scene, opened for windowed reads: {name: path, open rasterio dataset, or a list of them
+    (the time steps of a modality)}. Paths may be GeoTIFFs (tiled or striped), COGs or VRT mosaics.
+
+    Every raster must be on the first one's grid (size, CRS and transform): modalities on other grids are an error
+    (reproject them onto one grid first, e.g. with a `WarpedVRT` or `gdalwarp`), never resampled silently."""
+
+    def __init__(self, inputs: Mapping[str, Any]):
+        import rasterio
+
+        if not inputs:
+            raise ValueError("A scene needs at least one input, e.g. {'S2L2A': 'scene.tif'}.")
+        self.specs = dict(inputs)
+        self._opened: list[Any] = []
+        self.rasters: dict[str, list[Any]] = {}
+        try:
+            for name, spec in self.specs.items():
+                steps = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+                if not steps:
+                    raise ValueError(f"Input {name} names no file.")
+                self.rasters[name] = [self._open(step, rasterio) for step in steps]
+            self._check_grid()
+        except BaseException:
+            self.close()
+            raise
+        first = next(iter(self.rasters.values()))[0]
+        self.profile = dict(first.profile)
+        self.height, self.width = first.height, first.width
+        self.band_names = {name: _band_names(steps[0]) for name, steps in self.rasters.items()}
+        self.nodata = {name: steps[0].nodata for name, steps in self.rasters.items()}
+        self.paths = {name: [str(getattr(s, "name", s)) for s in steps] for name, steps in self.rasters.items()}
+
+    def _open(self, spec: Any, rasterio: Any) -> Any:
+        if not isinstance(spec, (str, os.PathLike)):
+            if not hasattr(spec, "read") or not hasattr(spec, "transform"):
+                raise ValueError(f"An input must be a path or an open rasterio dataset, got {type(spec).__name__}.")
+            return spec
+        path = Path(spec)
+        if path.is_dir():
+            raise ValueError(f"{path.resolve()} is a folder, not a raster file.")
+        try:
+            dataset = rasterio.open(path)
+        except rasterio.errors.RasterioError as error:
+            what = "does not exist" if not path.exists() else f"is not a readable raster ({str(error).splitlines()[0]})"
+            raise ValueError(f"{path.resolve()} {what}.") from None
+        self._opened.append(dataset)
+        unsupported = sorted(set(dataset.dtypes) - set(SUPPORTED_DTYPES))
+        if unsupported:
+            raise ValueError(f"{path}: unsupported data type {unsupported}; supported are {SUPPORTED_DTYPES}.")
+        return dataset
+
+    def _check_grid(self) -> None:
+        reference = next(iter(self.rasters.values()))[0]
+        for steps in self.rasters.values():
+            for raster in steps:
+                names = f"{reference.name} and {raster.name}"
+                if (raster.height, raster.width) != (reference.height, reference.width):
+                    raise ValueError(f"Raster sizes differ: {reference.height}x{reference.width} vs {raster.height}x"
+                                     f"{raster.width} ({names}); the modalities must share one grid (reproject them "
+                                     "onto the first one's grid, e.g. with a WarpedVRT or gdalwarp).")  # fmt: skip
+                if raster.crs != reference.crs:
+                    raise ValueError(f"CRSs differ: {reference.crs} vs {raster.crs} ({names}); reproject first.")
+                if not raster.transform.almost_equals(reference.transform):
+                    raise ValueError(f"Geotransforms differ ({names}): {tuple(reference.transform)[:6]} vs "
+                                     f"{tuple(raster.transform)[:6]}; the rasters are not aligned.")  # fmt: skip
+
+    def reopened(self) -> SceneSource:
+        """The same scene opened again (rasterio datasets are not shared between threads); itself if it was given
+        open datasets."""
+        if any(not isinstance(s, (str, os.PathLike)) for spec in self.specs.values()
+               for s in (spec if isinstance(spec, (list, tuple)) else [spec])):  # fmt: skip
+            return self
+        return SceneSource(self.specs)
+
+    def read(self, top: int, left: int, height: int, width: int) -> Arrays:
+        """Raw values of a window clipped to the scene: {name: (C, h, w)}, or (C, T, h, w) for time series."""
+        from rasterio.windows import Window
+
+        window = Window(left, top, max(0, min(width, self.width - left)), max(0, min(height, self.height - top)))
+        out = {}
+        for name, steps in self.rasters.items():
+            arrays = [raster.read(window=window) for raster in steps]
+            out[name] = arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=1)
+        return out
+
+    def close(self) -> None:
+        for dataset in self._opened:
+            dataset.close()
+        self._opened = []
+
+    def __enter__(self) -> SceneSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _band_names(src: Any) -> tuple[str, ...] | None:
+    """Band descriptions, if they name the bands: all present and unique, not the variable name rioxarray repeats."""
+    names = src.descriptions
+    if any(not name for name in names) or len(set(names)) < len(names):
+        return None
+    if src.count == 1 and names[0] == src.tags().get("long_name"):
+        return None
+    return tuple(names)
+
+
+def raw_nodata(raw: Arrays, nodata: Mapping[str, float | None]) -> dict[str, np.ndarray]:
+    """Per input, the (h, w) mask of pixels nodata in every band (and time step)."""
+    return {name: _missing(value, nodata.get(name)).reshape(-1, *value.shape[-2:]).all(axis=0)
+            for name, value in raw.items()}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- blending
+class RowBand:
+    """The output rows that tiles still touch, for one output: tile outputs merge in, finished rows go out.
+
+    `blend` sums values x a tapered window and divides by the summed windows (floating point); `nearest` keeps the
+    value of the tile whose window is highest (integer outputs: the nearest tile centre); `last` lets later tiles
+    overwrite (tiles without overlap). Pixels no tile covered (skipped tiles) come out NaN (blend) or 0."""
+
+    def __init__(self, first: np.ndarray, grid: TileGrid, mode: str):
+        if mode not in MERGE_MODES:
+            raise ValueError(f"merge mode must be one of {MERGE_MODES}, got {mode!r}.")
+        out_tile = first.shape[-1]
+        if grid.tile % out_tile or first.shape[-2] != out_tile:
+            raise ValueError(f"Tile outputs must be square and divide the tile size {grid.tile}, got "
+                             f"{tuple(first.shape)}.")  # fmt: skip
+        self.scale, self.out_tile, self.mode = grid.tile // out_tile, out_tile, mode
+        self.lead = first.shape[:-2]
+        self.window = blend_window(out_tile, max(1, grid.overlap // self.scale))
+        self.width = grid.padded_width // self.scale
+        self.dtype = np.dtype(np.float32) if mode == "blend" else first.dtype
+        self.top = 0  # output row of the band's first row
+        self.values = np.zeros((*self.lead, 0, self.width), dtype=self.dtype)
+        self.weights = np.zeros((0, self.width), dtype=np.float32)
+
+    def _reach(self, bottom: int) -> None:
+        extra = bottom - self.top - self.values.shape[-2]
+        if extra > 0:
+            self.values = np.concatenate([self.values, np.zeros((*self.lead, extra, self.width), self.dtype)], axis=-2)
+            self.weights = np.concatenate([self.weights, np.zeros((extra, self.width), np.float32)], axis=0)
+
+    def add(self, part: np.ndarray, top: int, left: int) -> None:
+        row, col = top // self.scale - self.top, left // self.scale
+        if row < 0:
+            raise ValueError("A tile came after its rows were written; tiles must come row by row.")
+        self._reach(self.top + row + self.out_tile)
+        rows, cols = slice(row, row + self.out_tile), slice(col, col + self.out_tile)
+        if self.mode == "blend":
+            self.values[..., rows, cols] += part.astype(np.float32, copy=False) * self.window
+            self.weights[rows, cols] += self.window
+        elif self.mode == "nearest":
+            nearer = self.window > self.weights[rows, cols]
+            self.values[..., rows, cols] = np.where(nearer, part, self.values[..., rows, cols])
+            self.weights[rows, cols] = np.maximum(self.weights[rows, cols], self.window)
+        else:
+            self.values[..., rows, cols] = part
+            self.weights[rows, cols] = 1.0
+
+    def pop(self, until: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(first row, values, covered) of the output rows above `until` (output rows), which leave the band."""
+        count = max(0, min(until - self.top, self.values.shape[-2]))
+        values, weights = self.values[..., :count, :], self.weights[:count]
+        if self.mode == "blend":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                values = values / weights
+        top = self.top
+        self.values, self.weights = self.values[..., count:, :].copy(), self.weights[count:].copy()
+        self.top += count
+        return top, values, weights > 0
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class SceneRun:
+    """What a run did: tiles in the scene, tiles the model saw, tiles skipped for having no data."""
+
+    tiles: int = 0
+    computed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    outputs: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class _Tile:
+    top: int
+    left: int
+    inputs: Arrays | None  # None: skipped (no data)
+    nodata: np.ndarray
+
+
+def _reader(source: SceneSource, prepare: Prepare, grid: TileGrid, workers: int) -> Iterator[_Tile]:
+    """Prepared tiles in row-major order, read by `workers` threads up to a few batches ahead of the consumer."""
+    local = threading.local()
+    sources: list[SceneSource] = []
+    lock = threading.Lock()
+
+    def load(top: int, left: int) -> _Tile:
+        mine = getattr(local, "source", None)
+        if mine is None:
+            mine = source if workers == 1 else source.reopened()
+            local.source = mine
+            with lock:
+                sources.append(mine)
+        raw = mine.read(top, left, grid.tile, grid.tile)
+        inputs, nodata = prepare(raw, grid.tile, grid.tile)
+        return _Tile(top, left, None if nodata.all() else inputs, nodata)
+
+    ahead = max(2, 4 * workers)
+    tiles = iter(grid.tiles)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="terramind-reader") as pool:
+        pending: deque = deque()
+        try:
+            for top, left in tiles:
+                pending.append(pool.submit(load, top, left))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            for opened in sources:
+                if opened is not source:
+                    opened.close()
+
+
+def run_scene(
+    source: SceneSource,
+    prepare: Prepare,
+    step: Step,
+    output: SceneOutput,
+    tile_size: int = 224,
+    overlap: int = 0,
+    batch_size: int = 8,
+    multiple_of: int = 16,
+    merge: str | Mapping[str, str] = "blend",
+    shrink: bool = False,
+    nodata_pooling: str = "any",
+    num_workers: int = 1,
+    progress: bool = True,
+    description: str = "tiles",
+) -> SceneRun:
+    """Stream one scene through `step`: read and prepare tiles in loader threads, run them in batches, merge the
+    outputs into a rolling band and hand every finished row to `output` (see the module docstring). `merge` is a
+    mode per output name (or one for all); output pixels are nodata where the inputs' nodata mask is True for any
+    (`nodata_pooling="any"`) or all (`"all"`) of the input pixels they cover. Returns the counts."""
+    import time
+
+    import rasterio
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if nodata_pooling not in ("any", "all"):
+        raise ValueError(f"nodata_pooling must be 'any' or 'all', got {nodata_pooling!r}.")
+    grid = TileGrid.plan(source.height, source.width, tile_size, overlap, multiple_of, shrink)
+    run = SceneRun(tiles=len(grid))
+    bands: dict[str, RowBand] = {}
+    mask_bands: dict[int, RowBand] = {}  # per output resolution: the nodata mask of the output pixels
+    start = time.perf_counter()
+
+    def emit(until: int | None) -> None:
+        """Hand the rows above pixel row `until` (None: all) to the output, cropped to the scene: one call per output
+        resolution, with that resolution's nodata mask (nodata also where no tile was run)."""
+        for scale, mask_band in mask_bands.items():
+            limit = None if until is None else until // scale
+            height, width = -(-grid.height // scale), -(-grid.width // scale)
+            top, mask, _ = mask_band.pop(mask_band.top + mask_band.values.shape[-2] if limit is None else limit)
+            out = {}
+            for name, band in bands.items():
+                if band.scale == scale:
+                    band_top, values, covered = band.pop(band.top + mask.shape[0])
+                    mask = mask.astype(bool) | ~covered
+                    out[name] = values[..., : height - band_top, :width]
+            if mask.shape[0] and top < height:
+                output.write_rows(top, out, mask[: height - top, :width])
+
+    def merge_batch(batch: list[_Tile]) -> None:
+        names = list(batch[0].inputs)
+        stacked = {name: np.stack([tile.inputs[name] for tile in batch]) for name in names}
+        result = step(stacked)
+        if not isinstance(result, Mapping):
+            result = {"": result}
+        for name, values in result.items():
+            if values.shape[0] != len(batch):
+                raise ValueError(f"The model step returned {values.shape[0]} rows for {len(batch)} tiles.")
+            if name not in bands:
+                mode = merge.get(name, "blend") if isinstance(merge, Mapping) else merge
+                bands[name] = RowBand(values[0], grid, mode)
+            for tile, part in zip(batch, values, strict=True):
+                bands[name].add(part, tile.top, tile.left)
+        for scale in {band.scale for band in bands.values()}:
+            if scale not in mask_bands:
+                mask_bands[scale] = RowBand(np.zeros((grid.tile // scale,) * 2, dtype=np.uint8), grid, "last")
+            for tile in batch:
+                mask_bands[scale].add(_pool(tile.nodata, scale, nodata_pooling), tile.top, tile.left)
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20), \
+            tqdm(total=len(grid), desc=description, unit="tile", disable=not progress) as bar:  # fmt: skip
+        batch: list[_Tile] = []
+        for tile in _reader(source, prepare, grid, max(1, num_workers)):
+            if tile.inputs is None:
+                run.skipped += 1
+                bar.set_postfix_str(f"skipped {run.skipped} nodata", refresh=False)
+            else:
+                batch.append(tile)
+            if len(batch) == batch_size:
+                merge_batch(batch)
+                run.computed += len(batch)
+                emit(tile.top)  # tiles come row by row: nothing above this tile's top changes any more
+                batch = []
+            bar.update(1)
+        if batch:
+            merge_batch(batch)
+            run.computed += len(batch)
+        if not bands:
+            raise ValueError(f"Every pixel of the scene is nodata ({', '.join(source.paths)}); nothing to process.")
+        emit(None)
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def _pool(mask: np.ndarray, scale: int, how: str) -> np.ndarray:
+    """A (h, w) nodata mask on the output grid (h / scale, w / scale): any or all of each block."""
+    if scale == 1:
+        return mask.astype(np.uint8)
+    blocks = mask.reshape(mask.shape[0] // scale, scale, mask.shape[1] // scale, scale)
+    return (blocks.any(axis=(1, 3)) if how == "any" else blocks.all(axis=(1, 3))).astype(np.uint8)
+
+
+class ArrayOutput:
+    """Rows gathered in memory (for scenes that fit: the Python API's in-memory results, tests)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {}
+        self.nodata_parts: list[np.ndarray] = []
+
+    def write_rows(self, top: int, values: Arrays, nodata: np.ndarray) -> None:
+        for name, value in values.items():
+            self.parts.setdefault(name, []).append(value)
+        self.nodata_parts.append(nodata)
+
+    def result(self) -> tuple[Arrays, np.ndarray]:
+        return ({name: np.concatenate(parts, axis=-2) for name, parts in self.parts.items()},
+                np.concatenate(self.nodata_parts, axis=0))  # fmt: skip
+
+
+__all__ = ["GDAL_CACHE_MB", "ArrayOutput", "RowBand", "SceneOutput", "SceneRun", "SceneSource", "TileGrid",
+           "blend_window", "raw_nodata", "run_scene", "tile_starts"]  # fmt: skip
