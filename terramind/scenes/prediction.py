@@ -11,7 +11,7 @@ optionally the class probabilities. Pixels where an input had nodata are nodata 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,131 @@ def prediction_targets(output: str | os.PathLike, probabilities: str | os.PathLi
     return targets + ([Path(probabilities)] if probabilities is not None else [])
 
 
+def task_of(model: Any) -> tuple[str, list[str]]:
+    """("segmentation" or "regression", the class names (segmentation; regression outputs are named output_<i>
+    once their number is known)) of a dense task model."""
+    if type(model).__name__ == "TerraMindForSemanticSegmentation":
+        return "segmentation", [str(model.config.id2label.get(i, i)) for i in range(model.config.num_labels)]
+    return "regression", []
+
+
+class PredictionWriter:
+    """The outputs of `terramind predict`, written as the engine's rows arrive: the class map (uint8, nodata 255,
+    plus a palette PNG quick-look) or regression values (float32, nodata NaN), and the class probabilities if
+    asked. COGs, all files or none (`outputs.atomic_outputs`), none over an existing file unless `overwrite`.
+
+    Use as a context manager around `engine.run_scene`: the files replace their targets when the block ends
+    without error."""
+
+    def __init__(self, output: str | os.PathLike, profile: dict[str, Any], task: str, class_names: Sequence[str],
+                 probabilities: str | os.PathLike | None = None, overwrite: bool = False):  # fmt: skip
+        if task != "segmentation" and probabilities is not None:
+            raise ValueError("Class probabilities are for segmentation models; this model does pixel regression.")
+        if task == "segmentation" and len(class_names) > CLASS_NODATA:
+            raise ValueError(f"{len(class_names)} classes do not fit a uint8 class map.")
+        self.profile, self.task, self.class_names = profile, task, list(class_names)
+        self.targets = prediction_targets(output, probabilities, task)
+        self.probabilities = probabilities is not None
+        self.overwrite = overwrite
+        self.files: list[Any] = []
+
+    def __enter__(self) -> PredictionWriter:
+        from .outputs import atomic_outputs
+
+        self._atomic = atomic_outputs(self.targets, self.overwrite)
+        self.partial = self._atomic.__enter__()
+        return self
+
+    def _open(self, count: int) -> None:
+        """The files, once the first rows tell the number of outputs."""
+        from .writers import GeoTiffRows
+
+        if self.task == "regression":
+            self.class_names = [f"output_{i}" for i in range(count)]
+        elif count != len(self.class_names):
+            raise ValueError(f"The model gave {count} outputs for {len(self.class_names)} classes.")
+        if self.task == "segmentation":
+            self.files.append(GeoTiffRows(self.partial[self.targets[0]], self.profile, 1, "uint8", CLASS_NODATA,
+                                          band_names=["class"]))  # fmt: skip
+        else:
+            self.files.append(GeoTiffRows(self.partial[self.targets[0]], self.profile, count, "float32", float("nan"),
+                                          band_names=self.class_names, resampling="average"))  # fmt: skip
+        if self.probabilities:
+            self.files.append(GeoTiffRows(self.partial[self.targets[2]], self.profile, count, "float32", float("nan"),
+                                          band_names=self.class_names, resampling="average"))  # fmt: skip
+
+    def write_rows(self, top: int, values: dict[str, np.ndarray], nodata: np.ndarray) -> None:
+        logits = values[""]  # (K, rows, W)
+        if not self.files:
+            self._open(logits.shape[0])
+        if self.task == "segmentation":
+            classes = logits.argmax(axis=0).astype(np.uint8)
+            classes[nodata] = CLASS_NODATA
+            self.files[0].write(top, classes)
+            if self.probabilities:
+                shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+                probabilities = shifted / shifted.sum(axis=0, keepdims=True)
+                probabilities[:, nodata] = np.nan
+                self.files[1].write(top, probabilities)
+        else:
+            regression = logits.copy()
+            regression[:, nodata] = np.nan
+            self.files[0].write(top, regression)
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> Any:
+        try:
+            if kind is None:
+                for file in self.files:
+                    file.finish()
+                if self.task == "segmentation":
+                    from .quicklook import save_class_quicklook
+                    from .writers import read_for_quicklook
+
+                    save_class_quicklook(self.partial[self.targets[1]], read_for_quicklook(self.partial[self.targets[0]]),
+                                         len(self.class_names), nodata=CLASS_NODATA)  # fmt: skip
+            else:
+                for file in self.files:
+                    file.discard()
+        except BaseException as failure:
+            for file in self.files:
+                file.discard()
+            self._atomic.__exit__(type(failure), failure, failure.__traceback__)
+            raise
+        return self._atomic.__exit__(kind, error, traceback)
+
+
+def predict_to_files(model: Any, inputs: Mapping[str, Any], output: str | os.PathLike,
+                     probabilities: str | os.PathLike | None = None, processor: Any = None, tile_size: int = 224,
+                     overlap: int = 64, batch_size: int = 8, num_workers: int = 1, progress: bool = True,
+                     overwrite: bool = False, writer: Any = None) -> Any:  # fmt: skip
+    """Predict a scene of any size from its files ({modality: path, open rasterio dataset, or a list of them for a
+    time series}) straight into `output` (and `probabilities`), or into `writer` (anything with `write_rows`,
+    e.g. `engine.ArrayOutput`), streaming: memory does not grow with the scene. Tiles without data are skipped.
+    Returns the engine's `SceneRun` (tiles, skipped, seconds, outputs)."""
+    from ..image_processing_terramind import TerraMindImageProcessor
+    from .engine import SceneSource, run_scene
+    from .steps import ProcessorPrepare, logits_step
+
+    processor = processor if processor is not None else TerraMindImageProcessor()
+    task, names = task_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with SceneSource(inputs) as source:
+            prepare = ProcessorPrepare(processor, source.band_names, source.nodata, combine="any")
+            options = dict(tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                           multiple_of=model.config.patch_size, merge="blend", num_workers=num_workers,
+                           progress=progress, description="TerraMind prediction")  # fmt: skip
+            if writer is not None:
+                return run_scene(source, prepare, logits_step(model), writer, **options)
+            with PredictionWriter(output, source.profile, task, names, probabilities, overwrite) as files:
+                run = run_scene(source, prepare, logits_step(model), files, **options)
+            run.outputs = list(files.targets)
+            return run
+    finally:
+        model.train(was_training)
+
+
 def write_prediction(prediction: ScenePrediction, output: str | os.PathLike,
                      probabilities: str | os.PathLike | None = None, overwrite: bool = False) -> list[Path]:  # fmt: skip
     """Write the class map (uint8, nodata 255, plus a palette PNG) or regression values (float32, nodata NaN), and
@@ -165,5 +290,5 @@ def write_prediction(prediction: ScenePrediction, output: str | os.PathLike,
     return targets
 
 
-__all__ = ["ScenePrediction", "load_predictor", "parse_inputs", "predict_scene", "prediction_targets", "read_scene",
-           "write_prediction"]  # fmt: skip
+__all__ = ["PredictionWriter", "ScenePrediction", "load_predictor", "parse_inputs", "predict_scene", "predict_to_files",
+           "prediction_targets", "read_scene", "task_of", "write_prediction"]  # fmt: skip

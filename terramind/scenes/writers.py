@@ -1,0 +1,91 @@
+"""Raster outputs written as the scene engine's rows arrive, finished as Cloud Optimized GeoTIFFs.
+
+Rows go into a tiled, deflate-compressed GeoTIFF under a temporary name; at the end GDAL's COG driver copies it,
+block by block with overviews, into the temporary that the caller's `atomic_outputs` renames into place. So a
+granule-sized output never sits in memory, and the user's disk sees the whole file or nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BLOCK_SIZE = 256
+QUICKLOOK_MAX_SIDE = 4096  # larger class maps get a decimated quick-look (nearest), not a full-size PNG
+
+
+class GeoTiffRows:
+    """One raster output, (count, H / scale, W / scale) over the scene of `profile`, written by rows into `path`.
+
+    `write(top, values)` takes (count, rows, width) values (NaN/inf become `nodata`, integer types are rounded and
+    clipped, as `write_geotiff` does); `finish()` turns the file into a COG (`cog=True`) and closes it."""
+
+    def __init__(self, path: str | os.PathLike, profile: Mapping[str, Any], count: int, dtype: str,
+                 nodata: float | None, scale: int = 1, band_names: Sequence[str] | None = None, cog: bool = True,
+                 resampling: str = "nearest"):  # fmt: skip
+        import rasterio
+        from rasterio.transform import Affine
+
+        from .outputs import partial_path
+
+        self.path, self.dtype, self.nodata, self.cog, self.resampling = Path(path), np.dtype(dtype), nodata, cog, resampling
+        self.height, self.width = -(-profile["height"] // scale), -(-profile["width"] // scale)
+        self.staging = partial_path(self.path) if cog else self.path
+        tiled = self.height >= BLOCK_SIZE and self.width >= BLOCK_SIZE
+        options = {"tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE} if tiled else {}
+        self.dataset = rasterio.open(self.staging, "w", driver="GTiff", height=self.height, width=self.width,
+                                     count=count, dtype=self.dtype.name, crs=profile.get("crs"),
+                                     transform=profile["transform"] * Affine.scale(scale), nodata=nodata,
+                                     compress="deflate", BIGTIFF="IF_SAFER", **options)  # fmt: skip
+        for index, name in enumerate(band_names or (), start=1):
+            self.dataset.set_band_description(index, str(name))
+
+    def write(self, top: int, values: np.ndarray) -> None:
+        from rasterio.windows import Window
+
+        from .geotiff import _cast
+
+        if values.ndim == 2:
+            values = values[None]
+        if values.shape[-1] != self.width or top + values.shape[-2] > self.height:
+            raise ValueError(f"Rows {top}..{top + values.shape[-2]} x {values.shape[-1]} do not fit the output "
+                             f"{self.height} x {self.width}.")  # fmt: skip
+        self.dataset.write(_cast(values, self.dtype, self.nodata), window=Window(0, top, self.width, values.shape[-2]))
+
+    def finish(self) -> Path:
+        """Close the file; as a COG (tiled, deflate, overviews) at `path`. Returns `path`."""
+        import rasterio.shutil
+
+        self.dataset.close()
+        if self.cog:
+            try:
+                rasterio.shutil.copy(self.staging, self.path, driver="COG", compress="DEFLATE",
+                                     blocksize=BLOCK_SIZE, overview_resampling=self.resampling.upper(),
+                                     BIGTIFF="IF_SAFER")  # fmt: skip
+            finally:
+                self.staging.unlink(missing_ok=True)
+        return self.path
+
+    def discard(self) -> None:
+        if not self.dataset.closed:
+            self.dataset.close()
+        if self.cog:
+            self.staging.unlink(missing_ok=True)
+
+
+def read_for_quicklook(path: str | os.PathLike, max_side: int = QUICKLOOK_MAX_SIDE) -> np.ndarray:
+    """Band 1 of a raster, whole if its sides fit `max_side`, else decimated (nearest) to fit it."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        factor = max(1, math.ceil(max(src.height, src.width) / max_side))
+        shape = (-(-src.height // factor), -(-src.width // factor))
+        return src.read(1, out_shape=shape) if factor > 1 else src.read(1)
+
+
+__all__ = ["BLOCK_SIZE", "QUICKLOOK_MAX_SIDE", "GeoTiffRows", "read_for_quicklook"]
