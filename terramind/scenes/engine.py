@@ -306,54 +306,126 @@ class SceneRun:
 
 
 @dataclass
+class SceneJob:
+    """One scene for `run_scenes`: its source, how its windows are prepared, where its rows go, and a name for
+    messages. `output.close()`, if it has one, runs once the scene's last rows are written."""
+
+    source: SceneSource
+    prepare: Prepare
+    output: SceneOutput
+    name: str = "scene"
+
+
+@dataclass
 class _Tile:
+    scene: int
     top: int
     left: int
     inputs: Arrays | None  # None: skipped (no data)
     nodata: np.ndarray
 
 
-def _reader(source: SceneSource, prepare: Prepare, grid: TileGrid, workers: int) -> Iterator[_Tile]:
-    """Prepared tiles in row-major order, read by `workers` threads up to a few batches ahead of the consumer."""
+def _reader(jobs: list[SceneJob], grids: list[TileGrid], workers: int) -> Iterator[_Tile]:
+    """Prepared tiles of every scene in order (row-major within a scene), read by `workers` threads a few tiles
+    ahead of the consumer. Each thread opens its own datasets (rasterio's are not shared between threads)."""
     local = threading.local()
-    sources: list[SceneSource] = []
+    opened: list[SceneSource] = []
     lock = threading.Lock()
 
-    def load(top: int, left: int) -> _Tile:
-        mine = getattr(local, "source", None)
-        if mine is None:
-            mine = source if workers == 1 else source.reopened()
-            local.source = mine
+    def load(scene: int, top: int, left: int) -> _Tile:
+        job, grid = jobs[scene], grids[scene]
+        cache = getattr(local, "sources", None)
+        if cache is None:
+            cache = local.sources = {}
+        source = job.source if workers == 1 else cache.get(scene)
+        if source is None:
+            for old in [key for key in cache if key < scene]:
+                cache.pop(old).close()
+            source = cache[scene] = job.source.reopened()
             with lock:
-                sources.append(mine)
-        raw = mine.read(top, left, grid.tile, grid.tile)
-        inputs, nodata = prepare(raw, grid.tile, grid.tile)
-        return _Tile(top, left, None if nodata.all() else inputs, nodata)
+                opened.append(source)
+        try:
+            raw = source.read(top, left, grid.tile, grid.tile)
+            inputs, nodata = job.prepare(raw, grid.tile, grid.tile)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{job.name}: {str(error).splitlines()[0] if str(error) else error!r}") from None
+        return _Tile(scene, top, left, None if nodata.all() else inputs, nodata)
 
-    ahead = max(2, 4 * workers)
-    tiles = iter(grid.tiles)
+    ahead = max(4, 4 * workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="terramind-reader") as pool:
         pending: deque = deque()
         try:
-            for top, left in tiles:
-                pending.append(pool.submit(load, top, left))
-                if len(pending) >= ahead:
-                    yield pending.popleft().result()
+            for scene, grid in enumerate(grids):
+                for top, left in grid.tiles:
+                    pending.append(pool.submit(load, scene, top, left))
+                    if len(pending) >= ahead:
+                        yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
         finally:
             for future in pending:
                 future.cancel()
-            for opened in sources:
-                if opened is not source:
-                    opened.close()
+            for future in pending:
+                if not future.cancelled():
+                    future.exception()
+            for source in opened:
+                if all(source is not job.source for job in jobs):
+                    source.close()
 
 
-def run_scene(
-    source: SceneSource,
-    prepare: Prepare,
+class _SceneState:
+    """One scene in flight: its bands of output rows (per output) and of nodata (per output resolution)."""
+
+    def __init__(self, job: SceneJob, grid: TileGrid, merge: str | Mapping[str, str], pooling: str):
+        self.job, self.grid, self.merge, self.pooling = job, grid, merge, pooling
+        self.run = SceneRun(tiles=len(grid))
+        self.bands: dict[str, RowBand] = {}
+        self.mask_bands: dict[int, RowBand] = {}  # per output resolution: the nodata mask of the output pixels
+        self.seen = 0
+
+    def add(self, tiles: list[_Tile], result: Mapping[str, np.ndarray], rows: list[int]) -> None:
+        grid = self.grid
+        for name, values in result.items():
+            if name not in self.bands:
+                mode = self.merge.get(name, "blend") if isinstance(self.merge, Mapping) else self.merge
+                self.bands[name] = RowBand(values[rows[0]], grid, mode)
+            for tile, row in zip(tiles, rows, strict=True):
+                self.bands[name].add(values[row], tile.top, tile.left)
+        self.tiles_done(tiles, {name: values[rows] for name, values in result.items()})
+        for scale in {band.scale for band in self.bands.values()}:
+            if scale not in self.mask_bands:
+                self.mask_bands[scale] = RowBand(np.zeros((grid.tile // scale,) * 2, dtype=np.uint8), grid, "last")
+            for tile in tiles:
+                self.mask_bands[scale].add(_pool(tile.nodata, scale, self.pooling), tile.top, tile.left)
+
+    def tiles_done(self, tiles: list[_Tile], values: Mapping[str, np.ndarray] | None) -> None:
+        """Per-tile outputs for outputs that want them (`output.add_tiles(boxes, values, nodata)`: (top, left, side)
+        boxes, the step's outputs of those tiles or None for skipped tiles, and their pixel nodata masks)."""
+        hook = getattr(self.job.output, "add_tiles", None)
+        if hook is not None:
+            hook([(tile.top, tile.left, self.grid.tile) for tile in tiles], values, [tile.nodata for tile in tiles])
+
+    def emit(self, until: int | None) -> None:
+        """Hand the rows above pixel row `until` (None: all) to the output, cropped to the scene: one call per output
+        resolution, with that resolution's nodata mask (nodata also where no tile was run)."""
+        grid = self.grid
+        for scale, mask_band in self.mask_bands.items():
+            limit = mask_band.top + mask_band.values.shape[-2] if until is None else until // scale
+            height, width = -(-grid.height // scale), -(-grid.width // scale)
+            top, mask, _ = mask_band.pop(limit)
+            out = {}
+            for name, band in self.bands.items():
+                if band.scale == scale:
+                    band_top, values, covered = band.pop(band.top + mask.shape[0])
+                    mask = mask.astype(bool) | ~covered
+                    out[name] = values[..., : height - band_top, :width]
+            if mask.shape[0] and top < height:
+                self.job.output.write_rows(top, out, mask[: height - top, :width])
+
+
+def run_scenes(
+    jobs: list[SceneJob],
     step: Step,
-    output: SceneOutput,
     tile_size: int = 224,
     overlap: int = 0,
     batch_size: int = 8,
@@ -364,11 +436,14 @@ def run_scene(
     num_workers: int = 1,
     progress: bool = True,
     description: str = "tiles",
-) -> SceneRun:
-    """Stream one scene through `step`: read and prepare tiles in loader threads, run them in batches, merge the
-    outputs into a rolling band and hand every finished row to `output` (see the module docstring). `merge` is a
-    mode per output name (or one for all); output pixels are nodata where the inputs' nodata mask is True for any
-    (`nodata_pooling="any"`) or all (`"all"`) of the input pixels they cover. Returns the counts."""
+) -> Iterator[SceneRun]:
+    """Stream scenes through `step`: read and prepare tiles in loader threads, run them in batches (which span
+    scenes, so that many small scenes fill batches too), merge the outputs into rolling bands and hand every finished
+    row to its scene's output (see the module docstring). Yields each scene's `SceneRun` once its output is closed.
+
+    `merge` is a mode per output name (or one for all); output pixels are nodata where the inputs' nodata mask is
+    True for any (`nodata_pooling="any"`) or all (`"all"`) of the input pixels they cover; a scene of nodata only
+    is an error."""
     import time
 
     import rasterio
@@ -378,71 +453,78 @@ def run_scene(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if nodata_pooling not in ("any", "all"):
         raise ValueError(f"nodata_pooling must be 'any' or 'all', got {nodata_pooling!r}.")
-    grid = TileGrid.plan(source.height, source.width, tile_size, overlap, multiple_of, shrink)
-    run = SceneRun(tiles=len(grid))
-    bands: dict[str, RowBand] = {}
-    mask_bands: dict[int, RowBand] = {}  # per output resolution: the nodata mask of the output pixels
+    grids = [TileGrid.plan(job.source.height, job.source.width, tile_size, overlap, multiple_of, shrink)
+             for job in jobs]  # fmt: skip
+    states: dict[int, _SceneState] = {}
+    skipped = 0
     start = time.perf_counter()
 
-    def emit(until: int | None) -> None:
-        """Hand the rows above pixel row `until` (None: all) to the output, cropped to the scene: one call per output
-        resolution, with that resolution's nodata mask (nodata also where no tile was run)."""
-        for scale, mask_band in mask_bands.items():
-            limit = None if until is None else until // scale
-            height, width = -(-grid.height // scale), -(-grid.width // scale)
-            top, mask, _ = mask_band.pop(mask_band.top + mask_band.values.shape[-2] if limit is None else limit)
-            out = {}
-            for name, band in bands.items():
-                if band.scale == scale:
-                    band_top, values, covered = band.pop(band.top + mask.shape[0])
-                    mask = mask.astype(bool) | ~covered
-                    out[name] = values[..., : height - band_top, :width]
-            if mask.shape[0] and top < height:
-                output.write_rows(top, out, mask[: height - top, :width])
-
-    def merge_batch(batch: list[_Tile]) -> None:
+    def run_batch(batch: list[_Tile]) -> None:
         names = list(batch[0].inputs)
+        shapes = {tile.inputs[name].shape for tile in batch for name in names}
+        if len(shapes) > len(names):  # tiles of another side (a smaller scene): one batch per side
+            for side in sorted({tile.inputs[names[0]].shape[-1] for tile in batch}):
+                run_batch([tile for tile in batch if tile.inputs[names[0]].shape[-1] == side])
+            return
         stacked = {name: np.stack([tile.inputs[name] for tile in batch]) for name in names}
         result = step(stacked)
         if not isinstance(result, Mapping):
             result = {"": result}
-        for name, values in result.items():
+        for values in result.values():
             if values.shape[0] != len(batch):
                 raise ValueError(f"The model step returned {values.shape[0]} rows for {len(batch)} tiles.")
-            if name not in bands:
-                mode = merge.get(name, "blend") if isinstance(merge, Mapping) else merge
-                bands[name] = RowBand(values[0], grid, mode)
-            for tile, part in zip(batch, values, strict=True):
-                bands[name].add(part, tile.top, tile.left)
-        for scale in {band.scale for band in bands.values()}:
-            if scale not in mask_bands:
-                mask_bands[scale] = RowBand(np.zeros((grid.tile // scale,) * 2, dtype=np.uint8), grid, "last")
-            for tile in batch:
-                mask_bands[scale].add(_pool(tile.nodata, scale, nodata_pooling), tile.top, tile.left)
+        for scene in dict.fromkeys(tile.scene for tile in batch):
+            rows = [i for i, tile in enumerate(batch) if tile.scene == scene]
+            states[scene].add([batch[i] for i in rows], result, rows)
+            states[scene].run.computed += len(rows)
+            states[scene].emit(batch[rows[-1]].top)  # tiles come row by row: nothing above this top changes any more
+
+    def finish(scene: int) -> SceneRun:
+        state = states.pop(scene)
+        if not state.bands:
+            raise ValueError(f"{state.job.name}: every pixel is nodata ({', '.join(state.job.source.paths)}); there "
+                             "is nothing to process.")  # fmt: skip
+        state.emit(None)
+        close = getattr(state.job.output, "close", None)
+        if close is not None:
+            close()
+        state.run.seconds = time.perf_counter() - start
+        return state.run
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20), \
-            tqdm(total=len(grid), desc=description, unit="tile", disable=not progress) as bar:  # fmt: skip
+            tqdm(total=sum(len(grid) for grid in grids), desc=description, unit="tile", disable=not progress) as bar:  # fmt: skip
         batch: list[_Tile] = []
-        for tile in _reader(source, prepare, grid, max(1, num_workers)):
+        done = 0  # scenes finished, in order
+        for tile in _reader(jobs, grids, max(1, num_workers)):
+            state = states.get(tile.scene)
+            if state is None:
+                state = states[tile.scene] = _SceneState(jobs[tile.scene], grids[tile.scene], merge, nodata_pooling)
+            state.seen += 1
             if tile.inputs is None:
-                run.skipped += 1
-                bar.set_postfix_str(f"skipped {run.skipped} nodata", refresh=False)
+                state.tiles_done([tile], None)
+                state.run.skipped += 1
+                skipped += 1
+                bar.set_postfix_str(f"skipped {skipped} without data", refresh=False)
             else:
                 batch.append(tile)
             if len(batch) == batch_size:
-                merge_batch(batch)
-                run.computed += len(batch)
-                emit(tile.top)  # tiles come row by row: nothing above this tile's top changes any more
+                run_batch(batch)
                 batch = []
             bar.update(1)
+            while done < len(jobs) and done in states and states[done].seen == len(grids[done]) and \
+                    not any(t.scene == done for t in batch):  # fmt: skip
+                yield finish(done)
+                done += 1
         if batch:
-            merge_batch(batch)
-            run.computed += len(batch)
-        if not bands:
-            raise ValueError(f"Every pixel of the scene is nodata ({', '.join(source.paths)}); nothing to process.")
-        emit(None)
-    run.seconds = time.perf_counter() - start
-    return run
+            run_batch(batch)
+        while done < len(jobs):
+            yield finish(done)
+            done += 1
+
+
+def run_scene(source: SceneSource, prepare: Prepare, step: Step, output: SceneOutput, **options: Any) -> SceneRun:
+    """`run_scenes` for one scene: returns its `SceneRun`."""
+    return next(iter(run_scenes([SceneJob(source, prepare, output)], step, **options)))
 
 
 def _pool(mask: np.ndarray, scale: int, how: str) -> np.ndarray:
@@ -470,5 +552,5 @@ class ArrayOutput:
                 np.concatenate(self.nodata_parts, axis=0))  # fmt: skip
 
 
-__all__ = ["GDAL_CACHE_MB", "ArrayOutput", "RowBand", "SceneOutput", "SceneRun", "SceneSource", "TileGrid",
-           "blend_window", "raw_nodata", "run_scene", "tile_starts"]  # fmt: skip
+__all__ = ["GDAL_CACHE_MB", "ArrayOutput", "RowBand", "SceneJob", "SceneOutput", "SceneRun", "SceneSource", "TileGrid",
+           "blend_window", "raw_nodata", "run_scene", "run_scenes", "tile_starts"]  # fmt: skip

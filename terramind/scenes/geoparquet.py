@@ -104,11 +104,13 @@ class _Part:
         self.pending: list[pa.Table] = []
         self.rows, self.pending_rows, self.scenes = 0, 0, []
 
-    def add(self, table: pa.Table, scene: str) -> None:
-        self.pending.append(table)
-        self.pending_rows += table.num_rows
-        self.rows += table.num_rows
-        self.scenes.append(scene)
+    def add(self, table: pa.Table | None, scene: str, complete: bool = True) -> None:
+        if table is not None:
+            self.pending.append(table)
+            self.pending_rows += table.num_rows
+            self.rows += table.num_rows
+        if complete:
+            self.scenes.append(scene)
         if self.pending_rows >= ROWS_PER_GROUP:
             self.flush()
 
@@ -129,7 +131,7 @@ class _Part:
 
 
 class GeoParquetParts:
-    """The part files one process writes into a GeoParquet dataset folder: `add` the rows of whole scenes; parts
+    """The part files one process writes into a GeoParquet dataset folder: `add` the rows of scenes; parts
     roll over at `rows_per_part` rows. `add` and `close` return the scenes whose part was committed (for the
     resume manifest)."""
 
@@ -141,13 +143,17 @@ class GeoParquetParts:
         self.part: _Part | None = None
         self.count = 0
 
-    def add(self, table: pa.Table, scene: str) -> list[tuple[str, Path]]:
-        if self.part is None:
+    def add(self, table: pa.Table | None, scene: str, complete: bool = True) -> list[tuple[str, Path]]:
+        """Rows of `scene` (None: no more rows); the scene counts as written once its part is committed after its
+        `complete` call, and parts roll over only between scenes."""
+        if self.part is None and table is not None:
             name = f"part-r{self.rank:05d}-{self.run}-{self.count:05d}.parquet"
             self.part = _Part(self.folder / name, table.schema)
             self.count += 1
-        self.part.add(table, scene)
-        return self.close() if self.part.rows >= self.rows_per_part else []
+        if self.part is None:
+            return []
+        self.part.add(table, scene, complete)
+        return self.close() if complete and self.part.rows >= self.rows_per_part else []
 
     def close(self) -> list[tuple[str, Path]]:
         part, self.part = self.part, None
