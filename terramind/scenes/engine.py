@@ -254,14 +254,21 @@ class RowBand:
         self.width = grid.padded_width // self.scale
         self.dtype = np.dtype(np.float32) if mode == "blend" else first.dtype
         self.top = 0  # output row of the band's first row
-        self.values = np.zeros((*self.lead, 0, self.width), dtype=self.dtype)
-        self.weights = np.zeros((0, self.width), dtype=np.float32)
+        self.rows = 0  # rows in use; the buffers are allocated once (one tile high) and grow only if tiles need
+        self.values = np.zeros((*self.lead, out_tile, self.width), dtype=self.dtype)
+        self.weights = np.zeros((out_tile, self.width), dtype=np.float32)
+
+    @property
+    def capacity(self) -> int:
+        return self.values.shape[-2]
 
     def _reach(self, bottom: int) -> None:
-        extra = bottom - self.top - self.values.shape[-2]
-        if extra > 0:
+        needed = bottom - self.top
+        if needed > self.values.shape[-2]:
+            extra = needed - self.values.shape[-2]
             self.values = np.concatenate([self.values, np.zeros((*self.lead, extra, self.width), self.dtype)], axis=-2)
             self.weights = np.concatenate([self.weights, np.zeros((extra, self.width), np.float32)], axis=0)
+        self.rows = max(self.rows, needed)
 
     def add(self, part: np.ndarray, top: int, left: int) -> None:
         row, col = top // self.scale - self.top, left // self.scale
@@ -281,15 +288,24 @@ class RowBand:
             self.weights[rows, cols] = 1.0
 
     def pop(self, until: int) -> tuple[int, np.ndarray, np.ndarray]:
-        """(first row, values, covered) of the output rows above `until` (output rows), which leave the band."""
-        count = max(0, min(until - self.top, self.values.shape[-2]))
-        values, weights = self.values[..., :count, :], self.weights[:count]
+        """(first row, values, covered) of the output rows above `until` (output rows), which leave the band (the
+        rows below move up in place)."""
+        count = max(0, min(until - self.top, self.capacity))  # rows below `rows` are empty (skipped tiles)
+        weights = self.weights[:count].copy()
         if self.mode == "blend":
             with np.errstate(invalid="ignore", divide="ignore"):
-                values = values / weights
+                values = self.values[..., :count, :] / weights
+        else:
+            values = self.values[..., :count, :].copy()
+        keep = max(0, self.rows - count)
+        if keep:
+            self.values[..., :keep, :] = self.values[..., count : self.rows, :]
+            self.weights[:keep] = self.weights[count : self.rows]
+        self.values[..., keep : max(self.rows, count), :] = 0
+        self.weights[keep : max(self.rows, count)] = 0
         top = self.top
-        self.values, self.weights = self.values[..., count:, :].copy(), self.weights[count:].copy()
         self.top += count
+        self.rows = keep
         return top, values, weights > 0
 
 
@@ -382,21 +398,28 @@ class _SceneState:
         self.bands: dict[str, RowBand] = {}
         self.mask_bands: dict[int, RowBand] = {}  # per output resolution: the nodata mask of the output pixels
         self.seen = 0
+        self.last_top = 0  # the top of the last tile merged
 
     def add(self, tiles: list[_Tile], result: Mapping[str, np.ndarray], rows: list[int]) -> None:
+        """Merge tiles (in order) into the bands; each time a new row of tiles starts, the rows above it go out, so
+        a band never holds more than a tile's height of rows."""
         grid = self.grid
         for name, values in result.items():
             if name not in self.bands:
                 mode = self.merge.get(name, "blend") if isinstance(self.merge, Mapping) else self.merge
                 self.bands[name] = RowBand(values[rows[0]], grid, mode)
-            for tile, row in zip(tiles, rows, strict=True):
-                self.bands[name].add(values[row], tile.top, tile.left)
-        self.tiles_done(tiles, {name: values[rows] for name, values in result.items()})
         for scale in {band.scale for band in self.bands.values()}:
             if scale not in self.mask_bands:
                 self.mask_bands[scale] = RowBand(np.zeros((grid.tile // scale,) * 2, dtype=np.uint8), grid, "last")
-            for tile in tiles:
-                self.mask_bands[scale].add(_pool(tile.nodata, scale, self.pooling), tile.top, tile.left)
+        for tile, row in zip(tiles, rows, strict=True):
+            if tile.top > self.last_top:
+                self.emit(tile.top)
+                self.last_top = tile.top
+            for name, values in result.items():
+                self.bands[name].add(values[row], tile.top, tile.left)
+            for scale, band in self.mask_bands.items():
+                band.add(_pool(tile.nodata, scale, self.pooling), tile.top, tile.left)
+        self.tiles_done(tiles, {name: values[rows] for name, values in result.items()})
 
     def tiles_done(self, tiles: list[_Tile], values: Mapping[str, np.ndarray] | None) -> None:
         """Per-tile outputs for outputs that want them (`output.add_tiles(boxes, values, nodata)`: (top, left, side)
@@ -410,16 +433,16 @@ class _SceneState:
         resolution, with that resolution's nodata mask (nodata also where no tile was run)."""
         grid = self.grid
         for scale, mask_band in self.mask_bands.items():
-            limit = mask_band.top + mask_band.values.shape[-2] if until is None else until // scale
+            limit = mask_band.top + mask_band.rows if until is None else until // scale
             height, width = -(-grid.height // scale), -(-grid.width // scale)
-            top, mask, _ = mask_band.pop(limit)
-            out = {}
-            for name, band in self.bands.items():
-                if band.scale == scale:
-                    band_top, values, covered = band.pop(band.top + mask.shape[0])
-                    mask = mask.astype(bool) | ~covered
-                    out[name] = values[..., : height - band_top, :width]
-            if mask.shape[0] and top < height:
+            while mask_band.top < min(limit, height):  # a band's height at a time (rows of skipped tiles too)
+                top, mask, _ = mask_band.pop(min(limit, mask_band.top + mask_band.capacity))
+                out = {}
+                for name, band in self.bands.items():
+                    if band.scale == scale:
+                        band_top, values, covered = band.pop(band.top + mask.shape[0])
+                        mask = mask.astype(bool) | ~covered
+                        out[name] = values[..., : height - band_top, :width]
                 self.job.output.write_rows(top, out, mask[: height - top, :width])
 
 
@@ -477,7 +500,6 @@ def run_scenes(
             rows = [i for i, tile in enumerate(batch) if tile.scene == scene]
             states[scene].add([batch[i] for i in rows], result, rows)
             states[scene].run.computed += len(rows)
-            states[scene].emit(batch[rows[-1]].top)  # tiles come row by row: nothing above this top changes any more
 
     def finish(scene: int) -> SceneRun:
         state = states.pop(scene)
