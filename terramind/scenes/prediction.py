@@ -186,9 +186,7 @@ class PredictionWriter:
         if not self.files:
             self._open(logits.shape[0])
         if self.task == "segmentation":
-            classes = logits.argmax(axis=0).astype(np.uint8)
-            classes[nodata] = CLASS_NODATA
-            self.files[0].write(top, classes)
+            self.files[0].write(top, logits.argmax(axis=0).astype(np.uint8), nodata)
             if self.probabilities:
                 shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
                 probabilities = shifted / shifted.sum(axis=0, keepdims=True)

@@ -40,12 +40,13 @@ class GeoTiffRows:
         options = {"tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE} if tiled else {}
         self.dataset = rasterio.open(self.staging, "w", driver="GTiff", height=self.height, width=self.width,
                                      count=count, dtype=self.dtype.name, crs=profile.get("crs"),
-                                     transform=profile["transform"] * Affine.scale(scale), nodata=nodata,
+                                     transform=profile["transform"] @ Affine.scale(scale), nodata=nodata,
                                      compress="deflate", BIGTIFF="IF_SAFER", **options)  # fmt: skip
         for index, name in enumerate(band_names or (), start=1):
             self.dataset.set_band_description(index, str(name))
 
-    def write(self, top: int, values: np.ndarray) -> None:
+    def write(self, top: int, values: np.ndarray, nodata: np.ndarray | None = None) -> None:
+        """Write (count, rows, width) values at output row `top`; `nodata` (rows, width) marks pixels as nodata."""
         from rasterio.windows import Window
 
         from .geotiff import _cast
@@ -55,7 +56,10 @@ class GeoTiffRows:
         if values.shape[-1] != self.width or top + values.shape[-2] > self.height:
             raise ValueError(f"Rows {top}..{top + values.shape[-2]} x {values.shape[-1]} do not fit the output "
                              f"{self.height} x {self.width}.")  # fmt: skip
-        self.dataset.write(_cast(values, self.dtype, self.nodata), window=Window(0, top, self.width, values.shape[-2]))
+        values = _cast(values, self.dtype, self.nodata)
+        if nodata is not None:
+            values[:, nodata] = self.nodata
+        self.dataset.write(values, window=Window(0, top, self.width, values.shape[-2]))
 
     def finish(self) -> Path:
         """Close the file; as a COG (tiled, deflate, overviews) at `path`. Returns `path`."""
