@@ -2,7 +2,7 @@
 
 Makes S2L2A (12 bands, int16, 512-px tiles, deflate, like an L2A granule) and S1RTC (2 bands, float32 dB) scenes
 of the given sides with rasterio, block row by block row, a TerraMind-1.0-tiny encoder and a tiny UperNet
-segmentation model with random weights, and runs each (command, side) in a fresh process, reporting its peak RSS
+segmentation model (64 channels) with random weights, and runs each (command, side) in a fresh process, reporting its peak RSS
 (`ru_maxrss`) and tiles/s (whole command: loading, reading, model, writing). With `--baseline-src` (a checkout of
 the pre-streaming package, e.g. `git archive 4dfc979 terramind | tar -x -C /tmp/baseline`) the old whole-scene
 path runs too, in the same run, for the sides in `--baseline-sides`. Not a test; e.g.
@@ -92,7 +92,7 @@ def make_scene(folder: Path, side: int) -> dict[str, str]:
 
 
 def make_models(folder: Path) -> dict[str, str]:
-    """A TerraMind-1.0-tiny encoder and a tiny UperNet segmentation model (10 classes), random weights."""
+    """A TerraMind-1.0-tiny encoder and a tiny UperNet segmentation model (10 classes, 64 channels), random weights."""
     import torch
 
     from terramind import TerraMindConfig, TerraMindImageProcessor, TerraMindModel
@@ -102,7 +102,7 @@ def make_models(folder: Path) -> dict[str, str]:
     modalities = ["S2L2A", "S1RTC"]
     TerraMindModel(TerraMindConfig.from_variant("tiny", modalities=modalities)).save_pretrained(folder / "encoder")
     segmentation = TerraMindForSemanticSegmentation(TerraMindConfig.from_variant("tiny", modalities=modalities,
-                                                                                 num_labels=10))  # fmt: skip
+                                                                                 num_labels=10, decoder_hidden_size=64))  # fmt: skip
     segmentation.save_pretrained(folder / "segmentation")
     TerraMindImageProcessor().save_pretrained(folder / "segmentation")
     return {"embed": str(folder / "encoder"), "predict": str(folder / "segmentation")}

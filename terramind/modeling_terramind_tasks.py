@@ -42,6 +42,7 @@ Dense heads need merged spatial tokens: `merge_method` "mean" (default), "max" o
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -641,16 +642,35 @@ class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
         overlap: int = 64,
         batch_size: int = 8,
         progress: bool = False,
-        **modalities: torch.Tensor,
-    ) -> torch.Tensor:
+        output: str | os.PathLike | None = None,
+        writer: Any = None,
+        probabilities: str | os.PathLike | None = None,
+        processor: Any = None,
+        num_workers: int = 1,
+        overwrite: bool = False,
+        **modalities: Any,
+    ) -> torch.Tensor | Any:
         """Logits (B, num_outputs, H, W) of a scene of any size, in eval mode: tiles of `tile_size` overlapping by
         `overlap` pixels, `batch_size` at a time on the model's device, blended with a smooth window (TerraTorch's
         tiled inference). Inputs are those of `forward` (standardized, e.g. by the processor; time series too) at
         any H, W: scenes smaller than a tile or not a multiple of the patch size are padded with 0 (the band mean)
-        and the output cropped back. Returns float32 on the CPU; `softmax(dim=1)` gives class probabilities."""
+        and the output cropped back. Returns float32 on the CPU; `softmax(dim=1)` gives class probabilities.
+
+        Scenes larger than memory: give the inputs as files ({modality: path, open rasterio dataset, or a list of
+        them for a time series}) and an `output` GeoTIFF (class map or regression values, a COG; `probabilities`
+        too) or a `writer` (`write_rows(top, values, nodata)`): the scene streams through the scene engine
+        (`terramind.scenes`), raw values standardized by `processor` (default: the v1 statistics), tiles without
+        data skipped. Returns the engine's `SceneRun` (tiles, skipped, seconds, output files) then."""
+        inputs = self._gather_inputs(pixel_values, modalities)
+        if inputs and not any(isinstance(value, torch.Tensor) for value in inputs.values()):
+            from terramind.scenes.prediction import predict_to_files  # the application's engine, not remote code
+
+            if output is None and writer is None:
+                raise ValueError("Scene files stream into `output=` (a GeoTIFF path) or `writer=`; give one.")
+            return predict_to_files(self, inputs, output, probabilities, processor, tile_size, overlap, batch_size,
+                                    num_workers, progress, overwrite, writer)  # fmt: skip
         from terramind.scenes.tiling import run_tiled  # the scene engine's tiler (the application's, not remote code)
 
-        inputs = self._gather_inputs(pixel_values, modalities)
         dtype = next(self.parameters()).dtype
 
         def logits_of(tiles: dict[str, torch.Tensor]) -> torch.Tensor:

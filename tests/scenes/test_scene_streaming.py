@@ -282,3 +282,14 @@ def test_the_engine_runs_with_torch_absent(tmp_path):
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok", "16"]
+
+
+def test_predict_tiled_takes_scene_files_and_open_datasets(segmentation, tmp_path):
+    with rasterio.open(PATHS["S1RTC"]) as s1:
+        run = segmentation.predict_tiled({"S2L2A": PATHS["S2L2A"], "S1RTC": s1}, tile_size=64, overlap=32,
+                                         batch_size=5, output=tmp_path / "c.tif")  # fmt: skip
+    assert run.outputs == [tmp_path / "c.tif", tmp_path / "c.png"] and run.computed == 36
+    with rasterio.open(tmp_path / "c.tif") as dst:
+        assert np.array_equal(dst.read(1), in_memory_logits(segmentation).argmax(0))
+    with pytest.raises(ValueError, match="output="):
+        segmentation.predict_tiled(PATHS)
