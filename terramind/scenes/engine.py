@@ -405,8 +405,10 @@ class _SceneState:
         a band never holds more than a tile's height of rows."""
         grid = self.grid
         for name, values in result.items():
-            if name not in self.bands:
-                mode = self.merge.get(name, "blend") if isinstance(self.merge, Mapping) else self.merge
+            if name not in self.bands and values.ndim >= 3:  # (n, 2) vectors (coordinates) go to add_tiles only
+                mode = self.merge.get(name, "auto") if isinstance(self.merge, Mapping) else self.merge
+                if mode == "auto":
+                    mode = "blend" if values.dtype.kind == "f" else "nearest"
                 self.bands[name] = RowBand(values[rows[0]], grid, mode)
         for scale in {band.scale for band in self.bands.values()}:
             if scale not in self.mask_bands:
@@ -415,8 +417,8 @@ class _SceneState:
             if tile.top > self.last_top:
                 self.emit(tile.top)
                 self.last_top = tile.top
-            for name, values in result.items():
-                self.bands[name].add(values[row], tile.top, tile.left)
+            for name, band in self.bands.items():
+                band.add(result[name][row], tile.top, tile.left)
             for scale, band in self.mask_bands.items():
                 band.add(_pool(tile.nodata, scale, self.pooling), tile.top, tile.left)
         self.tiles_done(tiles, {name: values[rows] for name, values in result.items()})
@@ -464,7 +466,8 @@ def run_scenes(
     scenes, so that many small scenes fill batches too), merge the outputs into rolling bands and hand every finished
     row to its scene's output (see the module docstring). Yields each scene's `SceneRun` once its output is closed.
 
-    `merge` is a mode per output name (or one for all); output pixels are nodata where the inputs' nodata mask is
+    `merge` is a mode per output name (or one for all): "blend", "nearest", "last", or "auto" (blend floating
+    point outputs, nearest for integers); output pixels are nodata where the inputs' nodata mask is
     True for any (`nodata_pooling="any"`) or all (`"all"`) of the input pixels they cover; a scene of nodata only
     is an error."""
     import time
