@@ -319,9 +319,18 @@ class TerraMindGenerationMixin:
         seed: int | None = None,
         decode: bool = True,
         progress: bool = False,
+        output: str | os.PathLike | None = None,
+        processor: Any = None,
+        overwrite: bool = False,
         **kwargs: Any,
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor] | Any:
         """Generate over a scene of any size: overlapping tiles, batched, blended with a smooth window.
+
+        Scenes larger than memory: give the inputs as files ({modality: path or open rasterio dataset}, raw values)
+        and an `output` folder; the scene streams through the scene engine (`terramind.scenes`), standardized and
+        destandardized by `processor` (default: the v1 statistics, padded to multiples of 16), and each output
+        modality is written as `<output>/<MODALITY>.tif` (a COG) plus a PNG quick-look. Returns the engine's
+        `SceneRun` then.
 
         Inputs are images (B, C, H, W) of one size, any size: the scene is padded at the bottom/right to whole
         tiles and multiples of 16 with the band means (0 after standardization), as `terramind generate` does, and
@@ -330,10 +339,23 @@ class TerraMindGenerationMixin:
         tapered window, so tiles meet without seams; with `decode=False` each token comes from the tile whose
         centre is nearest. Outputs have the input's size (token grids: ceil(H/16), ceil(W/16)).
         """
-        from terramind.scenes.tiling import run_tiled  # the scene engine's tiler (the application's, not remote code)
-
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
+        files = {**dict(inputs or {}), **{k: v for k, v in kwargs.items() if isinstance(v, (str, os.PathLike))}}
+        if files and not any(isinstance(value, torch.Tensor) for value in files.values()):
+            from terramind.image_processing_terramind import TerraMindImageProcessor
+            from terramind.scenes.generation import generate_scenes  # the application's engine, not remote code
+
+            if output is None:
+                raise ValueError("Scene files stream into an `output=` folder; give one.")
+            options = {k: v for k, v in kwargs.items() if k not in files}
+            processor = processor or TerraMindImageProcessor(do_pad=True, size_divisor=16)
+            outputs = [resolve_output_modality(name) for name in ([output_modalities] if isinstance(
+                output_modalities, str) else output_modalities)]  # fmt: skip
+            return next(iter(generate_scenes(self, [files], [output], outputs, processor, tile_size, overlap,
+                                             batch_size, generator, overwrite, progress=progress, **options)))
+        from terramind.scenes.tiling import run_tiled  # the scene engine's tiler (the application's, not remote code)
+
         given = dict(inputs or {})
         given.update({k: kwargs.pop(k) for k in list(kwargs) if k not in SAMPLING_SETTINGS + _GENERATE_OPTIONS})
         if not given:

@@ -47,3 +47,17 @@ def test_streamed_generation_equals_in_memory_tiled_generation(converted, tmp_pa
     with rasterio.open(tmp_path / "out" / "S1GRD.tif") as dst:
         assert dst.shape == (100, 130) and dst.dtypes[0] == "float32"
         np.testing.assert_allclose(dst.read(), physical, rtol=0, atol=1e-5)
+
+
+def test_generate_tiled_streams_scene_files_into_a_folder(converted, tmp_path):
+    model = TerraMindForGeneration.from_pretrained(converted["tiny"]).eval()
+    write_s2(tmp_path / "s2.tif", 80, 96, nodata_rows=64)  # the first row of 64-px tiles has no data
+    run = model.generate_tiled({"S2L2A": str(tmp_path / "s2.tif")}, output_modalities="S1GRD", tile_size=64,
+                               overlap=0, output=tmp_path / "out", temperature=0.0, timesteps=2,
+                               tokenizers={"S1GRD": mini_tokenizer("S1GRD")})  # fmt: skip
+    assert (run.tiles, run.skipped) == (4, 2)
+    with rasterio.open(tmp_path / "out" / "S1GRD.tif") as dst:
+        values = dst.read()
+    assert np.isnan(values[:, :64]).all() and np.isfinite(values[:, 64:]).all()
+    with pytest.raises(ValueError, match="output="):
+        model.generate_tiled({"S2L2A": str(tmp_path / "s2.tif")}, output_modalities="S1GRD")
