@@ -1,7 +1,8 @@
 """Raster outputs written as the scene engine's rows arrive, finished as Cloud Optimized GeoTIFFs.
 
-Rows go into a tiled, deflate-compressed GeoTIFF under a temporary name; at the end GDAL's COG driver copies it,
-block by block with overviews, into the temporary that the caller's `atomic_outputs` renames into place. So a
+Rows go into a tiled, deflate-compressed GeoTIFF under a temporary name; at the end overviews are built on it and
+GDAL copies it, block by block with the overviews in front (a COG), into the temporary that the caller's
+`atomic_outputs` renames into place. So a
 granule-sized output never sits in memory, and the user's disk sees the whole file or nothing.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 BLOCK_SIZE = 256
+WRITE_CACHE_MB = 32  # GDAL's block cache while an output becomes a COG: a constant, whatever the output's size
 QUICKLOOK_MAX_SIDE = 4096  # larger class maps get a decimated quick-look (nearest), not a full-size PNG
 
 
@@ -41,7 +43,8 @@ class GeoTiffRows:
         self.dataset = rasterio.open(self.staging, "w", driver="GTiff", height=self.height, width=self.width,
                                      count=count, dtype=self.dtype.name, crs=profile.get("crs"),
                                      transform=profile["transform"] @ Affine.scale(scale), nodata=nodata,
-                                     compress="deflate", BIGTIFF="IF_SAFER", **options)  # fmt: skip
+                                     compress="deflate", interleave="band", BIGTIFF="IF_SAFER",
+                                     **options)  # fmt: skip
         for index, name in enumerate(band_names or (), start=1):
             self.dataset.set_band_description(index, str(name))
 
@@ -62,17 +65,27 @@ class GeoTiffRows:
         self.dataset.write(values, window=Window(0, top, self.width, values.shape[-2]))
 
     def finish(self) -> Path:
-        """Close the file; as a COG (tiled, deflate, overviews) at `path`. Returns `path`."""
+        """Close the file; as a COG at `path`: overviews built on the tiled file, then copied with them in front
+        (`COPY_SRC_OVERVIEWS`, the classic COG layout; band-interleaved, so that many-band outputs such as
+        embeddings stream through a small block cache). Returns `path`."""
+        import rasterio
         import rasterio.shutil
+        from rasterio.enums import Resampling
 
         self.dataset.close()
-        if self.cog:
-            try:
-                rasterio.shutil.copy(self.staging, self.path, driver="COG", compress="DEFLATE",
-                                     blocksize=BLOCK_SIZE, overview_resampling=self.resampling.upper(),
-                                     BIGTIFF="IF_SAFER")  # fmt: skip
-            finally:
-                self.staging.unlink(missing_ok=True)
+        if not self.cog:
+            return self.path
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB * 2**20):
+                factors = [2**k for k in range(1, 16) if max(self.height, self.width) >> k >= BLOCK_SIZE // 2]
+                if factors:
+                    with rasterio.open(self.staging, "r+") as staged:
+                        staged.build_overviews(factors, getattr(Resampling, self.resampling))
+                rasterio.shutil.copy(self.staging, self.path, driver="GTiff", COPY_SRC_OVERVIEWS="YES", TILED="YES",
+                                     BLOCKXSIZE=BLOCK_SIZE, BLOCKYSIZE=BLOCK_SIZE, COMPRESS="DEFLATE",
+                                     INTERLEAVE="BAND", BIGTIFF="IF_SAFER")  # fmt: skip
+        finally:
+            self.staging.unlink(missing_ok=True)
         return self.path
 
     def discard(self) -> None:

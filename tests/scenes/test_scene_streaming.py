@@ -249,8 +249,11 @@ def test_large_outputs_are_cloud_optimized(segmentation, tmp_path):
     out = tmp_path / "classes.tif"
     predict_to_files(segmentation, paths, out, tile_size=224, overlap=64, batch_size=8, progress=False)
     with rasterio.open(out) as dst:
-        assert dst.profile["tiled"] and dst.profile["compress"] == "deflate" and dst.overviews(1)
-        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert dst.profile["tiled"] and dst.profile["compress"] == "deflate" and dst.overviews(1) == [2, 4]
+        assert dst.block_shapes[0] == (256, 256)
+    with open(out, "rb") as raw:  # COG layout: the overviews' IFDs come before the image data
+        head = raw.read(4096)
+    assert b"LAYOUT=IFDS_BEFORE_DATA" in head
 
 
 def test_the_engine_runs_with_torch_absent(tmp_path):
