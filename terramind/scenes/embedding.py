@@ -360,23 +360,26 @@ def embed_scenes(model: Any, scenes: list[Scene], sink: Any, tile_size: int = 22
     from .steps import ProcessorPrepare, embedding_step
 
     processor = TerraMindImageProcessor(do_pad=True, size_divisor=16, offset=dict(offsets) if offsets else None)
-    jobs, sources = [], []
+    jobs = []
+    for scene in scenes:
+        output = EmbeddingRows(sink, scene, {}, 0, 0)
+
+        def setup(source: SceneSource, output: EmbeddingRows = output) -> ProcessorPrepare:
+            output.profile, output.height, output.width = source.profile, source.height, source.width
+            return ProcessorPrepare(processor, source.band_names, source.nodata, combine="all")
+
+        jobs.append(SceneJob(lambda scene=scene: SceneSource(scene.paths), None, output, f"scene {scene.id}", setup))
+    step = embedding_step(model, device, dtype)
     try:
-        for scene in scenes:
-            source = SceneSource(scene.paths)
-            sources.append(source)
-            output = EmbeddingRows(sink, scene, source.profile, source.height, source.width)
-            prepare = ProcessorPrepare(processor, source.band_names, source.nodata, combine="all")
-            jobs.append(SceneJob(source, prepare, output, f"scene {scene.id}"))
-        step = embedding_step(model, device, dtype)
         runs = run_scenes(jobs, step, tile_size=tile_size, overlap=0, batch_size=batch_size, multiple_of=16,
                           merge="last", shrink=True, nodata_pooling="all", num_workers=num_workers,
                           progress=progress, description="embedding tiles")  # fmt: skip
         for job, run in zip(jobs, runs, strict=False):
             yield run, job.output.committed
     finally:
-        for source in sources:
-            source.close()
+        for job in jobs:
+            if isinstance(job.source, SceneSource):
+                job.source.close()
 
 
 __all__ = ["EmbeddingRows", "GeoParquetSink", "GeoTiffSink", "SafetensorsSink", "SceneEmbeddings", "SceneFile",

@@ -163,7 +163,7 @@ class SceneSource:
         try:
             dataset = rasterio.open(path)
         except rasterio.errors.RasterioError as error:
-            what = "does not exist" if not path.exists() else f"is not a readable raster ({str(error).splitlines()[0]})"
+            what = "does not exist" if not path.exists() else f"is not a readable GeoTIFF ({str(error).splitlines()[0]})"
             raise ValueError(f"{path.resolve()} {what}.") from None
         self._opened.append(dataset)
         unsupported = sorted(set(dataset.dtypes) - set(SUPPORTED_DTYPES))
@@ -324,12 +324,33 @@ class SceneRun:
 @dataclass
 class SceneJob:
     """One scene for `run_scenes`: its source, how its windows are prepared, where its rows go, and a name for
-    messages. `output.close()`, if it has one, runs once the scene's last rows are written."""
+    messages. `output.close()`, if it has one, runs once the scene's last rows are written.
 
-    source: SceneSource
-    prepare: Prepare
+    For many scenes, give `source` as a function that opens it and `setup(source) -> prepare` instead of
+    `prepare`: scenes are then opened in turn, and one that cannot be read stops the run after the scenes before
+    it are written, with a one-line error that names it."""
+
+    source: SceneSource | Callable[[], SceneSource]
+    prepare: Prepare | None
     output: SceneOutput
     name: str = "scene"
+    setup: Callable[[SceneSource], Prepare] | None = None
+
+    def open(self) -> None:
+        try:
+            if not isinstance(self.source, SceneSource):
+                self.source = self.source()
+            if self.prepare is None and self.setup is not None:
+                self.prepare = self.setup(self.source)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{self.name}: {str(error).splitlines()[0] if str(error) else error!r}") from None
+
+
+@dataclass
+class _Failure:
+    """A scene that could not be opened: the run stops after the scenes before it."""
+
+    error: ValueError
 
 
 @dataclass
@@ -341,7 +362,8 @@ class _Tile:
     nodata: np.ndarray
 
 
-def _reader(jobs: list[SceneJob], grids: list[TileGrid], workers: int) -> Iterator[_Tile]:
+def _reader(jobs: list[SceneJob], plan: Callable[[SceneJob], TileGrid], grids: list[TileGrid],
+            workers: int) -> Iterator[_Tile | _Failure]:
     """Prepared tiles of every scene in order (row-major within a scene), read by `workers` threads a few tiles
     ahead of the consumer. Each thread opens its own datasets (rasterio's are not shared between threads)."""
     local = threading.local()
@@ -371,7 +393,16 @@ def _reader(jobs: list[SceneJob], grids: list[TileGrid], workers: int) -> Iterat
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="terramind-reader") as pool:
         pending: deque = deque()
         try:
-            for scene, grid in enumerate(grids):
+            for scene, job in enumerate(jobs):
+                try:
+                    job.open()  # in order: a scene that cannot be read stops the run after the ones before it
+                except ValueError as error:
+                    while pending:
+                        yield pending.popleft().result()
+                    yield _Failure(error)
+                    return
+                grid = plan(job)
+                grids.append(grid)
                 for top, left in grid.tiles:
                     pending.append(pool.submit(load, scene, top, left))
                     if len(pending) >= ahead:
@@ -479,8 +510,14 @@ def run_scenes(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if nodata_pooling not in ("any", "all"):
         raise ValueError(f"nodata_pooling must be 'any' or 'all', got {nodata_pooling!r}.")
-    grids = [TileGrid.plan(job.source.height, job.source.width, tile_size, overlap, multiple_of, shrink)
-             for job in jobs]  # fmt: skip
+    grids: list[TileGrid] = []  # filled as the scenes are opened
+
+    def plan(job: SceneJob) -> TileGrid:
+        grid = TileGrid.plan(job.source.height, job.source.width, tile_size, overlap, multiple_of, shrink)
+        bar.total = (bar.total or 0) + len(grid)
+        bar.refresh()
+        return grid
+
     states: dict[int, _SceneState] = {}
     skipped = 0
     start = time.perf_counter()
@@ -517,10 +554,17 @@ def run_scenes(
         return state.run
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20), \
-            tqdm(total=sum(len(grid) for grid in grids), desc=description, unit="tile", disable=not progress) as bar:  # fmt: skip
+            tqdm(total=0, desc=description, unit="tile", disable=not progress) as bar:  # fmt: skip
         batch: list[_Tile] = []
         done = 0  # scenes finished, in order
-        for tile in _reader(jobs, grids, max(1, num_workers)):
+        for tile in _reader(jobs, plan, grids, max(1, num_workers)):
+            if isinstance(tile, _Failure):
+                if batch:
+                    run_batch(batch)
+                while done < len(grids) and done in states and states[done].seen == len(grids[done]):
+                    yield finish(done)
+                    done += 1
+                raise tile.error
             state = states.get(tile.scene)
             if state is None:
                 state = states[tile.scene] = _SceneState(jobs[tile.scene], grids[tile.scene], merge, nodata_pooling)
@@ -536,7 +580,7 @@ def run_scenes(
                 run_batch(batch)
                 batch = []
             bar.update(1)
-            while done < len(jobs) and done in states and states[done].seen == len(grids[done]) and \
+            while done < len(grids) and done in states and states[done].seen == len(grids[done]) and \
                     not any(t.scene == done for t in batch):  # fmt: skip
                 yield finish(done)
                 done += 1

@@ -143,37 +143,39 @@ def generate_scenes(model: Any, scenes: Sequence[Any], folders: Sequence[str | o
     from .engine import SceneJob, SceneSource, run_scenes
     from .steps import ProcessorPrepare
 
-    jobs, sources = [], []
-    try:
-        for scene, folder in zip(scenes, folders, strict=True):
-            paths = getattr(scene, "paths", scene)
-            source = SceneSource(paths)
-            sources.append(source)
+    jobs = []
+    for scene, folder in zip(scenes, folders, strict=True):
+        paths, name = getattr(scene, "paths", scene), f"scene {getattr(scene, 'id', '')}".strip()
+        files = GeneratedFiles(folder, outputs, {}, processor, overwrite)
+
+        def setup(source: SceneSource, files: GeneratedFiles = files, name: str = name) -> ProcessorPrepare:
             if "Coordinates" in outputs:
                 side = min(-(-source.height // 16) * 16, -(-source.width // 16) * 16, tile_size)
                 if source.height > side or source.width > side:
-                    raise ValueError(f"Coordinates are generated for one tile; scene {getattr(scene, 'id', '')} is "
-                                     "larger than one tile (--tile-size).")  # fmt: skip
-            prepare = ProcessorPrepare(processor, source.band_names, source.nodata, combine="all")
-            files = GeneratedFiles(folder, outputs, source.profile, processor, overwrite)
-            jobs.append(SceneJob(source, prepare, files, f"scene {getattr(scene, 'id', '')}".strip()))
-        step = generation_step(model, outputs, generator, **options)
+                    raise ValueError(f"Coordinates are generated for one tile; {name} is larger than one tile "
+                                     "(--tile-size).")  # fmt: skip
+            files.profile = dict(source.profile)
+            files.__enter__()
+            return ProcessorPrepare(processor, source.band_names, source.nodata, combine="all")
+
+        jobs.append(SceneJob(lambda paths=paths: SceneSource(paths), None, files, name, setup))
+    step = generation_step(model, outputs, generator, **options)
+    try:
+        runs = run_scenes(jobs, step, tile_size=tile_size, overlap=overlap, batch_size=batch_size, multiple_of=16,
+                          merge="auto", shrink=True, nodata_pooling="all", num_workers=num_workers,
+                          progress=progress, description="generating tiles")  # fmt: skip
+        for job, run in zip(jobs, runs, strict=False):
+            run.outputs = job.output.written
+            yield run
+    except BaseException as error:
         for job in jobs:
-            job.output.__enter__()
-        try:
-            runs = run_scenes(jobs, step, tile_size=tile_size, overlap=overlap, batch_size=batch_size, multiple_of=16,
-                              merge="auto", shrink=True, nodata_pooling="all", num_workers=num_workers,
-                              progress=progress, description="generating tiles")  # fmt: skip
-            for job, run in zip(jobs, runs, strict=False):
-                run.outputs = job.output.written
-                yield run
-        except BaseException as error:
-            for job in jobs:
+            if hasattr(job.output, "_atomic"):
                 job.output.discard(error)
-            raise
+        raise
     finally:
-        for source in sources:
-            source.close()
+        for job in jobs:
+            if isinstance(job.source, SceneSource):
+                job.source.close()
 
 
 __all__ = ["OUTPUT_DTYPES", "GeneratedFiles", "band_names", "generate_scenes", "generation_step", "read_decimated"]
