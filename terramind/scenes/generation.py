@@ -148,11 +148,11 @@ def generate_scenes(model: Any, scenes: Sequence[Any], folders: Sequence[str | o
         paths, name = getattr(scene, "paths", scene), f"scene {getattr(scene, 'id', '')}".strip()
         files = GeneratedFiles(folder, outputs, {}, processor, overwrite)
 
-        def setup(source: SceneSource, files: GeneratedFiles = files, name: str = name) -> ProcessorPrepare:
+        def setup(source: SceneSource, files: GeneratedFiles = files) -> ProcessorPrepare:
             if "Coordinates" in outputs:
                 side = min(-(-source.height // 16) * 16, -(-source.width // 16) * 16, tile_size)
                 if source.height > side or source.width > side:
-                    raise ValueError(f"Coordinates are generated for one tile; {name} is larger than one tile "
+                    raise ValueError("Coordinates are generated for one tile; the scene is larger than one tile "
                                      "(--tile-size).")  # fmt: skip
             files.profile = dict(source.profile)
             files.__enter__()
