@@ -310,6 +310,27 @@ class RowBand:
 
 
 # ----------------------------------------------------------------------------- the loop
+MMAP_THRESHOLD = 256 * 1024
+
+
+def limit_heap_growth() -> None:
+    """Have glibc return freed tile-sized buffers to the system (a fixed mmap threshold, two arenas).
+
+    Tiles are allocated in loader threads and freed in the consumer: with glibc's dynamic mmap threshold those
+    buffers end up in per-thread heaps that keep growing with the number of tiles, i.e. with the scene's size. A
+    no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (fixed: no dynamic growth)
+    mallopt(-8, 2)  # M_ARENA_MAX
+
+
 @dataclass
 class SceneRun:
     """What a run did: tiles in the scene, tiles the model saw, tiles skipped for having no data."""
@@ -508,6 +529,7 @@ def run_scenes(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    limit_heap_growth()
     if nodata_pooling not in ("any", "all"):
         raise ValueError(f"nodata_pooling must be 'any' or 'all', got {nodata_pooling!r}.")
     grids: list[TileGrid] = []  # filled as the scenes are opened
