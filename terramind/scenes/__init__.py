@@ -11,8 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_DISCOVERY_NAMES = ("MAX_LISTED", "Scene", "SceneFacts", "SceneInputs", "SceneTiles", "TileBatch", "TileInfo",
-                    "WholeScenes", "find_scenes", "read_scene_inputs", "scene_tiles", "shard")  # fmt: skip
+_DISCOVERY_NAMES = ("MAX_LISTED", "Scene", "find_scenes", "shard")
 
 
 def __getattr__(name: str) -> Any:

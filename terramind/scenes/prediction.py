@@ -1,9 +1,9 @@
 """Whole-scene prediction with a fine-tuned TerraMind (`terramind predict`, TerraTorch's `predict`).
 
 A fine-tuned dense model (a folder saved by `finetune` or `save_pretrained`, or a base model plus a LoRA adapter
-saved by `save_adapter`) predicts GeoTIFF scenes of any size: the inputs go through the model's own processor, the
-scene is tiled with overlap and blended (`predict_tiled`), and the result is written with the input's CRS and
-transform: class maps as uint8 (nodata 255) with a palette quick-look PNG, regression as float32 (nodata NaN), and
+saved by `save_adapter`) predicts GeoTIFF scenes of any size, streaming through the scene engine: windows of the
+inputs go through the model's own processor, tiles overlap and are blended in a rolling band, and finished rows are
+written (COGs) with the input's CRS and transform: class maps as uint8 (nodata 255) with a palette quick-look PNG, regression as float32 (nodata NaN), and
 optionally the class probabilities. Pixels where an input had nodata are nodata in the outputs. Repeating
 `--input` for a modality gives its time series (one file per time step, in order).
 """
@@ -12,28 +12,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..modalities import NODATA_MASK_SUFFIX
-
 DENSE_TASK_MODELS = ("TerraMindForSemanticSegmentation", "TerraMindForPixelRegression")
 CLASS_NODATA = 255
-
-
-@dataclass
-class ScenePrediction:
-    """Model outputs over a scene: logits (1, K, H, W), the nodata mask (H, W) and the georeference profile."""
-
-    logits: torch.Tensor
-    nodata: torch.Tensor
-    profile: dict[str, Any]
-    task: str
-    class_names: list[str]
 
 
 def parse_inputs(entries: Sequence[str]) -> dict[str, list[str]]:
@@ -91,34 +77,6 @@ def load_predictor(model: str | os.PathLike, adapter: str | os.PathLike | None =
         loaded = PeftModel.from_pretrained(loaded, adapter).merge_and_unload()
     processor = _from_pretrained(TerraMindImageProcessor.from_pretrained, [adapter, model])
     return loaded.to(device).eval(), processor or TerraMindImageProcessor()
-
-
-def read_scene(paths: dict[str, list[str]], processor: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:
-    """Model inputs of a scene ((1, C, H, W), or (1, C, T, H, W) for time series), its nodata mask (H, W: any input,
-    any time step) and the georeference profile."""
-    from ..data_terramind import read_series_sample
-
-    sample = read_series_sample({name: files if len(files) > 1 else files[0] for name, files in paths.items()})
-    images = {key: image[None] if image.ndim == 4 else image for key, image in sample.images.items()}
-    batch = processor(images, band_names=sample.band_names, nodata_value=sample.nodata, return_nodata_mask=True)
-    inputs = {key: value for key, value in batch.items() if not key.endswith(NODATA_MASK_SUFFIX)}
-    nodata = torch.zeros(sample.profile["height"], sample.profile["width"], dtype=torch.bool)
-    for key in set(batch) - set(inputs):
-        mask = batch[key][0]
-        nodata |= mask.any(dim=0) if mask.ndim == 3 else mask  # time series: nodata at any time step
-    return inputs, nodata, sample.profile
-
-
-def predict_scene(model: Any, inputs: dict[str, torch.Tensor], nodata: torch.Tensor, profile: dict[str, Any],
-                  tile_size: int = 224, overlap: int = 64, batch_size: int = 8,
-                  progress: bool = False) -> ScenePrediction:  # fmt: skip
-    """Tiled, blended logits of a scene (see `predict_tiled`)."""
-    logits = model.predict_tiled(inputs, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-                                 progress=progress)  # fmt: skip
-    segmentation = type(model).__name__ == "TerraMindForSemanticSegmentation"
-    names = [str(model.config.id2label.get(i, i)) for i in range(logits.shape[1])] if segmentation else \
-        [f"output_{i}" for i in range(logits.shape[1])]  # fmt: skip
-    return ScenePrediction(logits, nodata, profile, "segmentation" if segmentation else "regression", names)
 
 
 def prediction_targets(output: str | os.PathLike, probabilities: str | os.PathLike | None = None,
@@ -251,42 +209,4 @@ def predict_to_files(model: Any, inputs: Mapping[str, Any], output: str | os.Pat
         model.train(was_training)
 
 
-def write_prediction(prediction: ScenePrediction, output: str | os.PathLike,
-                     probabilities: str | os.PathLike | None = None, overwrite: bool = False) -> list[Path]:  # fmt: skip
-    """Write the class map (uint8, nodata 255, plus a palette PNG) or regression values (float32, nodata NaN), and
-    the class probabilities if asked: all files or none (`outputs.atomic_outputs`), none over an existing file
-    unless `overwrite`."""
-    from .geotiff import write_geotiff
-    from .outputs import atomic_outputs
-    from .quicklook import save_class_quicklook
-
-    if prediction.task != "segmentation" and probabilities is not None:
-        raise ValueError("Class probabilities are for segmentation models; this model does pixel regression.")
-    if prediction.task == "segmentation" and len(prediction.class_names) > CLASS_NODATA:
-        raise ValueError(f"{len(prediction.class_names)} classes do not fit a uint8 class map.")
-    nodata = prediction.nodata.numpy()
-    logits = prediction.logits[0]
-    targets = prediction_targets(output, probabilities, prediction.task)
-    with atomic_outputs(targets, overwrite) as partial:
-        if prediction.task == "segmentation":
-            classes = logits.argmax(dim=0).numpy().astype(np.uint8)
-            classes[nodata] = CLASS_NODATA
-            marked = np.where(nodata, np.nan, classes.astype(np.float32))  # NaN: written as nodata, never a class
-            write_geotiff(partial[targets[0]], marked, prediction.profile, dtype="uint8", nodata=CLASS_NODATA,
-                          band_names=["class"])  # fmt: skip
-            save_class_quicklook(partial[targets[1]], classes, len(prediction.class_names), nodata=CLASS_NODATA)
-            if probabilities is not None:
-                values = logits.softmax(dim=0).numpy()
-                values[:, nodata] = np.nan
-                write_geotiff(partial[targets[2]], values, prediction.profile, dtype="float32", nodata=float("nan"),
-                              band_names=prediction.class_names)  # fmt: skip
-        else:
-            values = logits.numpy().copy()
-            values[:, nodata] = np.nan
-            write_geotiff(partial[targets[0]], values, prediction.profile, dtype="float32", nodata=float("nan"),
-                          band_names=prediction.class_names)  # fmt: skip
-    return targets
-
-
-__all__ = ["PredictionWriter", "ScenePrediction", "load_predictor", "parse_inputs", "predict_scene", "predict_to_files",
-           "prediction_targets", "read_scene", "task_of", "write_prediction"]  # fmt: skip
+__all__ = ["PredictionWriter", "load_predictor", "parse_inputs", "predict_to_files", "prediction_targets", "task_of"]
