@@ -3,7 +3,7 @@
 Makes S2L2A (12 bands, int16, 512-px tiles, deflate, like an L2A granule) and S1RTC (2 bands, float32 dB) scenes
 of the given sides with rasterio, block row by block row, a TerraMind-1.0-tiny encoder and a tiny UperNet
 segmentation model (64 channels) with random weights, and runs each (command, side) in a fresh process, reporting its peak RSS
-(`ru_maxrss`) and tiles/s (whole command: loading, reading, model, writing). With `--baseline-src` (a checkout of
+(`VmHWM`) and tiles/s (whole command: loading, reading, model, writing). With `--baseline-src` (a checkout of
 the pre-streaming package, e.g. `git archive 4dfc979 terramind | tar -x -C /tmp/baseline`) the old whole-scene
 path runs too, in the same run, for the sides in `--baseline-sides`. Not a test; e.g.
 
@@ -34,7 +34,7 @@ S2_BANDS = ("COASTAL_AEROSOL", "BLUE", "GREEN", "RED", "RED_EDGE_1", "RED_EDGE_2
 BLOCK = 512
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 spec = json.loads(sys.argv[2])
 start = time.perf_counter()
@@ -58,7 +58,9 @@ else:
         predict_to_files(model, spec["inputs"], spec["output"], processor=processor, tile_size=224, overlap=64,
                          batch_size=8, progress=False, overwrite=True)
 seconds = time.perf_counter() - start
-print("RESULT", json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: ru_maxrss survives fork + exec, so a child would report its parent's peak if larger
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print("RESULT", json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024}))
 """
 
 
