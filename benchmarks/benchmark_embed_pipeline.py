@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from terramind import TerraMindConfig, TerraMindModel  # noqa: E402
 from terramind.cli.hardware import cpu_has_native_bf16  # noqa: E402
-from terramind.embedding import SceneGeoParquet, embed_batches, tile_loader  # noqa: E402
-from terramind.scenes import find_scenes, scene_tiles  # noqa: E402
+from terramind.scenes.discovery import find_scenes  # noqa: E402
+from terramind.scenes.embedding import GeoParquetSink, embed_scenes  # noqa: E402
+from terramind.scenes.engine import TileGrid  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "terramesh"
 SOURCES = {"S2L2A": "S2L2A", "S1GRD": "S1RTC"}  # the S1 sample tiles stand in for S1GRD
@@ -81,16 +82,16 @@ def bare_model(model, tiles: int, batch: int, tile: int, device: str, dtype: tor
 
 def pipeline(model, inputs: dict[str, str], output: Path, batch: int, tile: int, workers: int, device: str,
              dtype: torch.dtype) -> tuple[float, int]:  # fmt: skip
-    """Tiles per second of files -> loader -> model -> GeoParquet parts, and the number of tiles."""
+    """Tiles per second of files -> loader threads -> model -> GeoParquet parts (the scene engine), and the
+    number of tiles."""
     scenes = find_scenes(inputs)
-    writer = SceneGeoParquet(output, "benchmark", per_patch=False)
+    sink = GeoParquetSink(output, "benchmark", per_patch=False)
     output.mkdir(parents=True)
     tiles = 0
     start = time.perf_counter()
-    for result in embed_batches(model, tile_loader(scenes, tile, batch, workers), device, dtype):
-        writer.add(result)
-        tiles += result.facts.num_tiles
-    writer.close()
+    for run, _ in embed_scenes(model, scenes, sink, tile, batch, max(1, workers), device, dtype, progress=False):
+        tiles += run.tiles
+    sink.close()
     synchronize(device)
     return tiles / (time.perf_counter() - start), tiles
 
@@ -115,7 +116,7 @@ def main() -> None:
         model = torch.compile(model)
     with tempfile.TemporaryDirectory() as work:
         inputs = write_scenes(Path(work) / "scenes", args.scenes, args.scene_size)
-        tiles = args.scenes * len(scene_tiles(args.scene_size, args.scene_size, 224)[1])
+        tiles = args.scenes * len(TileGrid.plan(args.scene_size, args.scene_size, 224, 0, 16, shrink=True))
         pipeline(model, inputs, Path(work) / "warmup.parquet", args.batch_size, 224, 0, args.device, dtype)  # warm-up
         bare = bare_model(model, tiles, args.batch_size, 224, args.device, dtype)
         piped, counted = pipeline(model, inputs, Path(work) / "out.parquet", args.batch_size, 224, args.num_workers,

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from terramind import TerraMindConfig  # noqa: E402
 from terramind.losses import SEGMENTATION_LOSSES, segmentation_loss  # noqa: E402
 from terramind.modeling_terramind_tasks import TerraMindForSemanticSegmentation  # noqa: E402
+from terramind.scenes.tiled import predict_tiled
 from terramind.tiling import tile_starts  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         forward = timed(lambda: model(**tile), device) / args.batch_size
     scene = {"S2L2A": torch.randn(1, 12, args.scene, args.scene), "S1RTC": torch.randn(1, 2, args.scene, args.scene)}
     tiles = len(tile_starts(args.scene, args.tile_size, args.tile_size - args.overlap)) ** 2
-    seconds = timed(lambda: model.predict_tiled(scene, tile_size=args.tile_size, overlap=args.overlap,
+    seconds = timed(lambda: predict_tiled(model, scene, tile_size=args.tile_size, overlap=args.overlap,
                                                 batch_size=args.batch_size), device)  # fmt: skip
     print(f"TerraMind-{args.variant} UperNet, {args.dtype} on {args.device}: forward {forward * 1000:.0f} ms/tile; "
           f"predict_tiled {args.scene}x{args.scene} ({tiles} tiles of {args.tile_size}, overlap {args.overlap}): "

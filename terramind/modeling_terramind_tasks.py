@@ -82,7 +82,6 @@ from .modeling_terramind import (
     split_model_kwargs,
 )
 from .temporal import fold_time, merge_time
-from .tiling import run_tiled
 
 logger = logging.get_logger(__name__)
 
@@ -592,37 +591,6 @@ class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
         size = (grid[0] * self.config.patch_size, grid[1] * self.config.patch_size)
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits, outputs
-
-    @torch.no_grad()
-    def predict_tiled(
-        self,
-        pixel_values: torch.Tensor | dict[str, torch.Tensor] | None = None,
-        tile_size: int = 224,
-        overlap: int = 64,
-        batch_size: int = 8,
-        progress: bool = False,
-        **modalities: torch.Tensor,
-    ) -> torch.Tensor:
-        """Logits (B, num_outputs, H, W) of a scene of any size, in eval mode: tiles of `tile_size` overlapping by
-        `overlap` pixels, `batch_size` at a time on the model's device, blended with a smooth window (TerraTorch's
-        tiled inference). Inputs are those of `forward` (standardized, e.g. by the processor; time series too) at
-        any H, W: scenes smaller than a tile or not a multiple of the patch size are padded with 0 (the band mean)
-        and the output cropped back. Returns float32 on the CPU; `softmax(dim=1)` gives class probabilities."""
-        inputs = self._gather_inputs(pixel_values, modalities)
-        dtype = next(self.parameters()).dtype
-
-        def logits_of(tiles: dict[str, torch.Tensor]) -> torch.Tensor:
-            tiles = {name: value.to(self.device, dtype if value.is_floating_point() else None)
-                     for name, value in tiles.items()}  # fmt: skip
-            return self(tiles).logits.float().cpu()
-
-        was_training = self.training
-        self.eval()
-        try:
-            return run_tiled(logits_of, inputs, tile_size, overlap, batch_size, multiple_of=self.config.patch_size,
-                             progress=progress, description="TerraMind tiled prediction")  # fmt: skip
-        finally:
-            self.train(was_training)
 
 
 class TerraMindForSemanticSegmentation(TerraMindDenseModel):

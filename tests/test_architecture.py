@@ -20,12 +20,8 @@ APPLICATION_PACKAGES = ("training", "conversion", "scenes", "export")
 SCENE_MODULES = {"scenes", "geotiff", "geoparquet", "tiling", "outputs", "manifest", "quicklook", "embedding",
                  "prediction"}  # fmt: skip
 APPLICATION_HELPERS = {"errors"}
-# Upward imports that exist today and are being removed (tiling moves into the scene engine: issues 19 and 23).
-# Listed one by one so that a new one fails, and a removed one must be struck from here.
-KNOWN_UPWARD = {
-    ("terramind.generation_terramind", "terramind.tiling"),
-    ("terramind.modeling_terramind_tasks", "terramind.tiling"),
-}
+# Upward imports allowed by name (none today): a new one fails, and one listed here that is gone must be struck.
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 # Cycles by design, each with its reason. Thinking-in-Modalities: as in the original, the encoder holds a frozen
 # generator that holds an encoder, so TerraMindModel builds TerraMindThinkingInModalities (imported when a config
 # asks for TiM) and that class is a TerraMindForGeneration.

@@ -35,10 +35,10 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_embed(args: argparse.Namespace) -> None:
-    from ..embedding import SceneFile, SceneGeoParquet, SceneGeoTiffs, embed_batches, tile_loader
     from ..modeling_terramind import TerraMindModel
     from ..outputs import check_target
     from ..scenes import find_scenes, shard
+    from ..scenes.embedding import GeoParquetSink, GeoTiffSink, SafetensorsSink, embed_scenes
 
     output = args.output.rstrip("/")
     if Path(output).suffix not in ("", ".tif", ".tiff", ".safetensors", ".parquet") and not Path(output).is_dir():
@@ -72,10 +72,10 @@ def _run_embed(args: argparse.Namespace) -> None:
     if not todo:
         print(f"Every scene of this process ({len(mine)}) is finished in {output}; nothing to do.")
         return
-    from ..scenes import read_scene_inputs
+    from ..scenes.engine import SceneSource
 
-    try:  # a mistake in the inputs shows before the model loads; later scenes are read by the loader
-        read_scene_inputs(todo[0].paths)
+    try:  # a mistake in the inputs shows before the model loads; later scenes are opened as they come
+        SceneSource(todo[0].paths).close()
     except ValueError as error:
         raise ValueError(f"scene {todo[0].id}: {error}") from None
     model = load(TerraMindModel, args.model, DEFAULT_EMBED_MODEL, modalities=list(scenes[0].paths),
@@ -85,14 +85,15 @@ def _run_embed(args: argparse.Namespace) -> None:
         import torch
 
         model = torch.compile(model)
-    if single_file:
-        writer = SceneFile(output, args.overwrite)
+    if single_file and output.endswith(".safetensors"):
+        sink = SafetensorsSink(output, args.overwrite)
+    elif single_file:
+        sink = GeoTiffSink(output, args.overwrite)
     elif parquet:
-        writer = SceneGeoParquet(output, args.model, args.per_patch, rank)
+        sink = GeoParquetSink(output, args.model, args.per_patch, rank)
     else:
-        writer = SceneGeoTiffs(output)
-    loader = tile_loader(todo, args.tile_size, args.batch_size, args.num_workers if len(todo) > 1 else 0)
-    written = 0
+        sink = GeoTiffSink(output, folder=True)
+    written = skipped = 0
 
     def commit(committed) -> None:
         nonlocal written
@@ -101,20 +102,19 @@ def _run_embed(args: argparse.Namespace) -> None:
                 manifest.record(scene.id, scene.paths, paths)
             written += 1
 
-    from tqdm.auto import tqdm
-
     try:
-        with tqdm(desc="embedding tiles", unit="tile", disable=args.no_progress) as bar:
-            for number, result in enumerate(embed_batches(model, loader, args.device, torch_dtype(args.dtype)), 1):
-                commit(writer.add(result))
-                bar.update(result.facts.num_tiles)
-                bar.set_postfix_str(f"{number}/{len(todo)} scenes", refresh=False)
-        commit(writer.close())
+        for run, committed in embed_scenes(model, todo, sink, args.tile_size, args.batch_size,
+                                           max(1, args.num_workers), args.device, torch_dtype(args.dtype),
+                                           progress=not args.no_progress):  # fmt: skip
+            skipped += run.skipped
+            commit(committed)
+        commit(sink.close())
     except BaseException:
-        writer.discard()
+        sink.discard()
         raise
     prefix = f"[rank {rank}/{world_size}] " if world_size > 1 else ""
-    skipped = f", skipped {len(mine) - len(todo)} finished" if len(mine) > len(todo) else ""
-    print(f"{prefix}Embedded {written} scene{'s' if written != 1 else ''}{skipped} into {output}")
+    finished = f", skipped {len(mine) - len(todo)} finished" if len(mine) > len(todo) else ""
+    empty = f" ({skipped} tiles without data skipped)" if skipped else ""
+    print(f"{prefix}Embedded {written} scene{'s' if written != 1 else ''}{finished} into {output}{empty}")
 
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 from .options import (
     DEFAULT_GENERATE_MODEL,
-    OUTPUT_DTYPES,
     UsageError,
     add_runtime_options,
     add_scale_options,
@@ -63,7 +60,9 @@ def _run_generate(args: argparse.Namespace) -> None:
     from ..modalities import MODALITIES, resolve_output_modality
     from ..modeling_terramind import TerraMindForGeneration
     from ..outputs import check_target
-    from ..scenes import WholeScenes, find_scenes, read_scene_inputs, shard
+    from ..scenes.discovery import find_scenes, shard
+    from ..scenes.engine import SceneSource
+    from ..scenes.generation import generate_scenes
 
     outputs = [resolve_output_modality(m.strip()) for m in args.output_modalities.split(",") if m.strip()]
     if not outputs:
@@ -108,7 +107,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         return
     offsets = parse_offsets(args.offset)
     try:  # a mistake in the inputs shows before the model loads
-        read_scene_inputs(todo[0].paths, offsets)
+        SceneSource(todo[0].paths).close()
     except ValueError as error:
         raise ValueError(f"scene {todo[0].id}: {error}" if many else str(error)) from None
     tokenizers = load_tokenizers(tokenizer_paths)
@@ -118,65 +117,29 @@ def _run_generate(args: argparse.Namespace) -> None:
     model = model.to(args.device).eval()
     if args.compile:
         _compile_generator(model, tokenizers.values())
-    options = dict(output_modalities=outputs, decoding_steps=args.decoding_steps, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, timesteps=args.timesteps,
-                   progress=not args.no_progress and not many)  # fmt: skip
+    options = dict(decoding_steps=args.decoding_steps, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, timesteps=args.timesteps)  # fmt: skip
     generator = torch.Generator().manual_seed(args.seed)
-    processor = TerraMindImageProcessor(do_pad=True, size_divisor=16, offset=offsets)  # destandardizes the outputs
-    loader = torch.utils.data.DataLoader(WholeScenes(todo, offsets), batch_size=None, collate_fn=_as_is,
-                                         num_workers=min(args.num_workers, len(todo)) if many else 0)  # fmt: skip
-
-    def write(items: list, generated: dict) -> None:
-        physical = {name: value.cpu() for name, value in processor.post_process_generation(generated).items()}
-        for index, item in enumerate(items):
-            folder = out_dir / item.scene.id if many else out_dir
-            scene_outputs = {name: value[index : index + 1] for name, value in physical.items()}
-            written = _write_generated(folder, images, scene_outputs, item, args.overwrite or many)
+    processor = TerraMindImageProcessor(do_pad=True, size_divisor=16, offset=offsets)  # (de)standardizes
+    folders = [out_dir / scene.id if many else out_dir for scene in todo]
+    runs = generate_scenes(model, todo, folders, outputs, processor, args.tile_size, args.overlap, args.batch_size,
+                           generator, args.overwrite or many, max(1, args.num_workers), not args.no_progress,
+                           **options)  # fmt: skip
+    try:
+        for scene, run in zip(todo, runs, strict=False):
             if many:
-                manifest.record(item.scene.id, item.scene.paths, written)
+                manifest.record(scene.id, scene.paths, run.outputs)
             else:
-                for target in written:
+                for target in run.outputs:
                     print(f"Wrote {target}")
-
-    pending: dict[tuple[int, int], list] = {}  # one-tile scenes by size, generated in batches across scenes
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(todo), desc="generating scenes", unit="scene", disable=args.no_progress or not many) as bar:
-        for item in loader:
-            if item.error:
-                raise ValueError(item.error)
-            padded_h, padded_w = item.no_data.shape
-            tile = min(args.tile_size, padded_h, padded_w)
-            one_tile = (padded_h, padded_w) == (tile, tile)
-            if "Coordinates" in outputs and not one_tile:
-                raise UsageError(f"Coordinates are generated for one tile; scene {item.scene.id} is larger than one "
-                                 "tile (--tile-size).")  # fmt: skip
-            if one_tile:
-                group = pending.setdefault((padded_h, padded_w), [])
-                group.append(item)
-                if len(group) < args.batch_size:
-                    continue
-                pending.pop((padded_h, padded_w))
-                inputs = {k: torch.cat([i.inputs[k] for i in group]).to(args.device) for k in item.inputs}
-                write(group, model.generate(inputs, generator=generator, **options))
-                bar.update(len(group))
-            else:
-                inputs = {k: v.to(args.device) for k, v in item.inputs.items()}
-                write([item], model.generate_tiled(inputs, tile_size=tile, overlap=min(args.overlap, tile - 16),
-                                                   batch_size=args.batch_size, generator=generator, **options))  # fmt: skip
-                bar.update()
-        for group in pending.values():
-            inputs = {k: torch.cat([i.inputs[k] for i in group]).to(args.device) for k in group[0].inputs}
-            write(group, model.generate(inputs, generator=generator, **options))
-            bar.update(len(group))
+    except ValueError as error:
+        if "Coordinates are generated for one tile" in str(error):
+            raise UsageError(str(error)) from None
+        raise
     if many:
         prefix = f"[rank {rank}/{world_size}] " if world_size > 1 else ""
         skipped = f", skipped {len(mine) - len(todo)} finished" if len(mine) > len(todo) else ""
         print(f"{prefix}Generated {len(todo)} scene{'s' if len(todo) != 1 else ''}{skipped} into {out_dir}")
-
-
-def _as_is(item: Any) -> Any:
-    return item
 
 
 def _compile_generator(model: Any, tokenizers: Any) -> None:
@@ -186,35 +149,3 @@ def _compile_generator(model: Any, tokenizers: Any) -> None:
     for tokenizer in tokenizers:
         if hasattr(tokenizer, "decoder"):
             tokenizer.decoder.compile()
-
-
-def _write_generated(folder: Path, images: list[str], physical: dict, item: Any, overwrite: bool) -> list[Path]:
-    """One scene's generated modalities: a GeoTIFF and a PNG quick-look each (Coordinates.json), all or none."""
-    from ..geotiff import write_geotiff
-    from ..outputs import NODATA_VALUES, atomic_outputs
-    from ..quicklook import save_quicklook
-
-    profile = item.sample.profile
-    height, width = profile["height"], profile["width"]
-    targets = [folder / f"{name}.{suffix}" for name in images for suffix in ("tif", "png")]
-    targets += [folder / "Coordinates.json"] if "Coordinates" in physical else []
-    missing = item.no_data[:height, :width].numpy()
-    with atomic_outputs(targets, overwrite) as partial:
-        if "Coordinates" in physical:
-            lon, lat = (float(v) for v in physical.pop("Coordinates")[0])
-            partial[folder / "Coordinates.json"].write_text(json.dumps({"lon": lon, "lat": lat}))
-        for name in images:
-            values = physical[name][0, :, :height, :width].float().numpy()
-            values[:, missing] = math.nan  # pixels without input data: nodata, not made-up values
-            dtype = OUTPUT_DTYPES.get(name, "float32")
-            write_geotiff(partial[folder / f"{name}.tif"], values, profile, dtype=dtype, nodata=NODATA_VALUES[dtype],
-                          band_names=_band_names(name, values.shape[0]))  # fmt: skip
-            save_quicklook(partial[folder / f"{name}.png"], name, values)
-    return targets
-
-
-def _band_names(name: str, count: int) -> list[str] | None:
-    from ..modalities import MODALITIES
-
-    bands = MODALITIES[name].bands if name in MODALITIES else ()
-    return list(bands) if len(bands) == count else None

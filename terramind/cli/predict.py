@@ -22,7 +22,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _run_predict(args: argparse.Namespace) -> None:
     from ..outputs import check_target
-    from ..prediction import load_predictor, parse_inputs, predict_scene, read_scene, write_prediction
+    from ..scenes.prediction import load_predictor, parse_inputs, predict_to_files
 
     outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
     if not all(path.endswith((".tif", ".tiff")) for path in outputs):
@@ -32,6 +32,7 @@ def _run_predict(args: argparse.Namespace) -> None:
     if args.no_progress:
         from transformers.utils import logging
 
+        args.restore_progress_bars = logging.is_progress_bar_enabled()  # main() may run again in this process
         logging.disable_progress_bar()
     for target in outputs:  # before any work (the quick-look PNG is checked once the task is known)
         check_target(target, args.overwrite)
@@ -39,9 +40,11 @@ def _run_predict(args: argparse.Namespace) -> None:
     model, processor = load_predictor(args.model, args.adapter, torch_dtype(args.dtype), args.device)
     if args.probabilities and type(model).__name__ != "TerraMindForSemanticSegmentation":
         raise UsageError("--probabilities is for segmentation models; this model does pixel regression.")
-    inputs, nodata, profile = read_scene(paths, processor)
     overlap = args.overlap if args.overlap is not None else min(64, args.tile_size - 16)
-    prediction = predict_scene(model, inputs, nodata, profile, args.tile_size, overlap, args.batch_size,
-                               progress=not args.no_progress)  # fmt: skip
-    for path in write_prediction(prediction, args.output, args.probabilities, args.overwrite):
+    inputs = {name: files if len(files) > 1 else files[0] for name, files in paths.items()}
+    run = predict_to_files(model, inputs, args.output, args.probabilities, processor, args.tile_size, overlap,
+                           args.batch_size, progress=not args.no_progress, overwrite=args.overwrite)  # fmt: skip
+    for path in run.outputs:
         print(f"Wrote {path}")
+    if run.skipped:
+        print(f"Skipped {run.skipped} of {run.tiles} tiles without data (written as nodata)")

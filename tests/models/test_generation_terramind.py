@@ -8,6 +8,7 @@ from conftest import ARCHITECTURES, load_cases, reference_input, relative_error
 
 from terramind import TerraMindForGeneration, TerraMindGenerationConfig, TerraMindModel
 from terramind.generation_terramind import linear_token_schedule, sample_tokens
+from terramind.scenes.tiled import generate_tiled
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_tiled_generation_448_without_seams(generators):
     model = generators["tiny"]
     tokenizers = {"LULC": mini_tokenizer("LULC")}
     x = torch.full((1, 12, 448, 448), 0.5)
-    out = model.generate_tiled(S2L2A=x, output_modalities=["LULC"], temperature=0.0, tokenizers=tokenizers,
+    out = generate_tiled(model, S2L2A=x, output_modalities=["LULC"], temperature=0.0, tokenizers=tokenizers,
                                tile_size=224, overlap=64, batch_size=4)["LULC"]  # fmt: skip
     assert out.shape == (1, 10, 448, 448)
     assert torch.isfinite(out).all()
@@ -180,7 +181,7 @@ def test_tiled_generation_448_without_seams(generators):
     borders = [t + 224 - 1 for t in (0, 160)]  # right edges of the first tiles
     inside = torch.cat([steps[:150], steps[300:]])
     assert max(steps[b] for b in borders) <= 1.5 * inside.max() + 1e-4
-    tokens = model.generate_tiled(S2L2A=x, output_modalities=["LULC"], temperature=0.0, decode=False)["LULC"]
+    tokens = generate_tiled(model, S2L2A=x, output_modalities=["LULC"], temperature=0.0, decode=False)["LULC"]
     assert tokens.shape == (1, 28, 28)
 
 
@@ -351,18 +352,18 @@ def test_tiled_generation_any_scene_size(generators):
     x = torch.randn(1, 12, 40, 56)
     padded = F.pad(x, (0, 8, 0, 24))  # to one 64 x 64 tile, with 0 = the mean of standardized inputs
     options = dict(output_modalities=["S1GRD"], temperature=0.0, timesteps=2, tokenizers=tokenizers)
-    tiled = model.generate_tiled(S2L2A=x, tile_size=64, overlap=0, seed=0, **options)["S1GRD"]
+    tiled = generate_tiled(model, S2L2A=x, tile_size=64, overlap=0, seed=0, **options)["S1GRD"]
     assert tiled.shape == (1, 2, 40, 56)
     torch.testing.assert_close(tiled, model.generate(S2L2A=padded, seed=0, **options)["S1GRD"][..., :40, :56])
-    tokens = model.generate_tiled(S2L2A=x, tile_size=64, overlap=0, decode=False, **options)["S1GRD"]
+    tokens = generate_tiled(model, S2L2A=x, tile_size=64, overlap=0, decode=False, **options)["S1GRD"]
     assert torch.equal(tokens, model.generate(S2L2A=padded, decode=False, **options)["S1GRD"][..., :3, :4])
     physical = x * 2000 + 1500
-    standardized = model.generate_tiled(S2L2A=physical, tile_size=64, overlap=0, standardize=True,
+    standardized = generate_tiled(model, S2L2A=physical, tile_size=64, overlap=0, standardize=True,
                                         offset={"S2L2A": 100}, decode=False, **options)["S1GRD"]  # fmt: skip
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in standardization("S2L2A"))
     direct = F.pad((physical - mean - 100) / std, (0, 8, 0, 24))
     assert torch.equal(standardized, model.generate(S2L2A=direct, decode=False, **options)["S1GRD"][..., :3, :4])
-    scene = model.generate_tiled(S2L2A=torch.randn(1, 12, 100, 130), tile_size=64, overlap=16, batch_size=3,
+    scene = generate_tiled(model, S2L2A=torch.randn(1, 12, 100, 130), tile_size=64, overlap=16, batch_size=3,
                                  decode=False, **options)["S1GRD"]  # fmt: skip
     assert scene.shape == (1, 7, 9)
 

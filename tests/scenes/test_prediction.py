@@ -58,11 +58,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def reference_logits(model, s2: str = scene("S2L2A"), s1: str = scene("S1RTC")) -> torch.Tensor:
-    from terramind import read_sample
+    from terramind import predict_tiled, read_sample
 
     sample = read_sample({"S2L2A": s2, "S1RTC": s1})
     batch = TerraMindImageProcessor()(sample.images, band_names=sample.band_names, nodata_value=sample.nodata)
-    return model.eval().predict_tiled(dict(batch), tile_size=64, overlap=32)
+    return predict_tiled(model.eval(), dict(batch), tile_size=64, overlap=32)
 
 
 def test_predict_class_map_probabilities_and_quicklook(models, tmp_path):

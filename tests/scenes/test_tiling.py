@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from terramind import TerraMindConfig
 from terramind.modeling_terramind_tasks import TerraMindForSemanticSegmentation
+from terramind.scenes.tiled import predict_tiled
 from terramind.tiling import blend_window, run_tiled, tile_starts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,14 +79,14 @@ def test_predict_tiled_matches_forward_on_one_tile_and_is_batch_invariant():
     model = TerraMindForSemanticSegmentation(config).train()
     generator = torch.Generator().manual_seed(0)
     tile = {"S2L2A": torch.randn(1, 12, 64, 64, generator=generator), "S1RTC": torch.randn(1, 2, 64, 64)}
-    logits = model.predict_tiled(tile, tile_size=64, overlap=32)
+    logits = predict_tiled(model, tile, tile_size=64, overlap=32)
     assert model.training  # restored
     with torch.no_grad():
         torch.testing.assert_close(logits, model.eval()(**tile).logits)
     scene = {"S2L2A": torch.randn(2, 12, 100, 150, generator=generator), "S1RTC": torch.randn(2, 2, 100, 150)}
-    one = model.predict_tiled(**scene, tile_size=64, overlap=32, batch_size=1)
-    many = model.predict_tiled(**scene, tile_size=64, overlap=32, batch_size=16)
+    one = predict_tiled(model, **scene, tile_size=64, overlap=32, batch_size=1)
+    many = predict_tiled(model, **scene, tile_size=64, overlap=32, batch_size=16)
     assert one.shape == (2, 3, 100, 150) and one.dtype == torch.float32
     torch.testing.assert_close(one, many, rtol=1e-4, atol=1e-5)
-    small = model.predict_tiled(S2L2A=torch.randn(1, 12, 20, 30), tile_size=64, overlap=0)  # padded to a tile
+    small = predict_tiled(model, S2L2A=torch.randn(1, 12, 20, 30), tile_size=64, overlap=0)  # padded to a tile
     assert small.shape == (1, 3, 20, 30)

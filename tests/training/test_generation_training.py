@@ -123,7 +123,7 @@ def test_dataset_tokenizes_targets_once_and_caches(tmp_path):
     batch = TerraMindDataCollator()([data[0], data[1]])
     assert batch["labels"]["LULC"].shape == (2, 14, 14) and batch["S2L2A"].shape == (2, 12, 224, 224)
 
-    from terramind import data_generation
+    from terramind.training import data_generation
 
     def fail(*args, **kwargs):
         raise AssertionError("targets were tokenized again")

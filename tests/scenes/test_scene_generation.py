@@ -1,0 +1,64 @@
+"""Generation through the streaming scene engine equals the in-memory tiled generation, seeded and sampled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from conftest import mini_tokenizer
+from rasterio.transform import from_origin
+
+from terramind import TerraMindForGeneration, TerraMindImageProcessor
+from terramind.scenes.generation import generate_scenes
+from terramind.scenes.tiled import generate_tiled
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_s2(path: Path, height: int, width: int, nodata_rows: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    values = rng.integers(500, 4000, (12, height, width)).astype(np.int16)
+    values[:, :nodata_rows] = 0
+    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=12, dtype="int16", nodata=0,
+                       crs="EPSG:32632", transform=from_origin(600000, 5000000, 10, 10)) as dst:  # fmt: skip
+        dst.write(values)
+        for index, band in enumerate(TerraMindImageProcessor().output_bands("S2L2A"), start=1):
+            dst.set_band_description(index, band)
+    return values
+
+
+def test_streamed_generation_equals_in_memory_tiled_generation(converted, tmp_path):
+    model = TerraMindForGeneration.from_pretrained(converted["tiny"]).eval()
+    tokenizers = {"S1GRD": mini_tokenizer("S1GRD")}
+    raw = write_s2(tmp_path / "s2.tif", 100, 130)
+    options = dict(temperature=1.0, top_p=0.8, timesteps=2, tokenizers=tokenizers)
+    processor = TerraMindImageProcessor(do_pad=True, size_divisor=16)
+    runs = list(generate_scenes(model, [{"S2L2A": str(tmp_path / "s2.tif")}], [tmp_path / "out"], ["S1GRD"],
+                                processor, tile_size=64, overlap=16, batch_size=3,
+                                generator=torch.Generator().manual_seed(7), progress=False, **options))  # fmt: skip
+    assert runs[0].computed == runs[0].tiles == 6 and sorted(p.name for p in runs[0].outputs) == ["S1GRD.png",
+                                                                                                 "S1GRD.tif"]  # fmt: skip
+    inputs = processor({"S2L2A": raw}, band_names={"S2L2A": processor.output_bands("S2L2A")}, nodata_value=0)
+    expected = generate_tiled(model, dict(inputs), output_modalities=["S1GRD"], tile_size=64, overlap=16,
+                                    batch_size=3, generator=torch.Generator().manual_seed(7), **options)  # fmt: skip
+    physical = processor.post_process_generation(expected)["S1GRD"][0, :, :100, :130].numpy()
+    with rasterio.open(tmp_path / "out" / "S1GRD.tif") as dst:
+        assert dst.shape == (100, 130) and dst.dtypes[0] == "float32"
+        np.testing.assert_allclose(dst.read(), physical, rtol=0, atol=1e-5)
+
+
+def test_generate_tiled_streams_scene_files_into_a_folder(converted, tmp_path):
+    model = TerraMindForGeneration.from_pretrained(converted["tiny"]).eval()
+    write_s2(tmp_path / "s2.tif", 80, 96, nodata_rows=64)  # the first row of 64-px tiles has no data
+    run = generate_tiled(model, {"S2L2A": str(tmp_path / "s2.tif")}, output_modalities="S1GRD", tile_size=64,
+                               overlap=0, output=tmp_path / "out", temperature=0.0, timesteps=2,
+                               tokenizers={"S1GRD": mini_tokenizer("S1GRD")})  # fmt: skip
+    assert (run.tiles, run.skipped) == (4, 2)
+    with rasterio.open(tmp_path / "out" / "S1GRD.tif") as dst:
+        values = dst.read()
+    assert np.isnan(values[:, :64]).all() and np.isfinite(values[:, 64:]).all()
+    with pytest.raises(ValueError, match="output="):
+        generate_tiled(model, {"S2L2A": str(tmp_path / "s2.tif")}, output_modalities="S1GRD")
