@@ -720,7 +720,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
+    from .export.runtime import is_onnx_folder
     from .outputs import check_target
+
+    if is_onnx_folder(args.model):  # onnxruntime, no torch import on this path
+        _run_predict_onnx(args)
+        return
     from .prediction import load_predictor, parse_inputs, predict_scene, read_scene, write_prediction
 
     outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
@@ -746,6 +751,49 @@ def _run_predict(args: argparse.Namespace) -> None:
         print(f"Wrote {path}")
 
 
+def _run_predict_onnx(args: argparse.Namespace) -> None:
+    from .export.runtime import inference_session, predict_onnx
+
+    if args.adapter:
+        raise UsageError("--adapter is merged at export time; an exported folder takes none.")
+    if args.device != "cpu" or args.dtype != "fp32":
+        raise UsageError("An exported folder runs in onnxruntime on the CPU in the graph's precision; leave --device "
+                         "and --dtype at their defaults.")  # fmt: skip
+    if len({entry.partition("=")[0] for entry in args.input}) < len(args.input):
+        raise UsageError("Time series (a modality given twice) are not supported by the ONNX path.")
+    from .modalities import resolve_modality
+
+    inputs = _parse_pairs(args.input, "--input", resolve_modality)
+    outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
+    if not all(path.endswith((".tif", ".tiff")) for path in outputs):
+        raise UsageError("--output and --probabilities must end in .tif/.tiff (GeoTIFF).")
+    overlap = args.overlap if args.overlap is not None else min(64, args.tile_size - 16)
+    session = inference_session(args.model)
+    for path in predict_onnx(args.model, inputs, args.output, args.probabilities, args.tile_size, overlap,
+                             args.batch_size, args.overwrite, session=session):  # fmt: skip
+        print(f"Wrote {path}")
+
+
+# ----------------------------------------------------------------------------- export
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("export", help="export an encoder or a fine-tuned model to ONNX (runs without torch)")
+    parser.add_argument("--model", required=True, help="model folder (converted, fine-tuned) or Hub repo")
+    parser.add_argument("--adapter", help="LoRA adapter (saved by finetune / save_adapter), merged into the graph")
+    parser.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    parser.add_argument("--output", required=True, help="folder to write (model.onnx, processor JSON, model card)")
+    parser.add_argument("--modalities", help="encoder inputs, comma-separated (default: the configured modalities)")
+    parser.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantization of the exported graph")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from .export.onnx_export import export_onnx
+
+    modalities = [name.strip() for name in args.modalities.split(",")] if args.modalities else None
+    print(f"Wrote {export_onnx(args.model, args.output, args.adapter, modalities, args.quantize, args.overwrite)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="terramind", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -755,6 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_finetune(sub)
     _add_predict(sub)
+    _add_export(sub)
     return parser
 
 
@@ -769,13 +818,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.arguments = [*extra, *args.arguments]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .conversion import ConversionError
-
     # SIGTERM (kill, a scheduler's time limit) unwinds like Ctrl-C, so that partial outputs are removed
     previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
     try:
         args.run(args)
-    except (UsageError, ConversionError, ValueError, OSError) as error:
+    except (UsageError, ValueError, OSError, *_conversion_errors()) as error:
         from .errors import one_line
 
         print(f"terramind {args.command}: error: {one_line(error)}", file=sys.stderr)
@@ -791,6 +838,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             transformers_logging.enable_progress_bar()
     return 0
+
+
+def _conversion_errors() -> tuple[type[Exception], ...]:
+    """ConversionError, if the conversion module was loaded (it imports torch; predicting an ONNX folder must not)."""
+    conversion = sys.modules.get(f"{__package__}.conversion")
+    return (conversion.ConversionError,) if conversion is not None else ()
 
 
 def _in_main_thread() -> bool:
