@@ -42,9 +42,12 @@ class ModalityInputs(nn.Module):
 def _load(model: str | os.PathLike, adapter: str | os.PathLike | None) -> tuple[nn.Module, Any, str]:
     """The model to export (a task model merged with its adapter, else the encoder), its processor and its task."""
     from ..configuration_terramind import TerraMindConfig
+    from ..hub import looks_like_path
     from ..image_processing_terramind import TerraMindImageProcessor
     from ..prediction import DENSE_TASK_MODELS, _from_pretrained, load_predictor
 
+    if adapter is not None and looks_like_path(adapter) and not Path(adapter).expanduser().exists():
+        raise ValueError(f"--adapter {adapter}: no such folder.")
     config = _from_pretrained(TerraMindConfig.from_pretrained, [adapter, model])
     if config is None:
         raise ValueError(f"{adapter or model} has no TerraMind config.json; give a folder saved by `terramind "
@@ -54,8 +57,9 @@ def _load(model: str | os.PathLike, adapter: str | os.PathLike | None) -> tuple[
         task = "segmentation" if type(loaded).__name__ == "TerraMindForSemanticSegmentation" else "regression"
         return loaded, processor, task
     if adapter is not None:
-        raise ValueError(f"--adapter {adapter} is not a segmentation or regression adapter (its config names "
-                         f"{config.architectures}); the encoder is exported without one.")  # fmt: skip
+        raise ValueError(f"--adapter {adapter}: no segmentation or regression adapter there (not a local folder, "
+                         f"not on the Hub, or its config names {config.architectures}); an encoder is exported "
+                         "without one.")  # fmt: skip
     from ..modeling_terramind import TerraMindModel
 
     encoder = TerraMindModel.from_pretrained(model, config=config).eval()

@@ -142,3 +142,20 @@ def test_export_refuses_an_existing_folder_and_a_non_terramind_model(exported, t
     assert "exists" in capsys.readouterr().err
     assert main(["export", "--model", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
     assert str(tmp_path) in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_encoder_export_gives_last_hidden_state_at_other_sizes(tmp_path):
+    torch.manual_seed(0)
+    encoder = TerraMindModel(TerraMindConfig(**{**TINY, "modalities": ["S1RTC"]})).eval()
+    encoder.save_pretrained(tmp_path / "encoder")
+    assert main(["export", "--model", str(tmp_path / "encoder"), "--output", str(tmp_path / "onnx")]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [node.name for node in session.get_inputs()] == ["S1RTC"]
+    assert [node.name for node in session.get_outputs()] == ["last_hidden_state"]
+    inputs = {"S1RTC": processed(32, 96, [(0, 0), (64, 16), (128, 128)])["S1RTC"]}
+    (hidden,) = session.run(None, inputs)
+    with torch.no_grad():
+        reference = encoder({"S1RTC": torch.from_numpy(inputs["S1RTC"])}).last_hidden_state.numpy()
+    assert hidden.shape == reference.shape == (3, 2 * 6, 32)
+    assert np.abs(hidden - reference).max() <= 1e-4 * np.abs(reference).max()
+    assert json.loads((tmp_path / "onnx" / "terramind_onnx.json").read_text())["task"] == "encoder"
