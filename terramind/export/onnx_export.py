@@ -156,15 +156,89 @@ Run it without torch: `terramind predict --model <this folder> --input S2L2A=sce
 """
 
 
+class TokenizerEncoder(nn.Module):
+    """Image (one-hot for class maps) -> token ids (B, h, w) and FSQ codes, without the eager input checks."""
+
+    def __init__(self, tokenizer: nn.Module):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        quantized, tokens = self.tokenizer.quantizer(self.tokenizer.quant_proj(self.tokenizer.encoder(pixel_values)))
+        return tokens, quantized
+
+
+class TokenizerViTDecoder(nn.Module):
+    """Token ids (B, h, w) -> the decoded image (B, C, 16 h, 16 w): the FSQ-VAE's whole decode."""
+
+    def __init__(self, tokenizer: nn.Module):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        codes = self.tokenizer.quantizer.tokens_to_codes(tokens)
+        return self.tokenizer.decoder(self.tokenizer.post_quant_proj(codes))
+
+
+def export_tokenizer(tokenizer: nn.Module, staging: Path) -> dict[str, Any]:
+    """`encoder.onnx` (input named by the modality -> `tokens`, `quantized`) and, for a ViT decoder,
+    `decoder.onnx` (`tokens` -> `pixel_values`). The example grid (3 x 5 tokens) is off the tokenizer's native
+    grid on purpose: its positional embeddings are interpolated only for other grids, and the traced branch is the
+    one the graph keeps."""
+    config = tokenizer.config
+    if config.is_diffusion:
+        raise ValueError("Diffusion tokenizer decoders are not exported yet (one denoising step with the DDIM loop in "
+                         "numpy is planned); the FSQ-VAE with a ViT decoder is.")  # fmt: skip
+    modality, patch = config.modality or "pixel_values", config.patch_size
+    channels = config.num_classes or config.num_channels
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    rows = torch.export.Dim("token_rows", min=1, max=1024)
+    cols = torch.export.Dim("token_cols", min=1, max=1024)
+    example = torch.randn(2, channels, 3 * patch, 5 * patch)
+    with torch.no_grad():
+        tokens = TokenizerEncoder(tokenizer)(example)[0]
+        torch.onnx.export(TokenizerEncoder(tokenizer).eval(), (example,),
+                          dynamic_shapes=({0: batch, 2: patch * rows, 3: patch * cols},), input_names=[modality],
+                          output_names=["tokens", "quantized"], dynamo=True, verbose=False).save(
+                              str(staging / "encoder.onnx"))  # fmt: skip
+        torch.onnx.export(TokenizerViTDecoder(tokenizer).eval(), (tokens,),
+                          dynamic_shapes=({0: batch, 1: rows, 2: cols},), input_names=["tokens"],
+                          output_names=["pixel_values"], dynamo=True, verbose=False).save(
+                              str(staging / "decoder.onnx"))  # fmt: skip
+    return {"format": "onnx", "task": "tokenizer", "modality": modality, "patch_size": patch,
+            "codebook_size": config.codebook_size, "num_classes": config.num_classes,
+            "files": {"encoder.onnx": {"inputs": [modality], "outputs": ["tokens", "quantized"]},
+                      "decoder.onnx": {"inputs": ["tokens"], "outputs": ["pixel_values"]}}}  # fmt: skip
+
+
+def _is_tokenizer(model: str | os.PathLike) -> bool:
+    config = Path(model) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == "terramind_tokenizer"
+
+
 def export_onnx(model: str | os.PathLike, output: str | os.PathLike, adapter: str | os.PathLike | None = None,
                 modalities: Sequence[str] | None = None, quantize: str | None = None,
                 overwrite: bool = False) -> Path:  # fmt: skip
-    """Export an encoder or a fine-tuned task model (with `adapter` merged) into the folder `output`."""
+    """Export an encoder, a fine-tuned task model (with `adapter` merged) or a tokenizer (a local folder) into the
+    folder `output`."""
     from ..outputs import check_target
 
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"--quantize takes {QUANTIZATIONS}, got {quantize!r}.")
     check_target(output, overwrite, folder=True)  # before the minutes of loading and exporting
+    if _is_tokenizer(model):
+        if adapter is not None or quantize is not None or modalities:
+            raise ValueError("A tokenizer is exported as it is: no --adapter, --quantize or --modalities.")
+        from ..modeling_terramind_tokenizer import TerraMindTokenizerModel
+
+        tokenizer = TerraMindTokenizerModel.from_pretrained(model).eval()
+        with atomic_folder(output, overwrite) as staging:
+            metadata = {**export_tokenizer(tokenizer, staging), "source": str(model)}
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+            (staging / "README.md").write_text(f"# TerraMind {metadata['modality']} tokenizer (ONNX)\n\nExported "
+                                               f"from `{model}`: `encoder.onnx` (image -> `tokens`, `quantized`) and "
+                                               "`decoder.onnx` (`tokens` -> `pixel_values`).\n")  # fmt: skip
+        return Path(output)
     loaded, processor, task = _load(model, adapter)
     names = _image_modalities(loaded.config, modalities)
     output_name = "last_hidden_state" if task == "encoder" else "logits"
@@ -196,4 +270,5 @@ def export_onnx(model: str | os.PathLike, output: str | os.PathLike, adapter: st
     return Path(output)
 
 
-__all__ = ["ModalityInputs", "export_graph", "export_onnx", "input_metadata", "quantize_int8"]
+__all__ = ["ModalityInputs", "TokenizerEncoder", "TokenizerViTDecoder", "export_graph", "export_onnx", "export_tokenizer",
+           "input_metadata", "quantize_int8"]

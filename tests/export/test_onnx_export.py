@@ -159,3 +159,24 @@ def test_encoder_export_gives_last_hidden_state_at_other_sizes(tmp_path):
     assert hidden.shape == reference.shape == (3, 2 * 6, 32)
     assert np.abs(hidden - reference).max() <= 1e-4 * np.abs(reference).max()
     assert json.loads((tmp_path / "onnx" / "terramind_onnx.json").read_text())["task"] == "encoder"
+
+
+def test_tokenizer_export_encodes_and_decodes_like_pytorch(tmp_path):
+    from conftest import mini_tokenizer
+
+    tokenizer = mini_tokenizer("LULC")  # FSQ-VAE with a ViT decoder, 10 classes
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    assert main(["export", "--model", str(tmp_path / "tokenizer"), "--output", str(tmp_path / "onnx")]) == 0
+    encoder = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    decoder = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    assert [node.name for node in encoder.get_inputs()] == ["LULC"]
+    for batch, height, width in ((1, 64, 64), (3, 32, 96)):  # the tokenizer's native grid, and another
+        classes = torch.randint(0, 10, (batch, height, width), generator=torch.Generator().manual_seed(height))
+        one_hot = torch.nn.functional.one_hot(classes, 10).permute(0, 3, 1, 2).float()
+        tokens = encoder.run(None, {"LULC": one_hot.numpy()})[0]
+        reference = tokenizer.encode(classes)
+        assert np.array_equal(tokens, reference.tokens.numpy())
+        (decoded,) = decoder.run(None, {"tokens": tokens})
+        expected = tokenizer.decode_tokens(reference.tokens).numpy()
+        assert decoded.shape == expected.shape == (batch, 10, height, width)
+        assert np.abs(decoded - expected).max() <= 1e-4 * np.abs(expected).max()
