@@ -180,15 +180,38 @@ class TokenizerViTDecoder(nn.Module):
         return self.tokenizer.decoder(self.tokenizer.post_quant_proj(codes))
 
 
+class TokenizerDenoisingStep(nn.Module):
+    """One call of a diffusion decoder: (noisy sample, timesteps (B,), token ids) -> the UNet's prediction; the
+    DDIM loop around it runs in numpy (`runtime.diffusion_decode`)."""
+
+    def __init__(self, tokenizer: nn.Module):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decoder(sample, timestep, self.tokenizer.quantizer.tokens_to_codes(tokens))
+
+
+def _ddim_metadata(tokenizer: nn.Module) -> dict[str, Any]:
+    """The DDIM sampler's settings and its alpha-bar schedule (float32, as the original computes it)."""
+    config = tokenizer.config
+    if config.thresholding and config.sample_max_value > 1:
+        raise ValueError("Dynamic thresholding (sample_max_value > 1) is not supported by the numpy DDIM loop.")
+    return {"alphas_cumprod": tokenizer.noise_scheduler.alphas_cumprod.tolist(),
+            "num_train_timesteps": config.num_train_timesteps, "timestep_spacing": config.timestep_spacing,
+            "prediction_type": config.prediction_type, "thresholding": bool(config.thresholding),
+            "sample_max_value": config.sample_max_value, "clip_sample": bool(config.clip_sample),
+            "clip_sample_range": config.clip_sample_range, "num_inference_steps": config.num_inference_steps,
+            "num_channels": config.num_channels, "size_multiple": config.unet_resolution_multiple()}  # fmt: skip
+
+
 def export_tokenizer(tokenizer: nn.Module, staging: Path) -> dict[str, Any]:
     """`encoder.onnx` (input named by the modality -> `tokens`, `quantized`) and, for a ViT decoder,
-    `decoder.onnx` (`tokens` -> `pixel_values`). The example grid (3 x 5 tokens) is off the tokenizer's native
+    `decoder.onnx` (`tokens` -> `pixel_values`), for a diffusion decoder `decoder_step.onnx` (`sample`, `timestep`,
+    `tokens` -> `model_output`) and the DDIM settings. The example grid (3 x 5 tokens) is off the tokenizer's native
     grid on purpose: its positional embeddings are interpolated only for other grids, and the traced branch is the
     one the graph keeps."""
     config = tokenizer.config
-    if config.is_diffusion:
-        raise ValueError("Diffusion tokenizer decoders are not exported yet (one denoising step with the DDIM loop in "
-                         "numpy is planned); the FSQ-VAE with a ViT decoder is.")  # fmt: skip
     modality, patch = config.modality or "pixel_values", config.patch_size
     channels = config.num_classes or config.num_channels
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -201,14 +224,24 @@ def export_tokenizer(tokenizer: nn.Module, staging: Path) -> dict[str, Any]:
                           dynamic_shapes=({0: batch, 2: patch * rows, 3: patch * cols},), input_names=[modality],
                           output_names=["tokens", "quantized"], dynamo=True, verbose=False).save(
                               str(staging / "encoder.onnx"))  # fmt: skip
-        torch.onnx.export(TokenizerViTDecoder(tokenizer).eval(), (tokens,),
-                          dynamic_shapes=({0: batch, 1: rows, 2: cols},), input_names=["tokens"],
-                          output_names=["pixel_values"], dynamo=True, verbose=False).save(
-                              str(staging / "decoder.onnx"))  # fmt: skip
+        if config.is_diffusion:
+            sample = torch.randn(2, config.num_channels, 3 * patch, 5 * patch)
+            torch.onnx.export(TokenizerDenoisingStep(tokenizer).eval(), (sample, torch.tensor([999, 500]), tokens),
+                              dynamic_shapes=({0: batch, 2: patch * rows, 3: patch * cols}, {0: batch},
+                                              {0: batch, 1: rows, 2: cols}),
+                              input_names=["sample", "timestep", "tokens"], output_names=["model_output"],
+                              dynamo=True, verbose=False).save(str(staging / "decoder_step.onnx"))  # fmt: skip
+            decoder = {"decoder_step.onnx": {"inputs": ["sample", "timestep", "tokens"], "outputs": ["model_output"]}}
+        else:
+            torch.onnx.export(TokenizerViTDecoder(tokenizer).eval(), (tokens,),
+                              dynamic_shapes=({0: batch, 1: rows, 2: cols},), input_names=["tokens"],
+                              output_names=["pixel_values"], dynamo=True, verbose=False).save(
+                                  str(staging / "decoder.onnx"))  # fmt: skip
+            decoder = {"decoder.onnx": {"inputs": ["tokens"], "outputs": ["pixel_values"]}}
     return {"format": "onnx", "task": "tokenizer", "modality": modality, "patch_size": patch,
             "codebook_size": config.codebook_size, "num_classes": config.num_classes,
-            "files": {"encoder.onnx": {"inputs": [modality], "outputs": ["tokens", "quantized"]},
-                      "decoder.onnx": {"inputs": ["tokens"], "outputs": ["pixel_values"]}}}  # fmt: skip
+            "ddim": _ddim_metadata(tokenizer) if config.is_diffusion else None,
+            "files": {"encoder.onnx": {"inputs": [modality], "outputs": ["tokens", "quantized"]}, **decoder}}
 
 
 def _is_tokenizer(model: str | os.PathLike) -> bool:
@@ -237,7 +270,9 @@ def export_onnx(model: str | os.PathLike, output: str | os.PathLike, adapter: st
             (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
             (staging / "README.md").write_text(f"# TerraMind {metadata['modality']} tokenizer (ONNX)\n\nExported "
                                                f"from `{model}`: `encoder.onnx` (image -> `tokens`, `quantized`) and "
-                                               "`decoder.onnx` (`tokens` -> `pixel_values`).\n")  # fmt: skip
+                                               "`decoder.onnx` (`tokens` -> `pixel_values`) or `decoder_step.onnx` (one "
+                                               "denoising step; the DDIM loop: "
+                                               "`terramind.export.runtime.diffusion_decode`).\n")  # fmt: skip
         return Path(output)
     loaded, processor, task = _load(model, adapter)
     names = _image_modalities(loaded.config, modalities)
@@ -270,5 +305,5 @@ def export_onnx(model: str | os.PathLike, output: str | os.PathLike, adapter: st
     return Path(output)
 
 
-__all__ = ["ModalityInputs", "TokenizerEncoder", "TokenizerViTDecoder", "export_graph", "export_onnx", "export_tokenizer",
+__all__ = ["ModalityInputs", "TokenizerDenoisingStep", "TokenizerEncoder", "TokenizerViTDecoder", "export_graph", "export_onnx", "export_tokenizer",
            "input_metadata", "quantize_int8"]

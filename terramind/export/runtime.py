@@ -249,5 +249,66 @@ def predict_onnx(folder: str | os.PathLike, inputs: Mapping[str, str | os.PathLi
                             metadata["class_names"], output, probabilities, overwrite)  # fmt: skip
 
 
+def ddim_timesteps(ddim: Mapping[str, Any], steps: int) -> list[int]:
+    """The original's spacing with an integer step ratio ("trailing" n=3 -> [999, 666, 333, 0])."""
+    total = ddim["num_train_timesteps"]
+    ratio = total // steps
+    if ddim["timestep_spacing"] == "trailing":
+        values = np.arange(total, 0, -ratio).round().astype(np.int64) - 1
+    elif ddim["timestep_spacing"] == "leading":
+        values = (np.arange(0, steps) * ratio).round()[::-1].astype(np.int64)
+    else:  # linspace
+        values = np.linspace(total, 1, steps).round().astype(np.int64) - 1
+    return [int(t) for t in values]
+
+
+def ddim_step(ddim: Mapping[str, Any], model_output: np.ndarray, timestep: int, sample: np.ndarray,
+              steps: int) -> np.ndarray:  # fmt: skip
+    """Deterministic DDIM (eta = 0), x_t -> x_{t - T // n}, float32 (`TerraMindDDIMSampler.step` in numpy)."""
+    alphas = ddim["alphas_cumprod"]
+    prev = timestep - ddim["num_train_timesteps"] // steps
+    alpha_t = np.float32(alphas[timestep])
+    alpha_prev = np.float32(alphas[prev] if prev >= 0 else 1.0)
+    beta_t = 1 - alpha_t
+    if ddim["prediction_type"] == "sample":
+        pred_sample = model_output
+        pred_epsilon = (sample - alpha_t**0.5 * pred_sample) / beta_t**0.5
+    elif ddim["prediction_type"] == "epsilon":
+        pred_sample = (sample - beta_t**0.5 * model_output) / alpha_t**0.5
+        pred_epsilon = model_output
+    else:  # v_prediction
+        pred_sample = alpha_t**0.5 * sample - beta_t**0.5 * model_output
+        pred_epsilon = alpha_t**0.5 * model_output + beta_t**0.5 * sample
+    if ddim["thresholding"]:  # sample_max_value <= 1: a clip (the export refuses the dynamic kind)
+        limit = np.float32(ddim["sample_max_value"])
+        pred_sample = np.clip(pred_sample, -limit, limit) / limit
+    elif ddim["clip_sample"]:
+        pred_sample = np.clip(pred_sample, -ddim["clip_sample_range"], ddim["clip_sample_range"])
+    return (alpha_prev**0.5 * pred_sample + (1 - alpha_prev) ** 0.5 * pred_epsilon).astype(np.float32)
+
+
+def diffusion_decode(folder: str | os.PathLike, tokens: np.ndarray, timesteps: int | None = None,
+                     noise: np.ndarray | None = None, seed: int = 0, session: Any = None) -> np.ndarray:  # fmt: skip
+    """Token ids (B, h, w) -> images (B, C, 16 h, 16 w) with an exported diffusion tokenizer decoder: the DDIM loop
+    in numpy around `decoder_step.onnx`. `noise` is the start sample (default: standard normal from `seed`)."""
+    ddim = load_metadata(folder)["ddim"]
+    if ddim is None:
+        raise ValueError(f"{folder} holds no diffusion decoder; run its decoder.onnx on the tokens.")
+    if session is None:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(Path(folder) / "decoder_step.onnx"),
+                                               providers=["CPUExecutionProvider"])  # fmt: skip
+    steps = ddim["num_inference_steps"] if timesteps is None else timesteps
+    patch = load_metadata(folder)["patch_size"]
+    shape = (tokens.shape[0], ddim["num_channels"], tokens.shape[1] * patch, tokens.shape[2] * patch)
+    sample = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) if noise is None else noise
+    for t in ddim_timesteps(ddim, steps):
+        feeds = {"sample": sample.astype(np.float32), "timestep": np.full(shape[0], t, dtype=np.int64),
+                 "tokens": tokens.astype(np.int64)}  # fmt: skip
+        sample = ddim_step(ddim, session.run(None, feeds)[0], t, sample, steps)
+    return sample
+
+
 __all__ = ["OnnxPrepare", "OnnxStep", "inference_session", "is_onnx_folder", "load_metadata", "predict_onnx",
-           "run_tiles", "write_prediction"]  # fmt: skip
+           "run_tiles", "write_prediction", "ddim_step", "ddim_timesteps", "diffusion_decode"]  # fmt: skip

@@ -180,3 +180,24 @@ def test_tokenizer_export_encodes_and_decodes_like_pytorch(tmp_path):
         expected = tokenizer.decode_tokens(reference.tokens).numpy()
         assert decoded.shape == expected.shape == (batch, 10, height, width)
         assert np.abs(decoded - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_diffusion_tokenizer_step_with_numpy_ddim_matches_pytorch(tmp_path):
+    from conftest import mini_tokenizer
+
+    from terramind.export.runtime import diffusion_decode
+
+    tokenizer = mini_tokenizer("S2L2A")  # FSQ-VAE with a patched-UNet diffusion decoder
+    with torch.no_grad():  # the UNet's output layer starts at zero: give it something to say
+        for name, parameter in tokenizer.named_parameters():
+            if name.startswith("decoder"):
+                parameter.normal_(0, 0.02)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    assert main(["export", "--model", str(tmp_path / "tokenizer"), "--output", str(tmp_path / "onnx")]) == 0
+    assert (tmp_path / "onnx" / "decoder_step.onnx").is_file() and not (tmp_path / "onnx" / "decoder.onnx").exists()
+    tokens = torch.randint(0, tokenizer.config.codebook_size, (3, 2, 4), generator=torch.Generator().manual_seed(1))
+    expected = tokenizer.decode_tokens(tokens, timesteps=3, generator=torch.Generator().manual_seed(0)).numpy()
+    noise = torch.randn(expected.shape, generator=torch.Generator().manual_seed(0)).numpy()  # the same start
+    decoded = diffusion_decode(tmp_path / "onnx", tokens.numpy(), timesteps=3, noise=noise)
+    assert decoded.shape == expected.shape == (3, tokenizer.config.num_channels, 32, 64)
+    assert np.abs(decoded - expected).max() <= 1e-4 * np.abs(expected).max()
