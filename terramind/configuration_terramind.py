@@ -1,11 +1,18 @@
 """Configuration of TerraMind (IBM/ESA any-to-any Earth-observation foundation model)."""
 
 import copy
+import dataclasses
+import difflib
+import functools
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import GenerationConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
+from transformers.utils import logging
 
 from .modalities import (
     GENERATABLE_MODALITIES,
@@ -15,6 +22,8 @@ from .modalities import (
     ModalitySpec,
     resolve_modality,
 )
+
+logger = logging.get_logger(__name__)
 
 # The four released v1 architectures. tiny/small: biases + GELU MLP; base/large: no biases + SwiGLU (`fc3`).
 TERRAMIND_VARIANTS: dict[str, dict[str, Any]] = {
@@ -36,6 +45,27 @@ TERRATORCH_OUT_INDICES: dict[str, list[int]] = {
 }  # fmt: skip
 # Config keys of earlier versions: TiM sampling now lives in the frozen generator's generation config.
 LEGACY_TIM_SAMPLING = ("tim_decoding_steps", "tim_temperature", "tim_top_p", "tim_top_k")
+# Task heads (modeling_terramind_tasks.py) and their losses (losses.py, TerraTorch's names).
+DECODE_HEADS = ("upernet", "unet", "fcn")
+TEMPORAL_MERGES = ("mean", "max", "concat", "diff")
+SEGMENTATION_LOSSES = ("ce", "dice", "focal", "lovasz", "jaccard")
+REGRESSION_LOSSES = ("mse", "mae", "l1", "rmse", "huber")
+# The task settings (config fields read by the task models; each model says which it uses, see `uses`).
+TASK_SETTINGS = (
+    "use_feature_pyramid", "decode_head", "decoder_hidden_size", "pool_scales", "unet_channels", "fcn_num_convs",
+    "fcn_concat_input", "ignore_index", "class_weights", "num_regression_outputs", "regression_loss",
+    "classifier_dropout", "freeze_backbone", "loss", "head_dropout", "temporal_merge", "num_timesteps",
+    "temporal_subset_lengths",
+)  # fmt: skip
+# Keywords a config takes besides its fields: PreTrainedConfig's (popped by its `__post_init__`), the backbone
+# stages, and entries that saving writes.
+_CONFIG_KEYWORDS = {"out_features", "out_indices", "num_labels", "torch_dtype", "name_or_path", "output_attentions",
+                    "attn_implementation", "experts_implementation", "per_layer_config", "model_type", "auto_map",
+                    "custom_pipelines", "stage_names"}  # fmt: skip
+# Keywords of `from_pretrained` / `from_dict` that reach `from_dict` besides settings.
+_LOADING_KEYWORDS = {"return_unused_kwargs", "trust_remote_code", "code_revision", "name_or_path"}
+# Set while a saved config is read back: it may carry anything (settings of older versions, of Trainer, of PEFT).
+_LOADING: ContextVar[bool] = ContextVar("terramind_config_loading", default=False)
 DEFAULT_TOKENIZER_REPOS = {m: f"ibm-esa-geospatial/TerraMind-1.0-Tokenizer-{m}" for m in TOKENIZER_MODALITIES}
 DEFAULT_TOKENIZER_REPOS["Coordinates"] = "ibm-esa-geospatial/TerraMind-1.0-Tokenizer-Coords"
 
@@ -128,6 +158,25 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
     generator_modalities: list[str] | None = None
     target_reveal_rate: float | int = 0.0
     tie_word_embeddings: bool = True  # the decoder's logits heads share the token embeddings
+    # task settings (TASK_SETTINGS), read by the task models of modeling_terramind_tasks.py
+    use_feature_pyramid: bool | None = None
+    decode_head: str = "upernet"
+    decoder_hidden_size: int = 256
+    pool_scales: list[int] | tuple[int, ...] = (1, 2, 3, 6)
+    unet_channels: list[int] | tuple[int, ...] = (512, 256, 128, 64)
+    fcn_num_convs: int = 2
+    fcn_concat_input: bool = False
+    ignore_index: int | float | None = None
+    class_weights: list[float | int] | None = None
+    num_regression_outputs: int = 1
+    regression_loss: str = "mse"
+    classifier_dropout: float | int | None = 0.0
+    freeze_backbone: bool = False
+    loss: str | list[str] | dict[str, float | int] | None = None
+    head_dropout: float | int = 0.0
+    temporal_merge: str = "mean"
+    num_timesteps: int | None = None
+    temporal_subset_lengths: list[int] | None = None
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -142,10 +191,16 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
         self.bands = dict(self.bands) if self.bands else None
         self.tim_modalities = list(self.tim_modalities or [])
         self.tokenizer_paths = dict(self.tokenizer_paths or {})
-        legacy_tim = sorted(k for k in kwargs if k in LEGACY_TIM_SAMPLING)
-        if legacy_tim:
-            raise ValueError(f"{', '.join(legacy_tim)} moved to the generation config: pass "
-                             f"tim_generation_config=TerraMindGenerationConfig(...) when loading a TiM model.")  # fmt: skip
+        self.pool_scales = list(self.pool_scales)
+        self.unet_channels = list(self.unet_channels)
+        if _LOADING.get():  # a folder saved by an earlier version: its TiM sampling settings no longer apply
+            legacy = [name for name in LEGACY_TIM_SAMPLING if name in kwargs]
+            for name in legacy:
+                kwargs.pop(name)
+            check_legacy_tim_settings(legacy, warn=True)
+        check_legacy_tim_settings(kwargs)
+        if not _LOADING.get():  # written by the user: a typo is an error (a saved config may carry anything)
+            refuse_unknown_settings(kwargs, type(self).known_settings(), type(self).__name__)
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         self.set_output_features_output_indices(out_features=kwargs.pop("out_features", None),
                                                 out_indices=kwargs.pop("out_indices", None))  # fmt: skip
@@ -159,15 +214,36 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
         return cls(**{**TERRAMIND_VARIANTS[variant], "variant": variant, **kwargs})
 
     @classmethod
+    def known_settings(cls) -> set[str]:
+        """Every keyword a TerraMind config takes: its fields (also those of PreTrainedConfig and the task heads) and
+        the keywords PreTrainedConfig and generation configs accept."""
+        return _known_settings(cls)
+
+    @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
         """Transformers' `from_dict`, whose overrides (`from_pretrained(path, num_hidden_layers=2)`) are set after
-        construction: derived stages are rebuilt and every validator runs again on the result."""
-        out = super().from_dict(config_dict, **kwargs)
+        construction: derived stages are rebuilt and every validator runs again on the result.
+
+        The saved dict may carry anything (older versions, values set by Trainer or PEFT); the overrides are the
+        user's: legacy TiM settings are refused with where they moved, and unless a model takes the unknown ones
+        (`return_unused_kwargs`, then the model checks them), an unknown one is an error naming the nearest."""
+        check_legacy_tim_settings(kwargs)
+        if not kwargs.get("return_unused_kwargs"):
+            refuse_unknown_settings({k: v for k, v in kwargs.items() if k not in _LOADING_KEYWORDS},
+                                    cls.known_settings(), cls.__name__)  # fmt: skip
+        with reading_saved_config():
+            out = super().from_dict(config_dict, **kwargs)
         config = out[0] if isinstance(out, tuple) else out
         config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, config.num_hidden_layers + 1)]
         config.set_output_features_output_indices(out_features=config._out_features, out_indices=config._out_indices)
         config.validate()
         return out
+
+    @classmethod
+    def from_json_file(cls, json_file: Any):
+        """Transformers' `from_json_file`; a saved config may carry anything."""
+        with reading_saved_config():
+            return super().from_json_file(json_file)
 
     # ------------------------------------------------------------------ backbone stages
     def set_output_features_output_indices(self, out_features: list | None, out_indices: list | None) -> None:
@@ -222,6 +298,54 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
         for name in ("drop_path_rate", "attention_dropout", "hidden_dropout", "target_reveal_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+
+    def validate_task_settings(self) -> None:
+        """Values of the task settings; also run by each task model, since settings may be assigned later."""
+        one_of("decode_head", self.decode_head, DECODE_HEADS)
+        one_of("temporal_merge", self.temporal_merge, TEMPORAL_MERGES)
+        one_of("regression_loss", self.regression_loss, REGRESSION_LOSSES)
+        if self.loss is not None:
+            names = [self.loss] if isinstance(self.loss, str) else list(self.loss)
+            for name in names:
+                one_of("loss", name, SEGMENTATION_LOSSES + REGRESSION_LOSSES,
+                       f"{', '.join(SEGMENTATION_LOSSES)} (segmentation), {', '.join(REGRESSION_LOSSES)} "
+                       f"(regression), or a weighted combination such as {{'ce': 0.5, 'dice': 0.5}}")  # fmt: skip
+        for name in ("head_dropout", "classifier_dropout"):
+            value = getattr(self, name) or 0.0
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+        for name in ("decoder_hidden_size", "fcn_num_convs", "num_regression_outputs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}.")
+        if not self.pool_scales or not self.unet_channels or min(self.pool_scales + self.unet_channels) < 1:
+            raise ValueError(f"pool_scales and unet_channels must be non-empty lists of positive ints, got "
+                             f"{self.pool_scales} and {self.unet_channels}.")  # fmt: skip
+        self._validate_temporal_settings()
+
+    def _validate_temporal_settings(self) -> None:
+        """`temporal_merge`, `num_timesteps` and `temporal_subset_lengths` must fit together (TerraTorch's rules)."""
+        merge, steps, subsets = self.temporal_merge, self.num_timesteps, self.temporal_subset_lengths
+        if steps is not None and steps < 1:
+            raise ValueError(f"num_timesteps must be a positive int, got {steps!r}.")
+        if subsets is not None:
+            if not subsets or min(subsets) < 1:
+                raise ValueError(f"temporal_subset_lengths must be a list of positive ints, got {subsets!r}.")
+            if steps is not None and sum(subsets) != steps:
+                raise ValueError(f"temporal_subset_lengths {subsets} must add up to num_timesteps={steps}.")
+        if merge == "concat" and steps is None:
+            raise ValueError("temporal_merge='concat' needs num_timesteps (the decoder's input width depends on it).")
+        merged = len(subsets) if subsets is not None else steps
+        if merge == "diff" and merged is not None and merged != 2:
+            raise ValueError(f"temporal_merge='diff' takes the difference of two time steps (or of two "
+                             f"temporal_subset_lengths groups), got {merged}.")  # fmt: skip
+
+    def changed_task_settings(self) -> dict[str, Any]:
+        """Task settings not at their default (the backbone stages when chosen)."""
+        defaults = _task_defaults(type(self))
+        changed = {name: getattr(self, name) for name in TASK_SETTINGS if getattr(self, name) != defaults[name]}
+        if self.out_indices_given:
+            changed["out_indices"] = self.out_indices
+        return changed
 
     def validate_modalities(self) -> None:
         """Modality names, band choices and Thinking-in-Modalities settings."""
@@ -349,6 +473,69 @@ class TerraMindConfig(BackboneConfigMixin, PreTrainedConfig):
         output = copy.deepcopy(super().to_dict())
         output.pop("stage_names", None)  # derived from num_hidden_layers
         return output
+
+
+@contextmanager
+def reading_saved_config() -> Iterator[None]:
+    """While a saved config is read back, any entry is accepted (and kept, as Transformers does)."""
+    token = _LOADING.set(True)
+    try:
+        yield
+    finally:
+        _LOADING.reset(token)
+
+
+@functools.cache
+def _known_settings(cls: type[TerraMindConfig]) -> frozenset[str]:
+    fields = {field.name for field in dataclasses.fields(cls)}
+    with reading_saved_config():
+        saved = set(cls().to_dict())
+    generation = set(GenerationConfig._get_default_generation_params())  # PreTrainedConfig drops these
+    return frozenset(name for name in fields | saved | generation | _CONFIG_KEYWORDS if not name.startswith("_"))
+
+
+@functools.cache
+def _task_defaults(cls: type[TerraMindConfig]) -> dict[str, Any]:
+    with reading_saved_config():
+        default = cls()
+    return {name: getattr(default, name) for name in TASK_SETTINGS}
+
+
+def nearest(name: str, choices: Iterable[str]) -> str:
+    """The hint " (did you mean 'x'?)" for the closest choice, or ""."""
+    match = difflib.get_close_matches(str(name), sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def one_of(name: str, value: Any, allowed: tuple[str, ...], listed: str | None = None) -> None:
+    """A setting with a fixed set of values: an error listing them (and the nearest) otherwise."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {listed or ', '.join(allowed)}; got {value!r}"
+                         f"{nearest(value, allowed) if isinstance(value, str) else ''}.")  # fmt: skip
+
+
+def refuse_unknown_settings(given: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """Keywords not in `known`: a TypeError naming, for each, the nearest setting that a TerraMind class knows."""
+    known = set(known)
+    unknown = sorted(name for name in given if name not in known and not name.startswith("_"))
+    if unknown:
+        settings = TerraMindConfig.known_settings()
+        hints = "; ".join(f"{name!r}{nearest(name, settings)}" for name in unknown)
+        raise TypeError(f"{where} got unknown settings: {hints}. No TerraMind class knows "
+                        f"{'it' if len(unknown) == 1 else 'them'} (see TerraMindConfig's fields).")  # fmt: skip
+
+
+def check_legacy_tim_settings(given: Iterable[str], warn: bool = False) -> None:
+    """TiM sampling settings of earlier versions: an error saying where they went (a warning that they are ignored
+    for a saved config, which must still load)."""
+    legacy = sorted(name for name in given if name in LEGACY_TIM_SAMPLING)
+    if legacy:
+        moved = (f"{', '.join(legacy)} moved to the generation config: pass "
+                 f"tim_generation_config=TerraMindGenerationConfig(...) when loading a TiM model")  # fmt: skip
+        if not warn:
+            raise ValueError(f"{moved}.")
+        logger.warning(f"Ignoring {', '.join(legacy)} of this saved config: {moved} (or save its "
+                       f"generation_config.json).")  # fmt: skip
 
 
 __all__ = ["TerraMindConfig", "TERRAMIND_VARIANTS", "TERRATORCH_OUT_INDICES", "DEFAULT_TOKENIZER_REPOS"]

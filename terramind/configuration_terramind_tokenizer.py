@@ -5,20 +5,20 @@ The original releases (`TerraMind_Tokenizer_{S2L2A,S1GRD,S1RTC,DEM,LULC,NDVI}.pt
 that a converted folder is self-describing, and `from_modality` gives the v1 presets.
 """
 
-from __future__ import annotations
-
 import copy
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
-from transformers import PretrainedConfig
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
 
 from .modalities import TOKENIZER_MODALITIES, resolve_modality
 
-DECODER_TYPES = ("vit", "patched_unet")
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")
-TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
+DecoderType = Literal["vit", "patched_unet"]
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+PredictionType = Literal["sample", "epsilon", "v_prediction"]
+TimestepSpacing = Literal["trailing", "leading", "linspace"]
+DECODER_TYPES = get_args(DecoderType)
 
 # The diffusion decoder of the v1 image tokenizers: `unet_patched` of the original (patch 4, 256 channels).
 _V1_DIFFUSION = dict(
@@ -39,7 +39,8 @@ TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class TerraMindTokenizerConfig(PretrainedConfig):
+@strict
+class TerraMindTokenizerConfig(PreTrainedConfig):
     r"""Configuration of a TerraMind modality tokenizer: ViT encoder -> 1x1 projection -> FSQ -> decoder.
 
     Encoder (ViT, pre-norm blocks with biased LayerNorms, GELU MLP, as the original `vit_b_enc`):
@@ -76,114 +77,73 @@ class TerraMindTokenizerConfig(PretrainedConfig):
 
     model_type = "terramind_tokenizer"
 
-    def __init__(
-        self,
-        modality: str | None = None,
-        num_channels: int = 12,
-        num_classes: int | None = None,
-        image_size: int = 256,
-        patch_size: int = 16,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        hidden_act: str = "gelu",
-        qkv_bias: bool = True,
-        proj_bias: bool = True,
-        mlp_bias: bool = True,
-        layer_norm_eps: float = 1e-6,
-        layer_norm_bias: bool = True,
-        post_mlp: bool = True,
-        post_mlp_act: str = "tanh",
-        fsq_levels: list[int] | None = None,
-        latent_dim: int | None = None,
-        decoder_type: str = "patched_unet",
-        decoder_patch_size: int | None = None,
-        decoder_hidden_size: int | None = None,
-        decoder_num_hidden_layers: int | None = None,
-        decoder_num_attention_heads: int | None = None,
-        unet_model_channels: int = 256,
-        unet_num_res_blocks: int = 3,
-        unet_attention_resolutions: list[int] | None = None,
-        unet_channel_mult: list[int] | None = None,
-        unet_num_heads: int = 1,
-        unet_num_groups: int = 32,
-        unet_dropout: float = 0.0,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
-        zero_terminal_snr: bool = True,
-        prediction_type: str = "sample",
-        thresholding: bool = True,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        clip_sample: bool = True,
-        clip_sample_range: float = 1.0,
-        timestep_spacing: str = "trailing",
-        num_inference_steps: int = 50,
-        attention_dropout: float = 0.0,
-        hidden_dropout: float = 0.0,
-        **kwargs,
-    ):
-        self.modality = modality
-        self.num_channels = num_channels
-        self.num_classes = num_classes
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.mlp_ratio = mlp_ratio
-        self.hidden_act = hidden_act
-        self.qkv_bias = qkv_bias
-        self.proj_bias = proj_bias
-        self.mlp_bias = mlp_bias
-        self.layer_norm_eps = layer_norm_eps
-        self.layer_norm_bias = layer_norm_bias
-        self.post_mlp = post_mlp
-        self.post_mlp_act = post_mlp_act
-        self.fsq_levels = [int(v) for v in (fsq_levels if fsq_levels is not None else [8, 8, 8, 6, 5])]
-        self.latent_dim = latent_dim if latent_dim is not None else len(self.fsq_levels)
-        self.decoder_type = decoder_type
-        if decoder_patch_size is None:
-            decoder_patch_size = 4 if decoder_type == "patched_unet" else patch_size
-        self.decoder_patch_size = decoder_patch_size
-        self.decoder_hidden_size = decoder_hidden_size if decoder_hidden_size is not None else hidden_size
-        self.decoder_num_hidden_layers = (
-            decoder_num_hidden_layers if decoder_num_hidden_layers is not None else num_hidden_layers
-        )
-        self.decoder_num_attention_heads = (
-            decoder_num_attention_heads if decoder_num_attention_heads is not None else num_attention_heads
-        )
-        self.unet_model_channels = unet_model_channels
-        self.unet_num_res_blocks = unet_num_res_blocks
-        self.unet_attention_resolutions = list(unet_attention_resolutions if unet_attention_resolutions is not None
-                                               else [4, 8])  # fmt: skip
-        self.unet_channel_mult = list(unet_channel_mult if unet_channel_mult is not None else [1, 2, 2, 2])
-        self.unet_num_heads = unet_num_heads
-        self.unet_num_groups = unet_num_groups
-        self.unet_dropout = unet_dropout
-        self.num_train_timesteps = num_train_timesteps
-        self.beta_start = beta_start
-        self.beta_end = beta_end
-        self.beta_schedule = beta_schedule
-        self.zero_terminal_snr = zero_terminal_snr
-        self.prediction_type = prediction_type
-        self.thresholding = thresholding
-        self.dynamic_thresholding_ratio = dynamic_thresholding_ratio
-        self.sample_max_value = sample_max_value
-        self.clip_sample = clip_sample
-        self.clip_sample_range = clip_sample_range
-        self.timestep_spacing = timestep_spacing
-        self.num_inference_steps = num_inference_steps
-        self.attention_dropout = attention_dropout
-        self.hidden_dropout = hidden_dropout
-        super().__init__(**kwargs)
-        self.validate()
+    modality: str | None = None
+    num_channels: int = 12
+    num_classes: int | None = None
+    image_size: int = 256
+    patch_size: int = 16
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    mlp_ratio: float | int = 4.0
+    hidden_act: str = "gelu"
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    mlp_bias: bool = True
+    layer_norm_eps: float = 1e-6
+    layer_norm_bias: bool = True
+    post_mlp: bool = True
+    post_mlp_act: str = "tanh"
+    fsq_levels: list[int] | tuple[int, ...] = (8, 8, 8, 6, 5)
+    latent_dim: int | None = None
+    decoder_type: DecoderType = "patched_unet"
+    decoder_patch_size: int | None = None
+    decoder_hidden_size: int | None = None
+    decoder_num_hidden_layers: int | None = None
+    decoder_num_attention_heads: int | None = None
+    unet_model_channels: int = 256
+    unet_num_res_blocks: int = 3
+    unet_attention_resolutions: list[int] | tuple[int, ...] = (4, 8)
+    unet_channel_mult: list[int] | tuple[int, ...] = (1, 2, 2, 2)
+    unet_num_heads: int = 1
+    unet_num_groups: int = 32
+    unet_dropout: float | int = 0.0
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: BetaSchedule = "linear"
+    zero_terminal_snr: bool = True
+    prediction_type: PredictionType = "sample"
+    thresholding: bool = True
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    timestep_spacing: TimestepSpacing = "trailing"
+    num_inference_steps: int = 50
+    attention_dropout: float | int = 0.0
+    hidden_dropout: float | int = 0.0
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        """Derived defaults: the latent width from the FSQ levels, the decoder's ViT from the encoder's, the decoder
+        patch from its type."""
+        self.fsq_levels = [int(v) for v in self.fsq_levels]
+        self.unet_attention_resolutions = list(self.unet_attention_resolutions)
+        self.unet_channel_mult = list(self.unet_channel_mult)
+        if self.latent_dim is None:
+            self.latent_dim = len(self.fsq_levels)
+        if self.decoder_patch_size is None:
+            self.decoder_patch_size = 4 if self.decoder_type == "patched_unet" else self.patch_size
+        if self.decoder_hidden_size is None:
+            self.decoder_hidden_size = self.hidden_size
+        if self.decoder_num_hidden_layers is None:
+            self.decoder_num_hidden_layers = self.num_hidden_layers
+        if self.decoder_num_attention_heads is None:
+            self.decoder_num_attention_heads = self.num_attention_heads
+        super().__post_init__(**kwargs)
 
     @classmethod
-    def from_modality(cls, modality: str, **kwargs) -> TerraMindTokenizerConfig:
+    def from_modality(cls, modality: str, **kwargs) -> "TerraMindTokenizerConfig":
         """The v1 architecture of a modality's tokenizer ("S2L2A", "S1GRD", "S1RTC", "DEM", "LULC", "NDVI" and the
         original's aliases); kwargs override single settings."""
         name = canonical_tokenizer_modality(modality)
@@ -207,8 +167,9 @@ class TerraMindTokenizerConfig(PretrainedConfig):
         """Decoded sizes must be multiples of this: the UNet halves its patch grid once per extra level."""
         return self.decoder_patch_size * 2 ** (len(self.unet_channel_mult) - 1)
 
-    def validate(self) -> None:
+    def validate_architecture(self) -> None:
         """Fail at construction, with what is allowed, instead of building a model that fails later."""
+        super().validate_architecture()
 
         def positive(name: str) -> None:
             value = getattr(self, name)
@@ -239,8 +200,6 @@ class TerraMindTokenizerConfig(PretrainedConfig):
         if self.latent_dim != len(self.fsq_levels):
             raise ValueError(f"latent_dim ({self.latent_dim}) must equal the number of FSQ levels "
                              f"({len(self.fsq_levels)}).")  # fmt: skip
-        if self.decoder_type not in DECODER_TYPES:
-            raise ValueError(f"decoder_type must be one of {DECODER_TYPES}, got {self.decoder_type!r}.")
         if self.decoder_type == "vit":
             if self.image_size % self.decoder_patch_size or self.decoder_patch_size != self.patch_size:
                 raise ValueError(f"The ViT decoder maps each token back to a patch: decoder_patch_size "
@@ -256,12 +215,6 @@ class TerraMindTokenizerConfig(PretrainedConfig):
                                  f"({self.unet_num_heads}).")  # fmt: skip
         if self.unet_model_channels % 2:
             raise ValueError(f"unet_model_channels ({self.unet_model_channels}) must be even (timestep embedding).")
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}.")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}.")
-        if self.timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}.")
         if self.num_inference_steps > self.num_train_timesteps:
             raise ValueError(f"num_inference_steps ({self.num_inference_steps}) cannot exceed num_train_timesteps "
                              f"({self.num_train_timesteps}).")  # fmt: skip

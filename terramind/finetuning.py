@@ -287,12 +287,8 @@ def build_model(args: FinetuningArguments) -> torch.nn.Module:
         if args.class_names:
             settings["id2label"] = dict(enumerate(args.class_names))
     overrides = json.loads(args.config_overrides) if args.config_overrides else {}
-    if args.model_name_or_path:
-        from .modeling_terramind_tasks import TASK_CONFIG_DEFAULTS
-
-        config_settings = {**settings, **{k: v for k, v in overrides.items() if k not in TASK_CONFIG_DEFAULTS}}
-        task_settings.update({k: v for k, v in overrides.items() if k in TASK_CONFIG_DEFAULTS})
-        return model_class.from_pretrained(args.model_name_or_path, **config_settings, **task_settings)
+    if args.model_name_or_path:  # task settings are config fields: from_pretrained sets them on the config
+        return model_class.from_pretrained(args.model_name_or_path, **{**settings, **task_settings, **overrides})
     logger.warning(f"No model_name_or_path: training a randomly initialized TerraMind-{args.variant} from scratch.")
     config = TerraMindConfig.from_variant(args.variant, **settings, **task_settings, **overrides)
     return model_class(config)

@@ -16,6 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import (
+    ChannelDimension,
+    infer_channel_dimension_format,
+    is_pil_image,
+    is_valid_image,
+    make_flat_list_of_images,
+)
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging
 
@@ -36,6 +43,8 @@ PIXEL_MODALITIES = tuple(
 CLASS_MODALITIES = ("LULC",)  # class ids: never standardized, resized with nearest neighbour, returned as int64
 LULC_NUM_CLASSES = 10  # width of the one-hot input of the v1 LULC tokenizer (classes 0..9)
 RESAMPLE_MODES = ("bilinear", "bicubic", "nearest", "nearest-exact", "area")
+# Transformers' `resample` values (PIL's filters: NEAREST, BILINEAR, BICUBIC, BOX) as `F.interpolate` modes.
+_PIL_RESAMPLE_MODES = {0: "nearest-exact", 2: "bilinear", 3: "bicubic", 4: "area"}
 
 # Sentinel-2 band ids (B01, B1, B8A, ...) as the band names TerraMind uses.
 
@@ -101,6 +110,7 @@ class TerraMindImageProcessorKwargs(ImagesKwargs, total=False):
     fill_value: float | str | list[float] | dict[str, Any] | None
     return_nodata_mask: bool | None
     size_divisor: int | None
+    default_modality: str | None
 
 
 class TerraMindImageProcessor(BaseImageProcessor):
@@ -150,8 +160,8 @@ class TerraMindImageProcessor(BaseImageProcessor):
         do_resize (`bool`, *optional*, defaults to `False`), size (`int`, `(h, w)` or `{"height", "width"}`):
             Whether and to which size to resize.
         resample (`str`, *optional*, defaults to `"bilinear"`):
-            Interpolation of continuous modalities (`torch.nn.functional.interpolate` mode); class maps and masks
-            always use "nearest-exact".
+            Interpolation of continuous modalities (`torch.nn.functional.interpolate` mode, or Transformers'
+            `PILImageResampling` NEAREST/BILINEAR/BICUBIC/BOX); class maps and masks always use "nearest-exact".
         do_center_crop (`bool`, *optional*, defaults to `False`), crop_size (`int`, `(h, w)` or dict):
             Whether and to which size to center-crop.
         do_pad (`bool`, *optional*, defaults to `False`), pad_size (`int`, `(h, w)` or dict):
@@ -161,11 +171,22 @@ class TerraMindImageProcessor(BaseImageProcessor):
         default_modality (`str`, *optional*):
             The modality of a bare input (an array, tensor or PIL image instead of a dict), returned as
             `pixel_values`, which the model reads as its first modality (conversion sets that one); this is what
-            `pipeline("image-feature-extraction")` passes.
+            `pipeline("image-feature-extraction")` passes. Bare images behave as in Transformers' image processors:
+            channels first or last (inferred from the modality's band count, or `input_data_format`), PIL images,
+            lists of images of any sizes (brought to one size by `do_resize`, a crop or `do_pad`), and per-call
+            `image_mean`/`image_std` (one value per channel, or one for all) that replace the modality's statistics.
+        do_convert_rgb (`bool`, *optional*):
+            For bare RGB images: whether to convert gray (1 channel) and RGBA (4 channels, composited onto white)
+            images to RGB. By default (None) PIL images in other modes are converted (their mode says what the
+            channels are) and arrays are taken as they are.
     """
 
     model_input_names = list(PIXEL_MODALITIES)
     valid_kwargs = TerraMindImageProcessorKwargs
+    # Class-level defaults of the switches, as Transformers' image processors declare them.
+    do_normalize = True
+    do_resize = False
+    do_convert_rgb = None
 
     def __init__(
         self,
@@ -186,9 +207,11 @@ class TerraMindImageProcessor(BaseImageProcessor):
         pad_size: int | Sequence[int] | Mapping[str, int] | None = None,
         size_divisor: int = 16,
         default_modality: str | None = None,
+        do_convert_rgb: bool | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.do_convert_rgb = do_convert_rgb
         self.default_modality = resolve_modality(default_modality) if default_modality is not None else None
         self.bands = self._canonical_keys(bands, lambda names: [canonical_band_name(n) for n in names])
         self.do_normalize = do_normalize
@@ -200,7 +223,7 @@ class TerraMindImageProcessor(BaseImageProcessor):
         self.return_nodata_mask = return_nodata_mask
         self.do_resize = do_resize
         self.size = _size_dict(size, "size")
-        self.resample = resample
+        self.resample = _resample_mode(resample)
         self.do_center_crop = do_center_crop
         self.crop_size = _size_dict(crop_size, "crop_size")
         self.do_pad = do_pad
@@ -242,15 +265,30 @@ class TerraMindImageProcessor(BaseImageProcessor):
         modality = resolve_modality(modality)
         return tuple((self.bands or {}).get(modality) or MODALITIES[modality].bands)
 
-    def band_statistics(self, modality: str, bands: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
-        """(mean, std) per band: the user's statistics if given, else the v1 pre-training values looked up by name."""
+    def band_statistics(
+        self,
+        modality: str,
+        bands: Sequence[str] | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+    ) -> tuple[list[float], list[float]]:
+        """(mean, std) per band, the means shifted by `offset`: `image_mean`/`image_std` if given (a call's own
+        statistics, one value per channel), else the processor's user statistics, else the v1 pre-training values
+        looked up by name."""
         modality = resolve_modality(modality)
         bands = self.output_bands(modality) if bands is None else tuple(canonical_band_name(b) for b in bands)
-        mean, std = (self.image_mean or {}).get(modality), (self.image_std or {}).get(modality)
-        if (mean is None) != (std is None):
+        if (image_mean is None) != (image_std is None):
             raise ValueError(f"Give both image_mean and image_std for {modality}, not only one of them.")
-        if mean is not None and bands == self.output_bands(modality):
-            if len(mean) != len(bands) or len(std) != len(bands):
+        if image_mean is not None:
+            mean, std = [float(v) for v in image_mean], [float(v) for v in image_std]
+            if len(mean) != len(std):
+                raise ValueError(f"{modality}: image_mean has {len(mean)} values but image_std has {len(std)}.")
+        else:
+            mean, std = (self.image_mean or {}).get(modality), (self.image_std or {}).get(modality)
+            if (mean is None) != (std is None):
+                raise ValueError(f"Give both image_mean and image_std for {modality}, not only one of them.")
+        if mean is not None and (image_mean is not None or bands == self.output_bands(modality)):
+            if image_mean is None and (len(mean) != len(bands) or len(std) != len(bands)):
                 raise ValueError(
                     f"{modality} statistics must have one value per output band {list(bands)}; "
                     f"got {len(mean)} means and {len(std)} stds."
@@ -269,20 +307,62 @@ class TerraMindImageProcessor(BaseImageProcessor):
             raise ValueError(f"{modality} standard deviations must be positive, got {list(std)}.")
         shift = (self.offset or {}).get(modality)
         if isinstance(shift, list):  # one value per output band, matched by name
+            if len(mean) != len(bands):
+                raise ValueError(f"{modality}: a per-band offset cannot be matched to {len(mean)} unnamed channels; "
+                                 "give band_names or one offset for all bands.")  # fmt: skip
             shift = dict(zip(self.output_bands(modality), shift, strict=True))
             mean = [m + shift.get(band, 0.0) for m, band in zip(mean, bands, strict=True)]
         elif shift is not None:
             mean = [m + shift for m in mean]
         return list(mean), list(std)
 
+    def standardize(self, modality: str, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) values of `modality` in physical units -> standardized ((x - mean) / std, on the tensor's
+        device). The statistics are those of the output bands, or of all pretrained bands, whichever has C bands
+        (the same as `preprocess` and `post_process_generation` use). Class maps (LULC) are returned as they are."""
+        modality = resolve_modality(modality)
+        if modality in CLASS_MODALITIES:
+            return pixels
+        mean, std = self._statistics_tensors(modality, pixels)
+        return (pixels.float() - mean) / std
+
+    def destandardize(self, modality: str, values: torch.Tensor) -> torch.Tensor:
+        """The inverse of `standardize`: standardized (B, C, H, W) values back in physical units (x * std + mean).
+        Class maps (LULC) are returned as they are."""
+        modality = resolve_modality(modality)
+        if modality in CLASS_MODALITIES:
+            return values
+        mean, std = self._statistics_tensors(modality, values)
+        return values.float() * std + mean
+
+    def _statistics_tensors(self, modality: str, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, C, 1, 1) mean and std on `values`' device for the bands (output or pretrained) that number C."""
+        if modality not in PIXEL_MODALITIES:
+            raise ValueError(f"{modality} is not an image modality; standardization applies to {PIXEL_MODALITIES}.")
+        if values.ndim != 4:
+            raise ValueError(f"{modality}: expected (B, C, H, W) values, got shape {tuple(values.shape)}.")
+        channels = values.shape[1]
+        for bands in (self.output_bands(modality), MODALITIES[modality].bands):
+            if len(bands) == channels:
+                break
+        else:
+            raise ValueError(
+                f"{modality}: {channels} channels match neither the output bands {list(self.output_bands(modality))} "
+                f"nor the pretrained bands {list(MODALITIES[modality].bands)}."
+            )
+        return tuple(torch.tensor(v, dtype=torch.float32, device=values.device).view(1, -1, 1, 1)
+                     for v in self.band_statistics(modality, bands))  # fmt: skip
+
     def preprocess(
         self,
-        images: Mapping[str, Any],
+        images: Mapping[str, Any] | Any,
         band_names: Mapping[str, Sequence[str] | None] | Sequence[str] | None = None,
         nodata_value: float | Mapping[str, float | None] | None = None,
         fill_value: float | str | Sequence[float] | Mapping[str, Any] | None = None,
         return_nodata_mask: bool | None = None,
         do_normalize: bool | None = None,
+        image_mean: float | Sequence[float] | Mapping[str, Sequence[float]] | None = None,
+        image_std: float | Sequence[float] | Mapping[str, Sequence[float]] | None = None,
         do_resize: bool | None = None,
         size: int | Sequence[int] | Mapping[str, int] | None = None,
         resample: str | None = None,
@@ -290,6 +370,8 @@ class TerraMindImageProcessor(BaseImageProcessor):
         crop_size: int | Sequence[int] | Mapping[str, int] | None = None,
         do_pad: bool | None = None,
         pad_size: int | Sequence[int] | Mapping[str, int] | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+        do_convert_rgb: bool | None = None,
         return_tensors: str | None = "pt",
         **kwargs,
     ) -> BatchFeature:
@@ -297,23 +379,52 @@ class TerraMindImageProcessor(BaseImageProcessor):
         Process `{modality: array}` into a `BatchFeature` of standardized (B, C, H, W) inputs.
 
         `band_names` gives the names of the input channels per modality (`{"S2L2A": [...]}`, or a plain list when
-        there is one modality); the other arguments override the settings of the processor for this call.
-        `return_tensors` is "pt" (default), "np" or None (torch tensors, unconverted).
+        there is one modality); `image_mean`/`image_std` replace the statistics for this call (`{modality: values}`,
+        or values / one number when there is one modality); the other arguments override the settings of the
+        processor for this call. A bare image or list of images (not a dict) is the `default_modality`, returned
+        as `pixel_values`; for those, `input_data_format` tells the channel axis and `do_convert_rgb` converts gray
+        and RGBA images to RGB. `return_tensors` is "pt" (default), "np" or None (torch tensors, unconverted).
         """
         if kwargs:
             raise ValueError(f"Unexpected arguments {sorted(kwargs)} for {self.__class__.__name__}.")
+        settings = dict(band_names=band_names, nodata_value=nodata_value, fill_value=fill_value,
+                        return_nodata_mask=return_nodata_mask, do_normalize=do_normalize, image_mean=image_mean,
+                        image_std=image_std, do_resize=do_resize, size=size, resample=resample,
+                        do_center_crop=do_center_crop, crop_size=crop_size, do_pad=do_pad, pad_size=pad_size,
+                        return_tensors=return_tensors)  # fmt: skip
         if not isinstance(images, Mapping):
-            return self._preprocess_bare(images, band_names=band_names, nodata_value=nodata_value,
-                                         fill_value=fill_value, return_nodata_mask=return_nodata_mask,
-                                         do_normalize=do_normalize, do_resize=do_resize, size=size, resample=resample,
-                                         do_center_crop=do_center_crop, crop_size=crop_size, do_pad=do_pad,
-                                         pad_size=pad_size, return_tensors=return_tensors)  # fmt: skip
+            return self._preprocess_bare(images, input_data_format, do_convert_rgb, **settings)
+        if input_data_format is not None or do_convert_rgb is not None:
+            raise ValueError("`input_data_format` and `do_convert_rgb` apply to bare images (the default_modality); "
+                             "the arrays of a {modality: array} dict are channels-first.")  # fmt: skip
+        return self._preprocess_modalities(images, **settings)
+
+    def _preprocess_modalities(
+        self,
+        images: Mapping[str, Any],
+        band_names: Mapping[str, Sequence[str] | None] | Sequence[str] | None,
+        nodata_value: Any,
+        fill_value: Any,
+        return_nodata_mask: bool | None,
+        do_normalize: bool | None,
+        image_mean: Any,
+        image_std: Any,
+        do_resize: bool | None,
+        size: Any,
+        resample: str | None,
+        do_center_crop: bool | None,
+        crop_size: Any,
+        do_pad: bool | None,
+        pad_size: Any,
+        return_tensors: str | None,
+    ) -> BatchFeature:
+        """`preprocess` of a `{modality: array}` dict."""
         if not images:
             raise ValueError("`images` must be a non-empty dict {modality: array}, e.g. {'S2L2A': array}.")
-        if band_names is not None and not isinstance(band_names, Mapping):
-            if len(images) != 1:
-                raise ValueError("With several modalities, give `band_names` as a dict {modality: names}.")
-            band_names = {next(iter(images)): band_names}
+        band_names, image_mean, image_std = (
+            self._per_call_mapping(images, value, name)
+            for value, name in ((band_names, "band_names"), (image_mean, "image_mean"), (image_std, "image_std"))
+        )
         do_resize = self.do_resize if do_resize is None else do_resize
         do_center_crop = self.do_center_crop if do_center_crop is None else do_center_crop
         settings = {
@@ -321,7 +432,7 @@ class TerraMindImageProcessor(BaseImageProcessor):
             "fill_value": self.fill_value if fill_value is None else fill_value,
             "do_normalize": self.do_normalize if do_normalize is None else do_normalize,
             "size": (_size_dict(size, "size") or self.size) if do_resize else None,
-            "resample": self.resample if resample is None else resample,
+            "resample": self.resample if resample is None else _resample_mode(resample),
             "crop_size": (_size_dict(crop_size, "crop_size") or self.crop_size) if do_center_crop else None,
             "do_pad": self.do_pad if do_pad is None else do_pad,
             "pad_size": _size_dict(pad_size, "pad_size") or self.pad_size,
@@ -345,43 +456,141 @@ class TerraMindImageProcessor(BaseImageProcessor):
             if modality in data:
                 raise ValueError(f"Modality {modality} is given twice (as {key!r} and another alias).")
             names = _per_modality(band_names, modality) if band_names is not None else None
+            statistics = _per_modality(image_mean, modality), _per_modality(image_std, modality)
             pixels = _as_tensor(value, modality)
             if pixels.ndim == 5:  # a time series (B, C, T, H, W): each time step is processed alike
                 batch, steps = pixels.shape[0], pixels.shape[2]
                 folded, mask = self._process_modality(modality, pixels.transpose(1, 2).flatten(0, 1), names,
-                                                      **settings)  # fmt: skip
+                                                      statistics, **settings)  # fmt: skip
                 data[modality] = folded.unflatten(0, (batch, steps)).transpose(1, 2)
                 mask = mask.unflatten(0, (batch, steps))  # (B, T, H, W)
             else:
-                data[modality], mask = self._process_modality(modality, pixels, names, **settings)
+                data[modality], mask = self._process_modality(modality, pixels, names, statistics, **settings)
             if return_nodata_mask:
                 data[modality + NODATA_MASK_SUFFIX] = mask
         self._check_batch(data)
+        return _batch_feature(data, return_tensors)
 
-        if return_tensors == "np":
-            data = {key: value.numpy() for key, value in data.items()}
-        elif return_tensors not in ("pt", None):
-            raise ValueError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}.")
-        return BatchFeature(data=data, tensor_type=return_tensors)
+    @staticmethod
+    def _per_call_mapping(images: Mapping[str, Any], value: Any, name: str) -> Mapping[str, Any] | None:
+        """A per-call setting as {modality: value}: a dict as given, a plain value for the only modality."""
+        if value is None or isinstance(value, Mapping):
+            return value
+        if len(images) != 1:
+            raise ValueError(f"With several modalities, give `{name}` as a dict {{modality: values}}.")
+        return {next(iter(images)): value}
 
-    def _preprocess_bare(self, image: Any, **settings: Any) -> BatchFeature:
-        """A bare array, tensor or PIL image: the `default_modality`, returned as `pixel_values`."""
-        if self.default_modality is None:
+    def _preprocess_bare(
+        self, images: Any, input_data_format: str | ChannelDimension | None, do_convert_rgb: bool | None, **settings
+    ) -> BatchFeature:
+        """Bare images (an image, a batch, or a list of images of any sizes) of the `default_modality`, returned
+        as `pixel_values`, as Transformers' image processors take them: channels first or last, PIL images."""
+        modality = self.default_modality
+        if modality is None:
             raise ValueError("`images` must be a dict {modality: array}, e.g. {'S2L2A': array}, or set the "
                              "processor's default_modality for bare arrays and images.")  # fmt: skip
-        if hasattr(image, "getbands"):  # a PIL image: (H, W, C) pixels -> (C, H, W)
-            image = np.asarray(image)
-            image = image.transpose(2, 0, 1) if image.ndim == 3 else image
-        out = self.preprocess({self.default_modality: image}, **settings)
-        data = dict(out)
-        data["pixel_values"] = data.pop(self.default_modality)
-        return BatchFeature(data=data, tensor_type=settings.get("return_tensors"))
+        do_convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
+        if do_convert_rgb and modality != "RGB":
+            raise ValueError(f"`do_convert_rgb` applies to RGB images; the default modality is {modality}.")
+        return_tensors = settings.pop("return_tensors")
+        is_series = getattr(images, "ndim", None) == 5 or (  # (B, C, T, H, W), or a list of (C, T, H, W) samples
+            isinstance(images, (list, tuple)) and images and all(getattr(i, "ndim", None) == 4 for i in images)
+        )
+        if is_series:  # time series are channels-first, as in a dict
+            if input_data_format not in (None, ChannelDimension.FIRST, "channels_first"):
+                raise ValueError("Time series ((B, C, T, H, W) or (C, T, H, W) samples) must be channels-first.")
+            batches = [_as_tensor(images, modality)]
+        else:
+            channels = self._bare_channel_counts(modality, settings, do_convert_rgb)
+            samples = [self._channels_first(image, modality, input_data_format, channels, do_convert_rgb)
+                       for image in self._bare_image_list(images, modality)]  # fmt: skip
+            if len({tuple(sample.shape) for sample in samples}) == 1:
+                batches = [torch.stack(samples)]
+            else:  # images of different sizes: each on its own, then batched if resizing/cropping/padding evened them
+                batches = [sample[None] for sample in samples]
+        outputs = [self._preprocess_modalities({modality: batch}, return_tensors=None, **settings) for batch in batches]
+        sizes = {tuple(output[modality].shape[-2:]) for output in outputs}
+        if len(sizes) > 1:
+            raise ValueError(f"{modality}: the images have different sizes {sorted(sizes)}; give do_resize=True with a "
+                             "size (or a crop_size / pad_size) to batch them.")  # fmt: skip
+        data = {key: torch.cat([output[key] for output in outputs]) for key in outputs[0]}
+        data["pixel_values"] = data.pop(modality)
+        return _batch_feature(data, return_tensors)
+
+    def _bare_channel_counts(self, modality: str, settings: Mapping[str, Any], do_convert_rgb: bool | None) -> set:
+        """The channel counts a bare image of `modality` may have, by which its channel axis is recognised."""
+        counts = {len(self.output_bands(modality)), len(MODALITIES[modality].bands)}
+        names, mean = settings.get("band_names"), settings.get("image_mean")
+        if names is not None and not isinstance(names, Mapping):
+            counts.add(len(names))
+        if isinstance(mean, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(mean, str):
+            counts.add(len(mean))
+        if do_convert_rgb:
+            counts |= {1, 3, 4}
+        return counts
+
+    @staticmethod
+    def _bare_image_list(images: Any, modality: str) -> list[Any]:
+        """An image, a batch or a (nested) list of images as a flat list of images (Transformers' structure)."""
+
+        def is_map(image: Any) -> bool:  # a (H, W) one-band image
+            return is_valid_image(image) and not is_pil_image(image) and image.ndim == 2
+
+        if is_map(images):
+            return [images]
+        if isinstance(images, (list, tuple)) and images and all(is_map(image) for image in images):
+            return list(images)
+        try:
+            return make_flat_list_of_images(images)
+        except ValueError:
+            shape = getattr(images, "shape", None)
+            described = f"shape {tuple(shape)}" if shape is not None else type(images).__name__
+            raise ValueError(f"{modality}: expected an image (PIL image, (C, H, W) or (H, W, C) array or tensor), a "
+                             f"batch (B, C, H, W) or a list of images; got {described}.") from None  # fmt: skip
+
+    @staticmethod
+    def _channels_first(
+        image: Any,
+        modality: str,
+        input_data_format: str | ChannelDimension | None,
+        channels: set,
+        do_convert_rgb: bool | None,
+    ) -> torch.Tensor:
+        """One bare image as a (C, H, W) float tensor: channel axis given or inferred, PIL modes converted."""
+        if is_pil_image(image):
+            convert = modality == "RGB" and do_convert_rgb is not False and image.mode != "RGB"
+            if convert:  # PIL knows its modes (palette, CMYK, ...); transparency is composited below
+                has_alpha = "A" in image.getbands() or "transparency" in image.info
+                image = image.convert("RGBA" if has_alpha else "RGB")
+            pixels = _as_tensor(np.asarray(image), modality)
+            layout = ChannelDimension.LAST
+        else:
+            pixels, convert = _as_tensor(image, modality), bool(do_convert_rgb)
+            layout = None if input_data_format is None else ChannelDimension(input_data_format)
+        if pixels.ndim == 2:
+            pixels = pixels[None]
+        elif pixels.ndim != 3:
+            raise ValueError(f"{modality}: an image must be (C, H, W), (H, W, C) or (H, W); got shape "
+                             f"{tuple(pixels.shape)}.")  # fmt: skip
+        elif layout is None:
+            try:
+                layout = infer_channel_dimension_format(pixels, num_channels=tuple(sorted(channels)))
+            except ValueError:
+                raise ValueError(
+                    f"{modality}: cannot tell the channel axis of an image of shape {tuple(pixels.shape)} (expected "
+                    f"{sorted(channels)} channels first or last); pass input_data_format='channels_first' or "
+                    "'channels_last', or band_names."
+                ) from None
+        if layout == ChannelDimension.LAST:
+            pixels = pixels.movedim(-1, 0)
+        return _to_rgb(pixels) if convert else pixels
 
     def _process_modality(
         self,
         modality: str,
         value: Any,
         band_names: Sequence[str] | None,
+        statistics: tuple[Any, Any],
         nodata_value: Any,
         fill_value: Any,
         do_normalize: bool,
@@ -392,7 +601,18 @@ class TerraMindImageProcessor(BaseImageProcessor):
         pad_size: dict[str, int] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One modality: bands, nodata, geometry, standardization. Returns the values and the nodata mask."""
-        pixels = self._select_bands(modality, self._batched(modality, value), band_names)
+        pixels = self._batched(modality, value)
+        image_mean, image_std = (_expand(v, pixels.shape[1]) for v in statistics)
+        own_channels = (band_names is None and image_mean is not None
+                        and pixels.shape[1] == len(image_mean) != len(self.output_bands(modality)))  # fmt: skip
+        if not own_channels:  # else the call's statistics give one value per input channel: taken as they are
+            pixels = self._select_bands(modality, pixels, band_names)
+            image_mean, image_std = (_expand(v, pixels.shape[1]) for v in statistics)
+            if image_mean is not None and len(image_mean) != pixels.shape[1]:
+                raise ValueError(
+                    f"{modality}: image_mean has {len(image_mean)} values for the {pixels.shape[1]} bands "
+                    f"{list(self.output_bands(modality))}; give one value per band, or one for all."
+                )
         nodata = _per_modality(nodata_value, modality)
         missing = ~torch.isfinite(pixels)
         if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
@@ -405,7 +625,8 @@ class TerraMindImageProcessor(BaseImageProcessor):
             )
         self._check_values(modality, pixels, missing)
 
-        fill = self._fill_values(modality, _per_modality(fill_value, modality, "mean"), pixels.shape[1])
+        fill = self._fill_values(modality, _per_modality(fill_value, modality, "mean"), pixels.shape[1],
+                                 image_mean, image_std)  # fmt: skip
         pixels = torch.where(missing, fill, pixels)
         mask = missing.any(dim=1, keepdim=True).float()
 
@@ -426,7 +647,10 @@ class TerraMindImageProcessor(BaseImageProcessor):
         if is_class_map:
             pixels = pixels.round().to(torch.int64)
         elif do_normalize:
-            mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in self.band_statistics(modality))
+            mean, std = (
+                torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)
+                for v in self.band_statistics(modality, image_mean=image_mean, image_std=image_std)
+            )
             pixels = (pixels - mean) / std
         return pixels, mask[:, 0].bool()
 
@@ -492,12 +716,14 @@ class TerraMindImageProcessor(BaseImageProcessor):
         if modality in ("S2L1C", "S2L2A") and high <= 2:
             logger.warning(f"{modality} values are all <= 2: TerraMind expects digital numbers (reflectance x 10000).")
 
-    def _fill_values(self, modality: str, fill_value: Any, channels: int) -> torch.Tensor:
+    def _fill_values(
+        self, modality: str, fill_value: Any, channels: int, image_mean: Any = None, image_std: Any = None
+    ) -> torch.Tensor:
         """Per-band (1, C, 1, 1) values, in input units, for nodata pixels and padding."""
         if isinstance(fill_value, str):
             if fill_value != "mean":
                 raise ValueError(f"`fill_value` must be 'mean', a number or one number per band, got {fill_value!r}.")
-            values = self.band_statistics(modality)[0]
+            values = self.band_statistics(modality, image_mean=image_mean, image_std=image_std)[0]
         elif isinstance(fill_value, Sequence):
             if len(fill_value) != channels:
                 raise ValueError(f"{modality}: `fill_value` has {len(fill_value)} values for {channels} bands.")
@@ -542,22 +768,7 @@ class TerraMindImageProcessor(BaseImageProcessor):
                     tensor = tensor.argmax(dim=1, keepdim=True)
                 results[key] = tensor.round().to(torch.int64) if tensor.is_floating_point() else tensor.long()
                 continue
-            if tensor.ndim != 4:
-                raise ValueError(f"{key}: expected a (B, C, H, W) output, got shape {tuple(tensor.shape)}.")
-            channels = tensor.shape[1]
-            for bands in (self.output_bands(modality), MODALITIES[modality].bands):
-                if len(bands) == channels:
-                    break
-            else:
-                raise ValueError(
-                    f"{key}: {channels} channels match neither the output bands {list(self.output_bands(modality))} "
-                    f"nor the pretrained bands {list(MODALITIES[modality].bands)} of {modality}."
-                )
-            mean, std = (
-                torch.tensor(v, dtype=torch.float32, device=tensor.device).view(1, -1, 1, 1)
-                for v in self.band_statistics(modality, bands)
-            )
-            results[key] = tensor.to(torch.float32) * std + mean
+            results[key] = self.destandardize(modality, tensor)
         return results
 
 
@@ -568,6 +779,47 @@ def _offset_values(value: Any) -> float | list[float]:
                              for v in values):  # fmt: skip
         raise ValueError(f"An offset must be a number or a list of numbers (one per band), got {value!r}.")
     return [float(v) for v in values] if isinstance(value, (list, tuple)) else float(value)
+
+
+def _resample_mode(resample: str | int) -> str | int:
+    """A `resample` setting as an `F.interpolate` mode (Transformers' PIL filters mapped; others checked later)."""
+    if isinstance(resample, int) and not isinstance(resample, bool):
+        if resample not in _PIL_RESAMPLE_MODES:
+            raise ValueError(f"`resample` {resample!r} has no torch equivalent; use one of {RESAMPLE_MODES}, or PIL's "
+                             "NEAREST, BILINEAR, BICUBIC or BOX.")  # fmt: skip
+        return _PIL_RESAMPLE_MODES[resample]
+    return resample
+
+
+def _batch_feature(data: dict[str, torch.Tensor], return_tensors: str | None) -> BatchFeature:
+    if return_tensors == "np":
+        data = {key: value.numpy() for key, value in data.items()}
+    elif return_tensors not in ("pt", None):
+        raise ValueError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}.")
+    return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+def _expand(values: float | Sequence[float] | None, channels: int) -> list[float] | None:
+    """A call's statistic as one float per channel: a number for all channels, or the values as given."""
+    if values is None:
+        return None
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        return [float(values)] * channels
+    if isinstance(values, (str, Mapping)) or not isinstance(values, (Sequence, np.ndarray, torch.Tensor)):
+        raise ValueError(f"image_mean / image_std must be a number or one number per channel, got {values!r}.")
+    return [float(v) for v in values]
+
+
+def _to_rgb(pixels: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) 0-255 values as RGB: gray repeated, RGBA composited onto white (as Transformers' convert_to_rgb)."""
+    if pixels.shape[0] == 1:
+        return pixels.expand(3, -1, -1)
+    if pixels.shape[0] == 4:
+        alpha = pixels[3:] / 255
+        return pixels[:3] * alpha + 255 * (1 - alpha)
+    if pixels.shape[0] != 3:
+        raise ValueError(f"RGB: cannot convert {pixels.shape[0]} channels to RGB (do_convert_rgb takes 1, 3 or 4).")
+    return pixels
 
 
 def _resize(pixels: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-SEGMENTATION_LOSSES = ("ce", "dice", "focal", "lovasz", "jaccard")
-REGRESSION_LOSSES = ("mse", "mae", "l1", "rmse", "huber")
+from .configuration_terramind import REGRESSION_LOSSES, SEGMENTATION_LOSSES
+
 FOCAL_GAMMA = 2.0
 DICE_EPS = 1e-7  # smp's clamp of the dice denominator
 

@@ -28,7 +28,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithCrossAttentions
 from transformers.utils import ModelOutput, logging
 
-from .configuration_terramind import TerraMindConfig
+from .configuration_terramind import TerraMindConfig, check_legacy_tim_settings, refuse_unknown_settings
 from .generation_terramind import TerraMindGenerationConfig, TerraMindGenerationMixin, sentinel_ids
 from .modalities import MODALITIES, NODATA_MASK_SUFFIX, UnknownModalityError, resolve_modality, token_modality
 from .modeling_terramind_layers import (
@@ -490,10 +490,10 @@ def _hub_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_model_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
-    """`from_pretrained` hands keyword arguments that are no config field to the model: a typo lands here."""
-    if kwargs:
-        raise TypeError(f"{cls.__name__} got unexpected arguments {sorted(kwargs)}: neither TerraMindConfig fields "
-                        f"nor arguments of the model (a typo?).")  # fmt: skip
+    """`from_pretrained` hands keyword arguments that are no config field to the model: a typo lands here, and is
+    an error naming the nearest known setting (a TiM sampling setting says where it moved)."""
+    check_legacy_tim_settings(kwargs)
+    refuse_unknown_settings(kwargs, (), cls.__name__)
 
 
 # ----------------------------------------------------------------------------- encoder model

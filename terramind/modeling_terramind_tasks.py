@@ -33,8 +33,11 @@ Task settings are TerraMindConfig keyword arguments (`TerraMindConfig(..., num_l
   TerraTorch's TemporalWrapper (`pooling`, `n_timestamps`, `subset_lengths`) does.
 - `freeze_backbone` (False): the encoder gets no gradients (the heads also offer `freeze_backbone()`).
 
-A setting that the model does not know, or does not use (e.g. `unet_channels` with the UperNet head, `loss` with a
-classifier), is an error rather than silently ignored.
+These are typed fields of `TerraMindConfig`, so one config may hold the settings of every head (as Transformers'
+tests build one config for all classes) and any class builds from it. A value that is not allowed is an error listing
+the allowed ones; a keyword that no TerraMind class knows is an error naming the nearest known setting; a setting that
+this model does not use (e.g. `unet_channels` with the UperNet head, `loss` with a classifier) gives one warning
+naming the models that use it.
 
 Inputs are the same as `TerraMindModel`'s (dict, keyword arguments per modality, or one tensor), plus `labels`.
 Dense heads need merged spatial tokens: `merge_method` "mean" (default), "max" or "concat".
@@ -43,7 +46,6 @@ Dense heads need merged spatial tokens: `merge_method` "mean" (default), "max" o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -52,13 +54,19 @@ from torch import nn
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput, SemanticSegmenterOutput
+from transformers.models.upernet.configuration_upernet import UperNetConfig
 from transformers.models.upernet.modeling_upernet import UperNetConvModule, UperNetFCNHead, UperNetHead
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
-from .configuration_terramind import TerraMindConfig
-from .losses import (
+from .configuration_terramind import (
+    DECODE_HEADS,
     REGRESSION_LOSSES,
     SEGMENTATION_LOSSES,
+    TerraMindConfig,
+    check_legacy_tim_settings,
+    refuse_unknown_settings,
+)
+from .losses import (
     classification_cross_entropy,
     parse_loss,
     regression_loss,
@@ -72,106 +80,48 @@ from .modeling_terramind import (
 from .temporal import fold_time, merge_time
 from .tiling import run_tiled
 
-DECODE_HEADS = ("upernet", "unet", "fcn")
+logger = logging.get_logger(__name__)
+
 SPATIAL_MERGE_METHODS = ("mean", "max", "concat")
 # Weights of a full TerraMind checkpoint (generator, TiM) that a task model does not use.
 _UNUSED_CHECKPOINT_KEYS = [r"^decoder", r"(^|\.)mask_token", r"encoder_embeddings\."]
-# Task settings stored in TerraMindConfig (as extra attributes) and their defaults.
-TASK_CONFIG_DEFAULTS: dict[str, Any] = {
-    "out_indices": None,  # config fields (TerraMindConfig keeps them in sync); listed so that heads accept them
-    "out_features": None,
-    "use_feature_pyramid": None,
-    "decode_head": "upernet",
-    "decoder_hidden_size": 256,
-    "pool_scales": [1, 2, 3, 6],
-    "unet_channels": [512, 256, 128, 64],
-    "fcn_num_convs": 2,
-    "fcn_concat_input": False,
-    "ignore_index": -100,
-    "class_weights": None,
-    "num_regression_outputs": 1,
-    "regression_loss": "mse",
-    "classifier_dropout": 0.0,
-    "freeze_backbone": False,
-    "loss": None,
-    "head_dropout": 0.0,
-    "temporal_merge": "mean",
-    "num_timesteps": None,
-    "temporal_subset_lengths": None,
-}
-TEMPORAL_MERGES = ("mean", "max", "concat", "diff")
-# Settings every task model uses, and those of each head type (checked by `check_task_settings`).
+# Settings every task model uses, and those of each head type (see `TerraMindTaskPreTrainedModel.uses`).
 COMMON_TASK_SETTINGS = ("freeze_backbone", "temporal_merge", "num_timesteps", "temporal_subset_lengths")
 HEAD_SETTINGS = {
     "upernet": ("decoder_hidden_size", "pool_scales"),
     "unet": ("unet_channels",),
     "fcn": ("decoder_hidden_size", "fcn_num_convs", "fcn_concat_input"),
 }
-# Config entries of a saved or loaded config that are not TerraMindConfig arguments but are not user settings either.
-_CONFIG_BOOKKEEPING = {"auto_map", "custom_pipelines", "stage_names"}
 
 
 def task_setting(config: TerraMindConfig, name: str) -> Any:
-    """A task setting of the config, or its default."""
-    return getattr(config, name, TASK_CONFIG_DEFAULTS[name])
+    """A task setting of the config (a typed `TerraMindConfig` field)."""
+    return getattr(config, name)
 
 
-def apply_task_kwargs(config: TerraMindConfig, kwargs: dict[str, Any]) -> None:
-    """Store task settings given to a model constructor (`from_pretrained(path, decode_head="unet")`) in its config.
-
-    `from_pretrained` only sets config attributes that already exist and hands the others to the model; task models
-    take the known task settings here and reject anything else.
-    """
-    unknown = sorted(set(kwargs) - set(TASK_CONFIG_DEFAULTS))
-    if unknown:
-        raise TypeError(f"Unexpected arguments {unknown}; task settings are {', '.join(TASK_CONFIG_DEFAULTS)}.")
+def apply_task_kwargs(config: TerraMindConfig, kwargs: dict[str, Any], model: type) -> None:
+    """Task settings given to a model constructor (`TerraMindForSemanticSegmentation(config, decode_head="unet")`)
+    go into its config; a keyword that no TerraMind class knows is an error naming the nearest setting.
+    (`from_pretrained` sets known settings on the config itself and hands the unknown ones here.)"""
+    check_legacy_tim_settings(kwargs)
+    refuse_unknown_settings(kwargs, TerraMindConfig.known_settings(), model.__name__)
     for name, value in kwargs.items():
         setattr(config, name, value)
 
 
-def check_task_settings(config: TerraMindConfig, model_name: str, used: set[str]) -> None:
-    """Refuse config entries that no TerraMind model knows, and task settings (not at their default) that this model
-    does not use, so that `loss="dice"` on a classifier or a typo is an error rather than silently ignored."""
-    known = set(type(config)().to_dict()) | set(TASK_CONFIG_DEFAULTS) | _CONFIG_BOOKKEEPING
-    unknown = sorted(set(config.to_dict()) - known)
-    if unknown:
-        raise ValueError(f"{model_name}: unknown config settings {unknown}; task settings are "
-                         f"{', '.join(TASK_CONFIG_DEFAULTS)}.")  # fmt: skip
-    unused = sorted(name for name, default in TASK_CONFIG_DEFAULTS.items()
-                    if name not in used and _chosen_setting(config, name, default) != default)  # fmt: skip
-    if unused:
-        settings = ", ".join(f"{name}={_chosen_setting(config, name, None)!r}" for name in unused)
-        raise ValueError(f"{model_name} does not use {settings}; remove them (or reset them to their defaults) or "
-                         f"choose the model or head that uses them.")  # fmt: skip
-
-
-def _chosen_setting(config: TerraMindConfig, name: str, default: Any) -> Any:
-    """A task setting as the user chose it: the config's backbone stages read the last stage when none is chosen."""
-    if name in ("out_indices", "out_features"):
-        return getattr(config, f"_{name}")
-    return getattr(config, name, default)
-
-
-def check_temporal_settings(config: TerraMindConfig) -> None:
-    """`temporal_merge`, `num_timesteps` and `temporal_subset_lengths` must fit together (TerraTorch's rules)."""
-    merge = task_setting(config, "temporal_merge")
-    steps = task_setting(config, "num_timesteps")
-    subsets = task_setting(config, "temporal_subset_lengths")
-    if merge not in TEMPORAL_MERGES:
-        raise ValueError(f"temporal_merge must be one of {', '.join(TEMPORAL_MERGES)}, got {merge!r}.")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"num_timesteps must be a positive int, got {steps!r}.")
-    if subsets is not None:
-        if not subsets or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in subsets):
-            raise ValueError(f"temporal_subset_lengths must be a list of positive ints, got {subsets!r}.")
-        if steps is not None and sum(subsets) != steps:
-            raise ValueError(f"temporal_subset_lengths {subsets} must add up to num_timesteps={steps}.")
-    if merge == "concat" and steps is None:
-        raise ValueError("temporal_merge='concat' needs num_timesteps (the decoder's input width depends on it).")
-    merged = len(subsets) if subsets is not None else steps
-    if merge == "diff" and merged is not None and merged != 2:
-        raise ValueError(f"temporal_merge='diff' takes the difference of two time steps (or of two "
-                         f"temporal_subset_lengths groups), got {merged}.")  # fmt: skip
+def warn_unused_task_settings(config: TerraMindConfig, model: type, used: set[str]) -> None:
+    """One warning for the task settings (not at their default) that `model` does not use, naming the models (and
+    decode heads) that use each: a config may hold the settings of every head, so this is no error."""
+    unused = {name: value for name, value in config.changed_task_settings().items() if name not in used}
+    if not unused:
+        return
+    described = []
+    for name, value in unused.items():
+        users = [cls.__name__ for cls in _TASK_MODELS if name in cls.uses]
+        heads = [head for head, names in HEAD_SETTINGS.items() if name in names]
+        where = ", ".join(users) + (f" with decode_head={' or '.join(map(repr, heads))}" if heads else "")
+        described.append(f"{name}={value!r} (used by {where})")
+    logger.warning_once(f"{model.__name__} does not use {'; '.join(described)}: ignored.")
 
 
 def merged_timesteps(config: TerraMindConfig) -> int:
@@ -373,19 +323,18 @@ def add_head_dropout(decode_head: nn.Module, dropout: float) -> None:
 
 def build_decode_head(config: TerraMindConfig, in_channels: list[int], num_outputs: int, head: str) -> nn.Module:
     """UperNet (transformers' `UperNetHead`), UNet or FCN (transformers' `UperNetFCNHead`) over the neck outputs."""
-    width = task_setting(config, "decoder_hidden_size")
+    if head == "unet":
+        decoder = TerraMindUNetHead(list(in_channels), list(config.unet_channels)[: len(in_channels)], num_outputs)
+        return use_single_value_safe_batch_norm(decoder)
+    # Transformers' UperNet heads read their settings from an UperNetConfig (the FCN head is its auxiliary head).
+    head_config = UperNetConfig(hidden_size=config.decoder_hidden_size, pool_scales=list(config.pool_scales),
+                                num_labels=num_outputs, use_auxiliary_head=False, auxiliary_in_channels=None,
+                                auxiliary_channels=config.decoder_hidden_size, auxiliary_num_convs=config.fcn_num_convs,
+                                auxiliary_concat_input=config.fcn_concat_input)  # fmt: skip
     if head == "upernet":
-        settings = SimpleNamespace(pool_scales=tuple(task_setting(config, "pool_scales")), hidden_size=width,
-                                   num_labels=num_outputs)  # fmt: skip
-        decoder = UperNetHead(settings, in_channels=list(in_channels))
-    elif head == "unet":
-        channels = list(task_setting(config, "unet_channels") or TASK_CONFIG_DEFAULTS["unet_channels"])
-        decoder = TerraMindUNetHead(list(in_channels), channels[: len(in_channels)], num_outputs)
+        decoder = UperNetHead(head_config, in_channels=list(in_channels))
     else:
-        settings = SimpleNamespace(auxiliary_in_channels=None, auxiliary_channels=width, num_labels=num_outputs,
-                                   auxiliary_num_convs=task_setting(config, "fcn_num_convs"),
-                                   auxiliary_concat_input=task_setting(config, "fcn_concat_input"))  # fmt: skip
-        decoder = UperNetFCNHead(settings, in_channels=list(in_channels), in_index=-1)
+        decoder = UperNetFCNHead(head_config, in_channels=list(in_channels), in_index=-1)
     return use_single_value_safe_batch_norm(decoder)
 
 
@@ -398,6 +347,8 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
     accepts_loss_kwargs = False
     # Modules a task adds on top of the encoder: trained from scratch, `modules_to_save` for PEFT.
     task_modules: tuple[str, ...] = ()
+    # Task settings (TerraMindConfig fields) this model reads, besides COMMON_TASK_SETTINGS.
+    uses: tuple[str, ...] = ()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -485,12 +436,10 @@ class TerraMindTaskPreTrainedModel(TerraMindPreTrainedModel):
 
     @classmethod
     def check_settings(cls, config: TerraMindConfig, used: tuple[str, ...]) -> None:
-        """The config's task settings must be known and used by this model, and the temporal ones consistent."""
-        check_task_settings(config, cls.__name__, {*COMMON_TASK_SETTINGS, *used})
-        check_temporal_settings(config)
-        dropout = task_setting(config, "head_dropout")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"head_dropout must be in [0, 1), got {dropout!r}.")
+        """The task settings' values (checked again: they may have been assigned after the config was built), and
+        one warning for those this model does not use."""
+        config.validate_task_settings()
+        warn_unused_task_settings(config, cls, {*COMMON_TASK_SETTINGS, *used})
 
     def _apply_freezing(self) -> None:
         if task_setting(self.config, "freeze_backbone"):
@@ -509,10 +458,11 @@ class TerraMindBackbone(BackboneMixin, TerraMindTaskPreTrainedModel):
     """
 
     task_modules = ("feature_neck",)
+    uses = ("out_indices", "use_feature_pyramid")
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
-        apply_task_kwargs(config, kwargs)
-        self.check_settings(config, ("out_indices", "out_features", "use_feature_pyramid"))
+        apply_task_kwargs(config, kwargs, type(self))
+        self.check_settings(config, self.uses)
         super().__init__(config)
         _check_spatial_merge(config, "TerraMindBackbone")
         self.terramind = TerraMindModel(config)
@@ -599,17 +549,16 @@ class TerraMindDenseModel(TerraMindTaskPreTrainedModel):
     task_modules = ("feature_neck", "decode_head")
 
     # Settings every dense model uses, besides those of its decode head.
-    dense_settings = ("out_indices", "out_features", "use_feature_pyramid", "decode_head", "head_dropout", "loss")
+    dense_settings = ("out_indices", "use_feature_pyramid", "decode_head", "head_dropout", "loss")
+    uses = (*dense_settings, *sorted({name for names in HEAD_SETTINGS.values() for name in names}))
 
     def __init__(self, config: TerraMindConfig, num_outputs: int, used: tuple[str, ...] = ()):
-        head = task_setting(config, "decode_head")
-        self.check_settings(config, (*self.dense_settings, *HEAD_SETTINGS.get(head, ()), *used))
+        config.validate_task_settings()
+        head = config.decode_head
+        heads_settings = {name for other in DECODE_HEADS if other != head for name in HEAD_SETTINGS[other]}
+        self.check_settings(config, (*(set(self.uses) - heads_settings | set(HEAD_SETTINGS[head])), *used))
         super().__init__(config)
-        name = type(self).__name__
-        _check_spatial_merge(config, name)
-        head = task_setting(config, "decode_head")
-        if head not in DECODE_HEADS:
-            raise ValueError(f"decode_head must be one of {', '.join(DECODE_HEADS)}, got {head!r}.")
+        _check_spatial_merge(config, type(self).__name__)
         self.terramind = TerraMindModel(config)
         default = [config.num_hidden_layers] if head == "fcn" else None
         out_indices = resolve_out_indices(config, default)
@@ -673,17 +622,19 @@ class TerraMindForSemanticSegmentation(TerraMindDenseModel):
     `class_weights` if configured).
     """
 
+    uses = (*TerraMindDenseModel.uses, "ignore_index", "class_weights")
+
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
-        apply_task_kwargs(config, kwargs)
+        apply_task_kwargs(config, kwargs, type(self))
         if config.num_labels < 2:
             raise ValueError(f"Semantic segmentation needs num_labels >= 2, got {config.num_labels}.")
         check_class_weights(config)
-        parse_loss(task_setting(config, "loss") or "ce", SEGMENTATION_LOSSES, "segmentation")
+        parse_loss(config.loss or "ce", SEGMENTATION_LOSSES, "segmentation")
         super().__init__(config, config.num_labels, ("ignore_index", "class_weights"))
 
     @property
     def ignore_index(self) -> int:
-        return int(task_setting(self.config, "ignore_index"))
+        return -100 if self.config.ignore_index is None else int(self.config.ignore_index)
 
     def forward(
         self,
@@ -722,12 +673,13 @@ class TerraMindForPixelRegression(TerraMindDenseModel):
     over finite label pixels (NaN marks nodata).
     """
 
+    uses = (*TerraMindDenseModel.uses, "num_regression_outputs", "regression_loss", "ignore_index")
+
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
-        apply_task_kwargs(config, kwargs)
-        loss, older = task_setting(config, "loss"), task_setting(config, "regression_loss")
-        if older not in REGRESSION_LOSSES:
-            raise ValueError(f"regression_loss must be one of {', '.join(REGRESSION_LOSSES)}, got {older!r}.")
-        if loss is not None and older != TASK_CONFIG_DEFAULTS["regression_loss"] and loss != older:
+        apply_task_kwargs(config, kwargs, type(self))
+        config.validate_task_settings()
+        loss, older = config.loss, config.regression_loss
+        if loss is not None and older != "mse" and loss != older:
             raise ValueError(f"loss={loss!r} and regression_loss={older!r} disagree; set `loss` only.")
         parse_loss(self._loss_name(config), REGRESSION_LOSSES, "regression")
         used = ("num_regression_outputs", "regression_loss", "ignore_index")
@@ -740,7 +692,7 @@ class TerraMindForPixelRegression(TerraMindDenseModel):
     @property
     def ignore_index(self) -> float | None:
         """Label value that does not count; only when set explicitly (regression targets may take any value)."""
-        return self.config.__dict__.get("ignore_index")
+        return self.config.ignore_index
 
     def forward(
         self,
@@ -780,10 +732,11 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
     """
 
     task_modules = ("classifier",)
+    uses = ("classifier_dropout", "head_dropout", "ignore_index", "class_weights")
 
     def __init__(self, config: TerraMindConfig, **kwargs: Any):
-        apply_task_kwargs(config, kwargs)
-        self.check_settings(config, ("classifier_dropout", "head_dropout", "ignore_index", "class_weights"))
+        apply_task_kwargs(config, kwargs, type(self))
+        self.check_settings(config, self.uses)
         dropout, older = task_setting(config, "head_dropout"), task_setting(config, "classifier_dropout") or 0.0
         if dropout and older and dropout != older:
             raise ValueError(f"head_dropout={dropout} and classifier_dropout={older} disagree; set one of them.")
@@ -849,7 +802,7 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
             return F.mse_loss(logits, labels.to(logits.dtype))
         if self.config.problem_type == "single_label_classification":
             labels = labels.reshape(-1)
-            ignore = int(task_setting(self.config, "ignore_index"))
+            ignore = -100 if self.config.ignore_index is None else int(self.config.ignore_index)
             bad = labels[(labels != ignore) & ((labels < 0) | (labels >= self.num_labels))]
             if bad.numel():
                 raise ValueError(f"Class ids {sorted(set(bad.tolist()))[:10]} are out of range for num_labels="
@@ -863,9 +816,13 @@ class TerraMindForImageClassification(TerraMindTaskPreTrainedModel):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
+_TASK_MODELS = (TerraMindBackbone, TerraMindForSemanticSegmentation, TerraMindForPixelRegression,
+                TerraMindForImageClassification)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- label checks
 def check_class_weights(config: TerraMindConfig) -> None:
-    weights = task_setting(config, "class_weights")
+    weights = config.class_weights
     if weights is not None and len(weights) != config.num_labels:
         raise ValueError(f"class_weights has {len(weights)} values for num_labels={config.num_labels}.")
 

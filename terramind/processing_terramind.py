@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+from transformers import AutoImageProcessor, AutoProcessor
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -19,7 +19,7 @@ from .image_processing_terramind import TerraMindImageProcessor
 
 COORDINATES_KEY = "Coordinates"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only")
 
 
 class TerraMindProcessor(ProcessorMixin):
@@ -47,30 +47,18 @@ class TerraMindProcessor(ProcessorMixin):
     ) -> None:
         if tokenizer is not None and not isinstance(tokenizer, PreTrainedTokenizerBase):
             raise ValueError(f"`tokenizer` must be a PreTrainedTokenizerBase or None, got {type(tokenizer).__name__}.")
-        super().__init__(image_processor=image_processor or TerraMindImageProcessor(), **kwargs)
-        self._tokenizer = tokenizer
+        # Both are ProcessorMixin attributes (from this signature): saved, loaded and checked by Transformers.
+        super().__init__(image_processor=image_processor or TerraMindImageProcessor(), tokenizer=tokenizer, **kwargs)
 
-    @classmethod
-    def get_attributes(cls) -> list[str]:
-        # ProcessorMixin requires every listed attribute; the optional tokenizer is saved and loaded by this class.
-        return ["image_processor"]
-
-    def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> type:
-        # Without Pillow, transformers exposes a dummy ImageProcessingMixin that nothing is an instance of; this image
-        # processor needs no Pillow, so it is checked against its own class.
-        if argument_name == "image_processor":
-            if not isinstance(argument, TerraMindImageProcessor):
-                raise TypeError(f"`image_processor` must be a TerraMindImageProcessor, got {type(argument).__name__}.")
-            return TerraMindImageProcessor
-        return super().check_argument_for_proper_class(argument_name, argument)
-
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase | None:
-        return self._tokenizer
-
-    @tokenizer.setter
-    def tokenizer(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
-        self._tokenizer = tokenizer
+    def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> type | None:
+        """Transformers' check against the modality's base class, plus: the coordinates tokenizer is optional, and
+        the image processor is a TerraMindImageProcessor by name (a folder's remote-code copy of the class is one)."""
+        if argument_name == "tokenizer" and argument is None:
+            return None
+        proper_class = super().check_argument_for_proper_class(argument_name, argument)
+        if argument_name == "image_processor" and not _is_named(argument, TerraMindImageProcessor.__name__):
+            raise TypeError(f"`image_processor` must be a TerraMindImageProcessor, got {type(argument).__name__}.")
+        return proper_class
 
     @property
     def model_input_names(self) -> list[str]:
@@ -80,15 +68,17 @@ class TerraMindProcessor(ProcessorMixin):
         self,
         images: Mapping[str, Any] | None = None,
         coordinates: Any = None,
-        tokenize_coordinates: bool = False,
-        return_tensors: str | None = "pt",
+        tokenize_coordinates: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
         """
-        Process `images` (`{modality: array}`, see [`TerraMindImageProcessor.preprocess`], which takes the other
-        keyword arguments) and pass `coordinates` ((B, 2) or (2,) longitude/latitude in degrees) through unchanged as
-        `"Coordinates"`, or as the tokenizer's (B, L) token ids with `tokenize_coordinates=True`.
+        Process `images` (`{modality: array}` or bare images of the default modality, see
+        [`TerraMindImageProcessor.preprocess`], which takes the other keyword arguments) and pass `coordinates`
+        ((B, 2) or (2,) longitude/latitude in degrees) through unchanged as `"Coordinates"`, or as the tokenizer's
+        (B, L) token ids with `tokenize_coordinates=True`. `return_tensors` is "pt" (default), "np" or None.
         """
+        # As Transformers' processors: explicit arguments are the inputs, settings with defaults are keywords.
+        return_tensors = kwargs.pop("return_tensors", "pt")
         if images is None and coordinates is None:
             raise ValueError("Give `images` ({modality: array}), `coordinates` ((B, 2) lon/lat), or both.")
         data = {}
@@ -157,32 +147,43 @@ class TerraMindProcessor(ProcessorMixin):
         return super().from_pretrained(source, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
-        files = []
-        if self.tokenizer is not None:
-            files += list(self.tokenizer.save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs))
-        return files + super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        # ProcessorMixin saves every attribute it lists; a processor without the optional coordinates tokenizer is
+        # saved as one whose only attribute is the image processor (and loads back with `tokenizer=None`).
+        present = [name for name in type(self).get_attributes() if getattr(self, name, None) is not None]
+        self.get_attributes = lambda: present
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            del self.get_attributes
 
     @classmethod
-    def _get_arguments_from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, processor_dict: dict | None = None, **kwargs
-    ) -> list[Any]:
-        # The image processor is loaded by its class, not AutoImageProcessor (which needs Pillow); the tokenizer
-        # only where the folder has one.
-        image_processor = TerraMindImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+    def _load_tokenizer_from_pretrained(
+        cls, sub_processor_type: str, pretrained_model_name_or_path: str | os.PathLike, subfolder: str = "", **kwargs
+    ) -> PreTrainedTokenizerBase | None:
+        """Transformers' loading of the tokenizer attribute (AutoTokenizer), or None where the folder has none: the
+        coordinates tokenizer is optional. The image processor's settings are not the tokenizer's."""
         hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
         tokenizer_file = cached_file(
             pretrained_model_name_or_path,
             TOKENIZER_CONFIG_FILE,
+            subfolder=subfolder,
             _raise_exceptions_for_missing_entries=False,
             _raise_exceptions_for_connection_errors=False,
             **hub_kwargs,
         )
-        tokenizer = None
-        if tokenizer_file is not None:
-            image_settings = TerraMindImageProcessor.valid_kwargs.__annotations__
-            tokenizer_kwargs = {key: value for key, value in kwargs.items() if key not in image_settings}
-            tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
-        return [image_processor, tokenizer]
+        if tokenizer_file is None:
+            return None
+        image_settings = TerraMindImageProcessor.valid_kwargs.__annotations__
+        kwargs = {key: value for key, value in kwargs.items() if key not in image_settings}
+        return super()._load_tokenizer_from_pretrained(
+            sub_processor_type, pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+        )
+
+
+def _is_named(instance: Any, class_name: str) -> bool:
+    """Whether `instance` is of a class named `class_name` or a subclass of one (Transformers resolves sub-processor
+    classes by name: a package's class and a saved folder's copy of it are different objects with one name)."""
+    return any(cls.__name__ == class_name for cls in type(instance).__mro__)
 
 
 def register_processors(config_class: type | None = None, exist_ok: bool = True) -> None:

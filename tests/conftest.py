@@ -14,6 +14,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_configure(config):
+    from upstream.fetch import register_markers  # Transformers' common tests (tests/upstream)
+
+    register_markers(config)
 ARCHITECTURES = ("tiny", "base")
 
 

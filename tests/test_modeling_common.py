@@ -1,6 +1,11 @@
-"""Transformers-style common checks over every TerraMind model class (encoder, generator, backbone, task heads and,
-where it applies, the tokenizer): save/load round trips, batching, eager vs SDPA, attentions and hidden states,
-activation checkpointing with LoRA, torch.export, weight init, loading reports, remote code and config validation."""
+"""Common checks that Transformers' own mixins (tests/models/test_terramind_upstream_common.py) do not make:
+
+- the generator (`TerraMindForGeneration`, whose dict outputs the mixins do not take) and the tokenizer: save/load,
+  batching, eager vs SDPA, weight init;
+- several modalities at once (the mixins' tester feeds one): batching, eager vs SDPA, hidden states and attentions
+  (the attention checks of every class stay here until the mixins' attention tests pass, see issue23-model);
+- activation checkpointing with LoRA, torch.export (the sdist ships no export tests), TerraMind's own init values,
+  loading reports of heads on a generator folder, remote code, and config validation."""
 
 from __future__ import annotations
 
@@ -54,6 +59,8 @@ CLASSES = {"model": TerraMindModel, "generation": TerraMindForGeneration, "backb
            "segmentation": TerraMindForSemanticSegmentation, "regression": TerraMindForPixelRegression,
            "classification": TerraMindForImageClassification}  # fmt: skip
 ENCODER_MODELS = [name for name in BUILDERS if name != "generation"]  # TerraMindModel, backbone and the heads
+# Where the mixins' checks do not reach: the generator, and the encoder (which every head runs) on two modalities.
+MULTIMODAL = ["model", "generation"]
 
 
 def build(name: str, seed: int = 0, **kwargs) -> nn.Module:
@@ -110,7 +117,7 @@ def assert_attention_probabilities(attentions, count: int, shape: tuple[int, ...
 
 
 # ----------------------------------------------------------------------------- 1. save / load round trip
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", ["generation"])  # the mixins' test_save_load covers the others
 def test_save_load_round_trip(name, tmp_path):
     """save_pretrained + from_pretrained of the same class: nothing missing or unexpected, identical outputs."""
     model = build(name).eval()
@@ -153,7 +160,7 @@ def test_tokenizer_save_load_round_trip(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 2. batching
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", MULTIMODAL)
 def test_batch_equals_single_samples(name):
     """In eval mode every output of a batch of 2 (hidden states and attentions too) equals that sample run alone."""
     model = build(name).eval()
@@ -182,7 +189,7 @@ def test_generate_batch_equals_single_samples():
 
 
 # ----------------------------------------------------------------------------- 3. eager vs SDPA
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", MULTIMODAL)
 def test_eager_and_sdpa_agree(name):
     """set_attn_implementation reaches every attention layer (the generator's encoder copy too) and both
     implementations give the same outputs."""
@@ -370,7 +377,7 @@ def _check_fresh_weights(model: nn.Module) -> None:
             assert torch.equal(module.bias, torch.zeros_like(module.bias)), module
 
 
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", MULTIMODAL)
 def test_init_weights_finite_and_deterministic(name):
     """_init_weights: finite weights, norms at identity, zero linear biases, modality embeddings ~ N(0, 0.02),
     sin-cos positions; the same seed gives the same model, another seed another one."""

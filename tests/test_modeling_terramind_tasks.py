@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoBackbone, UperNetConfig, UperNetForSemanticSegmentation
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging
 
 from terramind import TERRATORCH_OUT_INDICES, TerraMindConfig, TerraMindModel
 from terramind.modeling_terramind_tasks import (
@@ -97,8 +100,8 @@ def test_segmentation_label_errors():
         TerraMindForSemanticSegmentation(config(num_labels=1))
     with pytest.raises(ValueError, match="class_weights has 2 values"):
         TerraMindForSemanticSegmentation(config(class_weights=[1.0, 2.0]))
-    with pytest.raises(ValueError, match="decode_head must be one of"):
-        TerraMindForSemanticSegmentation(config(decode_head="segformer"))
+    with pytest.raises(StrictDataclassError, match="decode_head must be one of upernet, unet, fcn; got 'segformer'"):
+        config(decode_head="segformer")  # refused where it is written
     with pytest.raises(ValueError, match="merge_method 'mean', 'max' or 'concat'"):
         TerraMindForSemanticSegmentation(config(merge_method="dict"))
     # (B, 1, H, W) and float class ids are accepted
@@ -293,8 +296,8 @@ def test_segmentation_loss_option_and_all_ignored_batch():
     ignored.backward()
     assert ignored.item() == 0.0
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
-    with pytest.raises(ValueError, match="Unknown segmentation loss"):
-        TerraMindForSemanticSegmentation(config(loss="tversky", **SMALL_HEAD))
+    with pytest.raises(StrictDataclassError, match="loss must be one of ce, dice, focal, lovasz, jaccard"):
+        config(loss="tversky", **SMALL_HEAD)
 
 
 def test_regression_loss_option_and_all_nan_batch():
@@ -307,19 +310,65 @@ def test_regression_loss_option_and_all_nan_batch():
         TerraMindForPixelRegression(config(loss="rmse", regression_loss="huber", **SMALL_HEAD))
 
 
-def test_unknown_or_unused_task_settings_raise():
-    with pytest.raises(ValueError, match=r"unknown config settings \['loss_fn'\]"):
-        TerraMindForSemanticSegmentation(config(loss_fn="dice"))
-    with pytest.raises(ValueError, match="TerraMindForImageClassification does not use loss='dice'"):
+def test_task_settings_are_checked_where_they_are_written():
+    """A typo names the nearest known setting; a value that is not allowed lists the allowed ones."""
+    with pytest.raises(TypeError, match=r"unknown settings: 'loss_fn' \(did you mean 'loss'\?\)"):
+        config(loss_fn="dice")
+    with pytest.raises(TypeError, match=r"'decode_haed' \(did you mean 'decode_head'\?\)"):
+        TerraMindForSemanticSegmentation(config(), decode_haed="unet")  # a model's keyword arguments too
+    for kwargs, message in [
+        (dict(loss="dcie"), r"loss must be one of ce, dice, .* got 'dcie' \(did you mean 'dice'\?\)"),
+        (dict(decode_head="upernett"), r"decode_head must be one of upernet, unet, fcn; got 'upernett'"),
+        (dict(temporal_merge="avg"), r"temporal_merge must be one of mean, max, concat, diff; got 'avg'"),
+        (dict(regression_loss="mean"), r"regression_loss must be one of mse, mae, l1, rmse, huber"),
+        (dict(head_dropout=1.5), r"head_dropout must be in \[0, 1\)"),
+    ]:  # fmt: skip
+        with pytest.raises(StrictDataclassError, match=message):
+            config(**kwargs)
+    settings = config()
+    settings.decode_head = "upernett"  # assigned later: checked when a model is built from it
+    with pytest.raises(ValueError, match="decode_head must be one of upernet, unet, fcn; got 'upernett'"):
+        TerraMindForSemanticSegmentation(settings)
+    with pytest.raises(ValueError, match="Unknown segmentation loss"):  # a regression loss on a segmenter
+        TerraMindForSemanticSegmentation(config(loss="mse", **SMALL_HEAD))
+
+
+def test_settings_a_model_does_not_use_give_one_warning_naming_their_users():
+    logger = logging.get_logger("terramind.modeling_terramind_tasks")
+    logger.warning_once.cache_clear()
+    with CaptureLogger(logger) as captured:
         TerraMindForImageClassification(config(loss="dice"))
-    with pytest.raises(ValueError, match=r"does not use unet_channels=\[8, 8, 8, 8\]"):
-        TerraMindForSemanticSegmentation(config(decode_head="upernet", unet_channels=[8, 8, 8, 8]))
-    with pytest.raises(ValueError, match="TerraMindBackbone does not use .*head_dropout=0.1"):
-        TerraMindBackbone(config(head_dropout=0.1, loss="dice"))
-    with pytest.raises(ValueError, match="TerraMindForSemanticSegmentation does not use num_regression_outputs=2"):
-        TerraMindForSemanticSegmentation(config(num_regression_outputs=2))
-    with pytest.raises(ValueError, match=r"head_dropout must be in \[0, 1\)"):
-        TerraMindForSemanticSegmentation(config(head_dropout=1.5))
+        TerraMindForImageClassification(config(loss="dice"))
+    assert captured.out.count("does not use") == 1, captured.out
+    assert ("TerraMindForImageClassification does not use loss='dice' (used by TerraMindForSemanticSegmentation, "
+            "TerraMindForPixelRegression)") in captured.out  # fmt: skip
+    with CaptureLogger(logger) as captured:
+        TerraMindForSemanticSegmentation(config(decode_head="upernet", unet_channels=[8, 8, 8, 8], **SMALL_HEAD))
+        TerraMindBackbone(config(head_dropout=0.1, num_regression_outputs=2))
+    assert ("does not use unet_channels=[8, 8, 8, 8] (used by TerraMindForSemanticSegmentation, "
+            "TerraMindForPixelRegression with decode_head='unet')") in captured.out  # fmt: skip
+    assert "TerraMindBackbone does not use " in captured.out and "head_dropout=0.1 (used by" in captured.out
+    assert "num_regression_outputs=2 (used by TerraMindForPixelRegression)" in captured.out
+
+
+def test_one_config_touched_by_trainer_and_peft_builds_every_model():
+    """As Trainer (`use_cache`), tests (`batch_norm_eps`) and older versions leave attributes on a config, and one
+    config holds the settings of every head: every class builds from it, again and again (full, then LoRA)."""
+    from terramind.finetuning import apply_lora
+
+    shared = config(decode_head="unet", unet_channels=[8, 8, 8, 8], out_indices=[1, 2, 3, 4], class_weights=[1.0] * 5)
+    shared.use_cache = False
+    shared.batch_norm_eps = 1e-3
+    shared.gradient_checkpointing = True
+    first = TerraMindForSemanticSegmentation(shared)
+    lora = apply_lora(TerraMindForSemanticSegmentation(shared), target_modules=["qkv"])
+    assert any("lora_" in name for name, p in lora.named_parameters() if p.requires_grad)
+    for model_class in (TerraMindModel, TerraMindBackbone, TerraMindForImageClassification,
+                        TerraMindForPixelRegression):  # fmt: skip
+        model_class(shared)
+    x = inputs(1, 32, 32)
+    with torch.no_grad():
+        assert first.eval()(**x).logits.shape == (1, 5, 32, 32)
 
 
 @pytest.mark.parametrize("head", ["upernet", "unet", "fcn"])
@@ -396,14 +445,14 @@ def test_static_inputs_repeat_over_time_and_heads_take_series():
 
 
 def test_temporal_setting_errors():
-    with pytest.raises(ValueError, match="'concat' needs num_timesteps"):
-        TerraMindBackbone(config(temporal_merge="concat"))
-    with pytest.raises(ValueError, match="temporal_merge must be one of"):
-        TerraMindBackbone(config(temporal_merge="sum"))
-    with pytest.raises(ValueError, match="must add up to num_timesteps=3"):
-        TerraMindBackbone(config(num_timesteps=3, temporal_subset_lengths=[1, 1]))
-    with pytest.raises(ValueError, match="difference of two time steps"):
-        TerraMindBackbone(config(temporal_merge="diff", num_timesteps=3))
+    with pytest.raises(StrictDataclassError, match="'concat' needs num_timesteps"):
+        config(temporal_merge="concat")
+    with pytest.raises(StrictDataclassError, match="temporal_merge must be one of"):
+        config(temporal_merge="sum")
+    with pytest.raises(StrictDataclassError, match="must add up to num_timesteps=3"):
+        config(num_timesteps=3, temporal_subset_lengths=[1, 1])
+    with pytest.raises(StrictDataclassError, match="difference of two time steps"):
+        config(temporal_merge="diff", num_timesteps=3)
     backbone = TerraMindBackbone(config(temporal_merge="concat", num_timesteps=2))
     with pytest.raises(ValueError, match="built for num_timesteps=2"):
         backbone(**series(steps=3))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, reference_input, relative_error, run_without_package
+from huggingface_hub.errors import StrictDataclassError
 
 from terramind.configuration_terramind_tokenizer import TOKENIZER_PRESETS, TerraMindTokenizerConfig
 from terramind.conversion import ConversionError
@@ -369,7 +370,7 @@ def test_config_round_trip(tmp_path):
     ],
 )
 def test_config_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(StrictDataclassError, match=match):
         TerraMindTokenizerConfig(**kwargs)
 
 

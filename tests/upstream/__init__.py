@@ -1,0 +1,1 @@
+"""Transformers' own common tests (ModelTesterMixin, ConfigTester, ...) run against TerraMind."""
