@@ -9,7 +9,6 @@ pretrained bands by name, fills nodata, resizes/crops/pads and standardizes, so 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,7 +26,13 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging
 
-from .modalities import MODALITIES, NODATA_MASK_SUFFIX, resolve_modality
+from .modalities import (  # noqa: F401 (canonical_band_name, match_bands: imported from here too)
+    MODALITIES,
+    NODATA_MASK_SUFFIX,
+    canonical_band_name,
+    match_bands,
+    resolve_modality,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -42,39 +47,11 @@ RESAMPLE_MODES = ("bilinear", "bicubic", "nearest", "nearest-exact", "area")
 _PIL_RESAMPLE_MODES = {0: "nearest-exact", 2: "bilinear", 3: "bicubic", 4: "area"}
 
 # Sentinel-2 band ids (B01, B1, B8A, ...) as the band names TerraMind uses.
-_S2_BAND_IDS = {
-    "B01": "COASTAL_AEROSOL", "B02": "BLUE", "B03": "GREEN", "B04": "RED", "B05": "RED_EDGE_1",
-    "B06": "RED_EDGE_2", "B07": "RED_EDGE_3", "B08": "NIR_BROAD", "B8A": "NIR_NARROW", "B09": "WATER_VAPOR",
-    "B10": "CIRRUS", "B11": "SWIR_1", "B12": "SWIR_2",
-}  # fmt: skip
 
 
 def nodata_mask_key(modality: str) -> str:
     """Output key of the nodata mask of a modality, e.g. "S2L2A" -> "S2L2A_nodata_mask"."""
     return f"{resolve_modality(modality)}{NODATA_MASK_SUFFIX}"
-
-
-def canonical_band_name(name: str) -> str:
-    """TerraMind's name of a band: case/separator-insensitive, Sentinel-2 ids (B02, B2, B8A) mapped to names."""
-    key = str(name).strip().upper().replace("-", "_").replace(" ", "_")
-    if re.fullmatch(r"B\d", key):
-        key = f"B0{key[1]}"
-    return _S2_BAND_IDS.get(key, key)
-
-
-def match_bands(requested: Sequence[str], available: Sequence[str | None], source: str) -> list[int]:
-    """Indexes of `requested` bands in `available` band names; `ValueError` naming `source` if one is missing."""
-    names = [None if n is None else canonical_band_name(n) for n in available]
-    duplicates = sorted({n for n in names if n is not None and names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"{source} has duplicate band names {duplicates}; band names must be unique.")
-    indexes = []
-    for band in requested:
-        wanted = canonical_band_name(band)
-        if wanted not in names:
-            raise ValueError(f"Band {band!r} is not in {source}, which has bands {list(available)}.")
-        indexes.append(names.index(wanted))
-    return indexes
 
 
 def _per_modality(value: Any, modality: str, default: Any = None) -> Any:

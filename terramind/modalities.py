@@ -10,6 +10,8 @@ Facts follow `terratorch.models.backbones.terramind` (terratorch 1.2.13): `PRETR
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -180,3 +182,34 @@ def standardization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if not spec.mean:
         raise ValueError(f"Modality {spec.name} has no pixel statistics (it is not an image).")
     return spec.mean, spec.std
+
+
+# Band names (torch-free, for the ONNX runtime path too): Sentinel-2 ids -> TerraMind names.
+_S2_BAND_IDS = {
+    "B01": "COASTAL_AEROSOL", "B02": "BLUE", "B03": "GREEN", "B04": "RED", "B05": "RED_EDGE_1",
+    "B06": "RED_EDGE_2", "B07": "RED_EDGE_3", "B08": "NIR_BROAD", "B8A": "NIR_NARROW", "B09": "WATER_VAPOR",
+    "B10": "CIRRUS", "B11": "SWIR_1", "B12": "SWIR_2",
+}  # fmt: skip
+
+
+def canonical_band_name(name: str) -> str:
+    """TerraMind's name of a band: case/separator-insensitive, Sentinel-2 ids (B02, B2, B8A) mapped to names."""
+    key = str(name).strip().upper().replace("-", "_").replace(" ", "_")
+    if re.fullmatch(r"B\d", key):
+        key = f"B0{key[1]}"
+    return _S2_BAND_IDS.get(key, key)
+
+
+def match_bands(requested: Sequence[str], available: Sequence[str | None], source: str) -> list[int]:
+    """Indexes of `requested` bands in `available` band names; `ValueError` naming `source` if one is missing."""
+    names = [None if n is None else canonical_band_name(n) for n in available]
+    duplicates = sorted({n for n in names if n is not None and names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{source} has duplicate band names {duplicates}; band names must be unique.")
+    indexes = []
+    for band in requested:
+        wanted = canonical_band_name(band)
+        if wanted not in names:
+            raise ValueError(f"Band {band!r} is not in {source}, which has bands {list(available)}.")
+        indexes.append(names.index(wanted))
+    return indexes

@@ -10,6 +10,7 @@ from typing import Any
 
 from .convert import add_convert
 from .embed import add_embed
+from .export import add_export
 from .finetune import add_finetune
 from .generate import add_generate
 from .options import Parser, UsageError, version
@@ -19,12 +20,13 @@ from .predict import add_predict
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="terramind", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,embed,generate,finetune}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,embed,generate,finetune,predict,export}")
     add_convert(sub)
     add_embed(sub)
     add_generate(sub)
     add_finetune(sub)
     add_predict(sub)
+    add_export(sub)
     return parser
 
 
@@ -39,13 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.arguments = [*extra, *args.arguments]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from ..conversion.checkpoint import ConversionError
-
     # SIGTERM (kill, a scheduler's time limit) unwinds like Ctrl-C, so that partial outputs are removed
     previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
     try:
         args.run(args)
-    except (UsageError, ConversionError, ValueError, OSError) as error:
+    except (UsageError, ValueError, OSError, *_conversion_errors()) as error:
         from ..errors import one_line
 
         print(f"terramind {args.command}: error: {one_line(error)}", file=sys.stderr)
@@ -61,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             transformers_logging.enable_progress_bar()
     return 0
+
+
+def _conversion_errors() -> tuple[type[Exception], ...]:
+    """ConversionError, if the conversion module was loaded (it imports torch; predicting an ONNX folder must not)."""
+    checkpoint = sys.modules.get("terramind.conversion.checkpoint")
+    return (checkpoint.ConversionError,) if checkpoint is not None else ()
 
 
 def _in_main_thread() -> bool:

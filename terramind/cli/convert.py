@@ -27,7 +27,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 def _run_convert(args: argparse.Namespace) -> None:
     from ..conversion.checkpoint import check_checkpoint_file
-    from ..outputs import atomic_folder
+    from ..scenes.outputs import atomic_folder
 
     overrides = {}
     if args.config:

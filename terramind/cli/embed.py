@@ -36,7 +36,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
 
 def _run_embed(args: argparse.Namespace) -> None:
     from ..modeling_terramind import TerraMindModel
-    from ..outputs import check_target
+    from ..scenes.outputs import check_target
     from ..scenes import find_scenes, shard
     from ..scenes.embedding import GeoParquetSink, GeoTiffSink, SafetensorsSink, embed_scenes
 

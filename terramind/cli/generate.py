@@ -59,7 +59,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     from ..image_processing_terramind import TerraMindImageProcessor
     from ..modalities import MODALITIES, resolve_output_modality
     from ..modeling_terramind import TerraMindForGeneration
-    from ..outputs import check_target
+    from ..scenes.outputs import check_target
     from ..scenes.discovery import find_scenes, shard
     from ..scenes.engine import SceneSource
     from ..scenes.generation import generate_scenes

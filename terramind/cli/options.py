@@ -242,7 +242,7 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
 def open_run_folder(folder: Path, settings: dict, args: argparse.Namespace, state: Any, rank: int):
     """A many-scene run's output folder, checked by every rank (the same verdict) and then started or resumed by
     rank 0: the scenes already finished (with --resume) and this rank's manifest."""
-    from ..manifest import Manifest, check_folder, finished_scenes, start_folder
+    from ..scenes.manifest import Manifest, check_folder, finished_scenes, start_folder
 
     check_folder(folder, settings, args.resume, args.overwrite)
     if state is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import UsageError, add_runtime_options, torch_dtype
+from .options import UsageError, add_runtime_options, parse_pairs, torch_dtype
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,12 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    from ..outputs import check_target
+    from ..export.runtime import is_onnx_folder
+
+    if is_onnx_folder(args.model):  # onnxruntime, no torch import on this path
+        _run_predict_onnx(args)
+        return
+    from ..scenes.outputs import check_target
     from ..scenes.prediction import load_predictor, parse_inputs, predict_to_files
 
     outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
@@ -48,3 +53,25 @@ def _run_predict(args: argparse.Namespace) -> None:
         print(f"Wrote {path}")
     if run.skipped:
         print(f"Skipped {run.skipped} of {run.tiles} tiles without data (written as nodata)")
+
+
+def _run_predict_onnx(args: argparse.Namespace) -> None:
+    from ..export.runtime import inference_session, predict_onnx
+    from ..modalities import resolve_modality
+
+    if args.adapter:
+        raise UsageError("--adapter is merged at export time; an exported folder takes none.")
+    if args.device != "cpu" or args.dtype != "fp32":
+        raise UsageError("An exported folder runs in onnxruntime on the CPU in the graph's precision; leave --device "
+                         "and --dtype at their defaults.")  # fmt: skip
+    if len({entry.partition("=")[0] for entry in args.input}) < len(args.input):
+        raise UsageError("Time series (a modality given twice) are not supported by the ONNX path.")
+    inputs = parse_pairs(args.input, "--input", resolve_modality)
+    outputs = [args.output] + ([args.probabilities] if args.probabilities else [])
+    if not all(path.endswith((".tif", ".tiff")) for path in outputs):
+        raise UsageError("--output and --probabilities must end in .tif/.tiff (GeoTIFF).")
+    overlap = args.overlap if args.overlap is not None else min(64, args.tile_size - 16)
+    session = inference_session(args.model)
+    for path in predict_onnx(args.model, inputs, args.output, args.probabilities, args.tile_size, overlap,
+                             args.batch_size, args.overwrite, session=session):  # fmt: skip
+        print(f"Wrote {path}")

@@ -22,7 +22,7 @@ from transformers.utils import logging
 from ..configuration_terramind import TERRAMIND_VARIANTS, TerraMindConfig
 from ..hub import looks_like_path, resolve_source
 from ..modalities import ORIGINAL_KEY_TO_NAME, RAW_IMAGE_MODALITIES
-from ..outputs import partial_path, remove, remove_stale_partials
+from ..scenes.outputs import partial_path, remove, remove_stale_partials
 from .model_card import push_folder, write_model_card
 
 ORIGINAL_MODEL_FILE = re.compile(r"^TerraMind_v1_(tiny|small|base|large)\.pt$")

@@ -16,13 +16,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import rasterio
-import torch
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 
 from ..errors import first_line
-from ..image_processing_terramind import match_bands
-from ..modalities import resolve_modality
+from ..modalities import match_bands, resolve_modality
 from .outputs import atomic_file
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float32", "float64")
@@ -168,7 +166,9 @@ def read_sample(paths: Mapping[str, str | Path], bands: Mapping[str, Sequence[st
 
 
 def _as_numpy(array: Any) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
+    if hasattr(array, "detach"):  # a torch tensor (torch is not imported here: the ONNX runtime path runs without it)
+        import torch
+
         array = array.detach().cpu()
         return (array.float() if array.dtype == torch.bfloat16 else array).numpy()
     return np.asarray(array)

@@ -32,7 +32,7 @@ from rasterio.windows import Window
 
 from ..configuration_terramind import TerraMindConfig
 from ..errors import first_line
-from ..geotiff import SUPPORTED_DTYPES, GeoSample, open_raster, read_sample
+from ..scenes.geotiff import SUPPORTED_DTYPES, GeoSample, open_raster, read_sample
 from ..modalities import MODALITIES, resolve_modality
 
 TASKS = ("segmentation", "regression", "classification")
