@@ -36,9 +36,9 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
 
 def _run_embed(args: argparse.Namespace) -> None:
     from ..modeling_terramind import TerraMindModel
-    from ..scenes.outputs import check_target
     from ..scenes import find_scenes, shard
     from ..scenes.embedding import GeoParquetSink, GeoTiffSink, SafetensorsSink, embed_scenes
+    from ..scenes.outputs import check_target
 
     output = args.output.rstrip("/")
     if Path(output).suffix not in ("", ".tif", ".tiff", ".safetensors", ".parquet") and not Path(output).is_dir():

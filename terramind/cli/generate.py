@@ -59,10 +59,10 @@ def _run_generate(args: argparse.Namespace) -> None:
     from ..image_processing_terramind import TerraMindImageProcessor
     from ..modalities import MODALITIES, resolve_output_modality
     from ..modeling_terramind import TerraMindForGeneration
-    from ..scenes.outputs import check_target
     from ..scenes.discovery import find_scenes, shard
     from ..scenes.engine import SceneSource
     from ..scenes.generation import generate_scenes
+    from ..scenes.outputs import check_target
 
     outputs = [resolve_output_modality(m.strip()) for m in args.output_modalities.split(",") if m.strip()]
     if not outputs:

@@ -32,8 +32,8 @@ from rasterio.windows import Window
 
 from ..configuration_terramind import TerraMindConfig
 from ..errors import first_line
-from ..scenes.geotiff import SUPPORTED_DTYPES, GeoSample, open_raster, read_sample
 from ..modalities import MODALITIES, resolve_modality
+from ..scenes.geotiff import SUPPORTED_DTYPES, GeoSample, open_raster, read_sample
 
 TASKS = ("segmentation", "regression", "classification")
 MAX_LISTED = 5

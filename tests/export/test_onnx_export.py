@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from terramind.training.adapters import save_adapter
-from terramind.training.finetuning import apply_lora
 
 from terramind import TerraMindConfig, TerraMindImageProcessor, TerraMindModel, read_sample
 from terramind.cli import main
 from terramind.modeling_terramind_tasks import TerraMindForSemanticSegmentation
 from terramind.prediction import load_predictor
+from terramind.training.adapters import save_adapter
+from terramind.training.finetuning import apply_lora
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
