@@ -196,7 +196,8 @@ class TerraMindEmbeddings(nn.ModuleDict):
     """Inputs -> tokens: the embedding module of every modality key, applied in input order and concatenated.
 
     `token_positions` keeps only some tokens of a modality (e.g. the target tokens already decoded, which condition
-    the next ones in generation); `token_slices` says where each modality's tokens sit in the sequence.
+    the next ones in generation): flat grid positions (n,) shared by the batch, or (B, n) per sample (4M's masked
+    pre-training picks other tokens in every sample); `token_slices` says where each modality's tokens sit.
     """
 
     def __init__(self, config: TerraMindConfig, channels: Mapping[str, int | None], decoder: bool = False):
@@ -228,7 +229,7 @@ class TerraMindEmbeddings(nn.ModuleDict):
         slices = {}
         for key, value in inputs.items():
             kept = (token_positions or {}).get(key)
-            count = len(kept) if kept is not None else self[key].num_tokens(value)
+            count = kept.shape[-1] if kept is not None else self[key].num_tokens(value)
             slices[key] = slice(offset, offset + count)
             offset += count
         return slices
@@ -236,7 +237,25 @@ class TerraMindEmbeddings(nn.ModuleDict):
 
 def _keep(tokens: torch.Tensor, key: str, token_positions: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
     kept = (token_positions or {}).get(key)
-    return tokens if kept is None else tokens[:, kept]
+    return tokens if kept is None else gather_tokens(tokens, kept)
+
+
+def gather_tokens(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, N, ...) -> (B, n, ...) at positions (n,) shared by the batch or (B, n) per sample."""
+    if positions.ndim == 1:
+        return tokens[:, positions]
+    index = positions.to(tokens.device).reshape(*positions.shape, *[1] * (tokens.ndim - 2))
+    return tokens.gather(1, index.expand(*positions.shape, *tokens.shape[2:]))
+
+
+def masked_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) boolean token mask -> (positions (B, n), valid (B, n)): every sample's chosen positions in grid
+    order, padded to the largest count n of the batch with unchosen positions, which `valid` marks False."""
+    mask = mask.bool()
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    count = int(mask.sum(dim=1).max()) if mask.numel() else 0
+    positions = order[:, :count]
+    return positions, mask.gather(1, positions)
 
 
 # ----------------------------------------------------------------------------- encoder and decoder
@@ -829,7 +848,7 @@ class TerraMindModel(TerraMindPreTrainedModel):
         mask = torch.ones(first.shape[0], max(s.stop for s in slices.values()), dtype=torch.bool, device=first.device)
         for key, valid in valid_tokens.items():
             kept = (token_positions or {}).get(key)
-            mask[:, slices[key]] = valid if kept is None else valid[:, kept]
+            mask[:, slices[key]] = valid if kept is None else gather_tokens(valid, kept)
         return mask
 
     def merge(self, hidden: torch.Tensor, slices: Mapping[str, slice]) -> Any:
@@ -998,15 +1017,18 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         context_mask: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, BaseModelOutputWithCrossAttentions]:
-        """Logits (B, n, V) of an image-token target at flat grid `query_positions` (all when None): mask-token
-        queries at those positions attend to each other and to the context (its tokens where `context_mask`)."""
+        """Logits (B, n, V) of an image-token target at flat grid `query_positions` ((n,), or (B, n) per sample; all
+        when None): mask-token queries at those positions attend to each other and to the context (its tokens where
+        `context_mask`); `query_mask` (B, n) marks padding queries (False) that no query attends to."""
         embedding = self.decoder_embeddings[target]
         queries = embedding.positional(context.shape[0], *grid).to(context.dtype)
         if query_positions is not None:
-            queries = queries[:, query_positions]
-        outputs = self.decoder(self.mask_token.to(context.dtype) + queries, context, context_mask=context_mask,
-                               output_attentions=output_attentions,
+            queries = gather_tokens(queries, query_positions.clamp(min=0))  # padding (-1): any query, masked
+        self_mask = _padding_mask(query_mask, queries.shape[1], context.dtype)
+        outputs = self.decoder(self.mask_token.to(context.dtype) + queries, context, self_attention_mask=self_mask,
+                               context_mask=context_mask, output_attentions=output_attentions,
                                output_hidden_states=output_hidden_states)  # fmt: skip
         return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
 
@@ -1039,6 +1061,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         target_modalities: Sequence[str] | None = None,
         labels: dict[str, torch.Tensor] | None = None,
         reveal_fraction: float | None = None,
+        input_masks: dict[str, torch.Tensor] | None = None,
+        target_masks: dict[str, torch.Tensor] | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -1055,6 +1079,11 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             encoder input as context and only the others are predicted, as in multi-step ROAR decoding (4M's
             masked pre-training); `predicted_positions` says which. Default: none in evaluation, and in training
             a fraction drawn uniformly in [0, `config.target_reveal_rate`] per batch (0 unless configured).
+        input_masks: input modality -> (B, N_m) bool, True for the tokens the encoder sees, per sample (4M's masked
+            pre-training, `terramind.training.pretraining`); a sample's other tokens of it are left out. Inputs
+            without a mask are seen whole.
+        target_masks: image target -> (B, h*w) bool, True for the tokens predicted (and scored), per sample; `logits`
+            then hold (B, n, V) at `predicted_positions` (B, n), padded to the batch's largest n with position -1.
         """
         config = self.config
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
@@ -1066,9 +1095,17 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         inputs = self.terramind.collect_inputs(pixel_values, modalities, input_tokens)
         image_targets = any(MODALITIES[k].is_image for k in targets.values())
         grid = self.terramind.patch_grid(inputs, self.terramind.default_grid()) if image_targets else None
-        predicted, revealed = self._reveal_targets(inputs, targets, labels, grid, reveal_fraction)
+        if input_masks or target_masks:
+            if reveal_fraction:
+                raise ValueError("Give either reveal_fraction or input_masks/target_masks, not both.")
+            revealed, context_mask = self._select_input_tokens(inputs, input_masks or {})
+            predicted, query_masks = self._select_target_tokens(targets, target_masks or {}, grid)
+        else:
+            predicted, revealed = self._reveal_targets(inputs, targets, labels, grid, reveal_fraction)
+            context_mask, query_masks = None, {}
         context, encoder_outputs = self.encode_context(inputs, revealed, output_attentions=output_attentions,
-                                                       output_hidden_states=output_hidden_states)  # fmt: skip
+                                                       output_hidden_states=output_hidden_states,
+                                                       attention_mask=context_mask)  # fmt: skip
         logits, decoder_states, decoder_attentions, cross_attentions, losses = {}, {}, {}, {}, []
         for name, key in targets.items():
             target_labels = None if labels is None else _find_label(labels, name)
@@ -1076,10 +1113,12 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
                 if target_labels is None:
                     raise ValueError(f"{name} logits are teacher-forced: give its token ids in labels={{'{name}': ...}}.")
                 target_logits, outputs = self.decode_sequence(key, context, self._sequence_decoder_input(target_labels),
-                                                              output_attentions, output_hidden_states)  # fmt: skip
+                                                              output_attentions, output_hidden_states,
+                                                              context_mask=context_mask)  # fmt: skip
             else:
                 target_logits, outputs = self.decode(key, context, grid, predicted.get(name), output_attentions,
-                                                     output_hidden_states)  # fmt: skip
+                                                     output_hidden_states, context_mask=context_mask,
+                                                     query_mask=query_masks.get(name))  # fmt: skip
             logits[name] = target_logits
             if target_labels is not None:
                 losses.append(self._token_loss(key, name, target_logits, target_labels, grid, predicted.get(name)))
@@ -1123,6 +1162,45 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             inputs[key] = target_labels.to(self.device).long().clamp(min=0)  # ignored (-100) tokens: any id
         return predicted, revealed
 
+    def _select_input_tokens(
+        self, inputs: dict[str, torch.Tensor], input_masks: Mapping[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Per-sample input tokens from `input_masks`: positions (B, n) per masked input, padded, and the encoder's
+        (B, N) attention mask hiding the padding. An input no sample sees is left out."""
+        positions, valid = {}, {}
+        for name, mask in input_masks.items():
+            key = name if name in inputs else self.terramind.config.modality_key(name)
+            if key not in inputs:
+                raise ValueError(f"input_masks given for {name!r}, which is not among the inputs {list(inputs)}.")
+            count = self.terramind.embeddings[key].num_tokens(inputs[key])
+            if mask.ndim != 2 or mask.shape != (inputs[key].shape[0], count):
+                raise ValueError(f"input_masks[{name!r}] must be a (B, N) = {(inputs[key].shape[0], count)} boolean "
+                                 f"mask, got shape {tuple(mask.shape)}.")  # fmt: skip
+            mask = mask.to(inputs[key].device).bool()
+            if not mask.any():
+                del inputs[key]
+                continue
+            positions[key], valid[key] = masked_positions(mask)[0], mask
+        if not inputs:
+            raise ValueError("input_masks hide every input token; give each sample at least one.")
+        return positions, self.terramind.token_mask(inputs, valid, positions)
+
+    def _select_target_tokens(
+        self, targets: Mapping[str, str], target_masks: Mapping[str, torch.Tensor], grid: tuple[int, int] | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-sample query positions (B, n) of each masked image target (padding: -1) and their valid masks."""
+        positions, valid = {}, {}
+        for name, mask in target_masks.items():
+            target = next((t for t, key in targets.items() if t == name or key == token_modality(name)), None)
+            if target is None or not MODALITIES[targets[target]].is_image:
+                raise ValueError(f"target_masks given for {name!r}, which is not an image target of this call.")
+            if mask.ndim != 2 or mask.shape[1] != grid[0] * grid[1]:
+                raise ValueError(f"target_masks[{name!r}] must be a (B, {grid[0] * grid[1]}) boolean mask, got "
+                                 f"shape {tuple(mask.shape)}.")  # fmt: skip
+            chosen, real = masked_positions(mask.to(self.mask_token.device))
+            positions[target], valid[target] = chosen.masked_fill(~real, -1), real
+        return positions, valid
+
     def _forward_targets(self, target_modalities: Sequence[str] | None, labels: Mapping[str, Any] | None) -> dict:
         """User target name -> decoder embedding key, checked against this generator's decoder modalities."""
         if isinstance(target_modalities, str):
@@ -1161,7 +1239,9 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             raise ValueError(f"labels[{name!r}] must be a (B, h, w) = {(logits.shape[0], *grid)} token grid matching "
                              f"the inputs, got shape {tuple(labels.shape)}.")  # fmt: skip
         labels = labels.flatten(1).long()
-        if positions is not None:
+        if positions is not None and positions.ndim == 2:  # per-sample positions, -1 padding
+            labels = labels.gather(1, positions.clamp(min=0)).masked_fill(positions < 0, -100)
+        elif positions is not None:
             labels = labels[:, positions]
         if not (labels != -100).any():
             return logits.sum() * 0.0
