@@ -1083,7 +1083,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             pre-training, `terramind.training.pretraining`); a sample's other tokens of it are left out. Inputs
             without a mask are seen whole.
         target_masks: image target -> (B, h*w) bool, True for the tokens predicted (and scored), per sample; `logits`
-            then hold (B, n, V) at `predicted_positions` (B, n), padded to the batch's largest n with position -1.
+            then hold (B, n, V) at `predicted_positions` (B, n), padded to the batch's largest n with position -1
+            (a target with no token chosen in the batch has no logits).
         """
         config = self.config
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
@@ -1109,6 +1110,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         logits, decoder_states, decoder_attentions, cross_attentions, losses = {}, {}, {}, {}, []
         for name, key in targets.items():
             target_labels = None if labels is None else _find_label(labels, name)
+            if name in query_masks and not query_masks[name].shape[1]:  # target_masks choose none of its tokens
+                continue
             if MODALITIES[key].kind == "sequence":
                 if target_labels is None:
                     raise ValueError(f"{name} logits are teacher-forced: give its token ids in labels={{'{name}': ...}}.")
@@ -1127,6 +1130,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             if output_attentions:
                 decoder_attentions[name], cross_attentions[name] = outputs.attentions, outputs.cross_attentions
         loss = torch.stack(losses).sum() if losses else None
+        if loss is None and labels is not None:  # no target token chosen in this batch: nothing to learn
+            loss = context.sum() * 0.0
         output = TerraMindGenerationOutput(
             loss=loss, logits=logits, encoder_last_hidden_state=context,
             encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions,

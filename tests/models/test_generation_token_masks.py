@@ -66,3 +66,10 @@ def test_mask_errors():
         model(S2L2A=x, labels={"LULC": lulc}, target_masks={"S1RTC": torch.ones(1, 4, dtype=torch.bool)})
     with pytest.raises(ValueError, match="not both"):
         model(S2L2A=x, labels={"LULC": lulc}, reveal_fraction=0.5, target_masks={"LULC": torch.ones(1, 4).bool()})
+
+
+def test_a_target_with_no_chosen_token_is_skipped():
+    model = _generator()
+    x, lulc = torch.randn(2, 12, 32, 32), torch.randint(0, 4375, (2, 2, 2))
+    out = model(S2L2A=x, labels={"LULC": lulc}, target_masks={"LULC": torch.zeros(2, 4, dtype=torch.bool)})
+    assert "LULC" not in out.logits and out.loss.item() == 0.0
