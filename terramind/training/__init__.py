@@ -1,0 +1,1 @@
+"""Training TerraMind: fine-tuning, the generator's datasets and continued pre-training."""
