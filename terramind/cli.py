@@ -639,6 +639,21 @@ def _run_finetune(args: argparse.Namespace) -> None:
     finetune_main(argv)
 
 
+# ----------------------------------------------------------------------------- pretrain
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("pretrain", add_help=False,
+                            help="continued pre-training with 4M's any-to-any objective (`terramind pretrain --help`)")  # fmt: skip
+    parser.add_argument("arguments", nargs=argparse.REMAINDER,
+                        help="the pre-training and TrainingArguments options; `terramind pretrain --help` lists them")  # fmt: skip
+    parser.set_defaults(run=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> None:
+    from .training.pretraining import main as pretrain_main
+
+    pretrain_main(list(args.arguments))
+
+
 # The TrainingArguments that `terramind finetune --help` shows; `--help-all` shows all of them (over a hundred).
 COMMON_TRAINING_OPTIONS = (
     "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
@@ -749,11 +764,12 @@ def _run_predict(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="terramind", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,embed,generate,finetune}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,embed,generate,finetune,pretrain}")
     _add_convert(sub)
     _add_embed(sub)
     _add_generate(sub)
     _add_finetune(sub)
+    _add_pretrain(sub)
     _add_predict(sub)
     return parser
 
@@ -765,7 +781,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "finetune":  # its options belong to the fine-tuning script (HfArgumentParser)
+    if args.command in ("finetune", "pretrain"):  # their options belong to the training scripts (HfArgumentParser)
         args.arguments = [*extra, *args.arguments]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

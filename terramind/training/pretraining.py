@@ -378,7 +378,8 @@ def main(argv: Sequence[str] | None = None) -> PretrainingTrainer:
 
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((PretrainingArguments, TrainingArguments))
+    parser = HfArgumentParser((PretrainingArguments, TrainingArguments), prog="terramind pretrain",
+                              description="Continued pre-training of a TerraMind generator (4M's objective).")
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         args, training_args = parser.parse_json_file(argv[0])

@@ -61,6 +61,14 @@ def test_pretrain_lowers_the_loss_and_evaluates_per_modality(setup, tmp_path):
     assert model.config.tokenizer_paths["LULC"] == str(setup["lulc"])
     tokens = model.generate(S2L2A=torch.randn(1, 12, 64, 64), output_modalities=["LULC"], decode=False, seed=0)
     assert tokens["LULC"].shape == (1, 4, 4)
+    # and fine-tuning takes its encoder: a task model loads the trained blocks
+    from terramind import TerraMindForSemanticSegmentation
+
+    task = TerraMindForSemanticSegmentation.from_pretrained(output, modalities=["S2L2A"], num_labels=3)
+    key = "terramind.encoder.layer.0.attention.qkv.weight"
+    assert torch.equal(task.state_dict()[key], model.state_dict()[key])
+    assert not torch.equal(model.state_dict()[key],
+                           TerraMindForGeneration.from_pretrained(setup["model"]).state_dict()[key])  # it trained
 
 
 def test_resume_continues_the_same_curve(setup, tmp_path):
@@ -77,3 +85,15 @@ def test_resume_continues_the_same_curve(setup, tmp_path):
     resumed = [e["loss"] for e in json.loads((parts / "trainer_state.json").read_text())["log_history"] if "loss" in e]
     assert len(resumed) == len(reference) == 4
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(reference), rtol=0.05, atol=0.05)
+
+
+def test_cli_pretrain_bad_input_is_one_line(setup, tmp_path, capsys):
+    from terramind.cli import main as cli_main
+
+    argv = arguments(setup, tmp_path / "bad", 1)
+    argv[argv.index("--tokenizer") + 1] = "LULC"
+    assert cli_main(["pretrain", *argv]) == 2
+    assert "--tokenizer takes MODALITY=PATH" in capsys.readouterr().err
+    argv = arguments(setup, tmp_path / "bad", 1)
+    argv[argv.index("--target_modalities") + 1] = "S2L1C"
+    assert cli_main(["pretrain", *argv]) == 2
