@@ -354,6 +354,10 @@ def pretrain(args: PretrainingArguments, training_args: TrainingArguments, model
     if eval_dataset is None and training_args.eval_strategy != "no":
         raise ValueError("Evaluation needs --eval_fraction or --eval_data_root.")
     training_args.remove_unused_columns = False  # rows hold paths and token grids, not forward arguments
+    if training_args.ddp_find_unused_parameters is None:  # a batch may leave a modality's embedding unused
+        training_args.ddp_find_unused_parameters = True
+    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
+        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}  # reentrant breaks with the above
     training_args.label_names = ["labels"]
     trainer = PretrainingTrainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=eval_dataset,
