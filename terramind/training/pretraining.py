@@ -9,7 +9,8 @@ randomly selected target tokens from randomly selected input tokens", following 
    `UnifiedMasking.input_token_budget` / `target_token_budget`, ml-4m `fourm/data/masking.py`): a small alpha gives
    most of a budget to one modality, a large one spreads it evenly; a modality's share is capped at its tokens and
    what a cap cuts goes to the others;
-3. per modality, random tokens become inputs (raw patches of image modalities, token ids of tokenized ones) and
+3. per modality, random tokens become inputs (raw patches of image modalities, token ids of tokenized ones and of
+   Coordinates, the tile centre's "lat=... lon=..." text tokens, as 4M's text modalities but without its spans) and
    other random tokens — never those given as inputs, also when a modality is both an input (raw) and a target
    (tokens) — become targets;
 4. the loss is the cross-entropy of the target tokens (the generator's `forward` with `input_masks` /
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from ..modalities import MODALITIES, resolve_modality, resolve_output_modality, token_modality
-from .pretraining_data import build_pretraining_dataset, is_tokenized_input, list_samples
+from .pretraining_data import build_pretraining_dataset, is_coordinates, is_tokenized_input, list_samples
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class AnyToAnyCollator:
     input_modalities: Sequence[str]
     target_modalities: Sequence[str]
     patch_size: int = 16
+    sequence_tokens: Mapping[str, int] = field(default_factory=dict)  # Coordinates: its tokenized length
 
     def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, Any]:
         drawn = [self._draw(feature) for feature in features]
@@ -161,12 +163,12 @@ class AnyToAnyCollator:
     def _draw(self, feature: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The masks of one sample over every configured modality (all False where it lacks one)."""
         grid = self._grid(feature)
+        sizes = {name: self.sequence_tokens.get(name, grid[0] * grid[1])
+                 for name in dict.fromkeys([*self.input_modalities, *self.target_modalities])}  # fmt: skip
         present = {}
-        for name in dict.fromkeys([*self.input_modalities, *self.target_modalities]):
-            raw = feature["pixel_values"].get(name) if name in feature["pixel_values"] else None
-            tokens = feature["tokens"].get(name)
-            if raw is not None or tokens is not None:
-                present[name] = grid[0] * grid[1]
+        for name, size in sizes.items():
+            if feature["pixel_values"].get(name) is not None or feature["tokens"].get(name) is not None:
+                present[name] = size
         inputs = [m for m in self.input_modalities if m in present and (
             feature["pixel_values"].get(m) is not None or feature["tokens"].get(m) is not None)]  # fmt: skip
         targets = [m for m in self.target_modalities if feature["tokens"].get(m) is not None]
@@ -177,14 +179,12 @@ class AnyToAnyCollator:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(seed))
                 masks = self.masking.sample(present, inputs, targets, even=True)
-        count = grid[0] * grid[1]
-        empty = torch.zeros(count, dtype=torch.bool)
-        return ({m: masks[0].get(m, empty) for m in self.input_modalities},
-                {m: masks[1].get(m, empty) for m in self.target_modalities})  # fmt: skip
+        return ({m: masks[0].get(m, torch.zeros(sizes[m], dtype=torch.bool)) for m in self.input_modalities},
+                {m: masks[1].get(m, torch.zeros(sizes[m], dtype=torch.bool)) for m in self.target_modalities})  # fmt: skip
 
     def _grid(self, feature: Mapping[str, Any]) -> tuple[int, int]:
         for value in feature["pixel_values"].values():
-            if value is not None:
+            if value is not None and value.ndim == 3:
                 return value.shape[-2] // self.patch_size, value.shape[-1] // self.patch_size
         for value in feature["tokens"].values():
             if value is not None:
@@ -332,12 +332,15 @@ def pretrain(args: PretrainingArguments, training_args: TrainingArguments, model
                              f"not supported yet.")  # fmt: skip
     masking = AnyToAnyMasking(args.input_budget, args.target_budget, args.dirichlet_alpha)
     model = model if model is not None else load_generator(args)
+    sequence_tokens = {name: int(model.terramind.get_tokenizer(name).encode_coordinates([[0.0, 0.0]]).shape[1])
+                       for name in args.input_modalities if is_coordinates(name)}  # fmt: skip
     missing = [m for m in args.input_modalities if m not in model.terramind.modality_channels
                and resolve_modality(m) not in model.terramind.modality_channels]  # fmt: skip
     if missing:
         raise ValueError(f"The model has no input embedding for {', '.join(missing)}.")
-    names = list(dict.fromkeys([*args.input_modalities, *args.target_modalities]))
-    ids = list(list_samples(args.data_root, names, args.input_modalities, args.target_modalities, args.image_grep))
+    names = [m for m in dict.fromkeys([*args.input_modalities, *args.target_modalities]) if not is_coordinates(m)]
+    folders = [m for m in args.input_modalities if not is_coordinates(m)] or names
+    ids = list(list_samples(args.data_root, names, folders, args.target_modalities, args.image_grep))
     train_ids, held_ids = split_samples(ids, args.eval_fraction, training_args.seed)
     common = dict(input_modalities=args.input_modalities, target_modalities=args.target_modalities, model=model,
                   image_grep=args.image_grep, cache_dir=args.cache_dir, num_proc=args.num_proc,
@@ -362,7 +365,7 @@ def pretrain(args: PretrainingArguments, training_args: TrainingArguments, model
     trainer = PretrainingTrainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=eval_dataset,
         data_collator=AnyToAnyCollator(masking, args.input_modalities, args.target_modalities,
-                                       model.config.patch_size),
+                                       model.config.patch_size, sequence_tokens),
         target_modalities=args.target_modalities,
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -6,7 +6,8 @@ Every modality the objective needs as tokens — the targets, and tokenized inpu
 standardized and tokenized ONCE by its frozen tokenizer with `datasets.Dataset.map` (batched, `num_proc`
 processes), written in shards of Arrow files under `cache_dir`: a killed run keeps its finished shards and the next
 run tokenizes only the rest. Raw image inputs stay file paths and are read by the loader workers
-(`set_transform`).
+(`set_transform`). Coordinates, an input of text tokens, are the longitude / latitude of the tile's centre, read from
+its georeference (no folder).
 """
 
 from __future__ import annotations
@@ -27,9 +28,30 @@ from ..modalities import MODALITIES, resolve_modality, resolve_output_modality
 logger = logging.getLogger(__name__)
 
 
+COORDINATES = "Coordinates"
+
+
 def is_tokenized_input(name: str) -> bool:
     """Whether an input modality enters the encoder as token ids (LULC, NDVI) rather than as raw patches."""
     return MODALITIES[resolve_modality(name)].kind == "image_tokens"
+
+
+def is_coordinates(name: str) -> bool:
+    return MODALITIES[resolve_modality(name)].kind == "sequence"
+
+
+def raster_center_lonlat(path: str | Path) -> tuple[float, float] | None:
+    """Longitude and latitude (degrees) of a raster's centre; None without a CRS."""
+    from rasterio.warp import transform as reproject
+
+    from ..geotiff import open_raster
+
+    with open_raster(path) as src:
+        if src.crs is None:
+            return None
+        x, y = src.transform @ (src.width / 2, src.height / 2)
+        lon, lat = reproject(src.crs, "EPSG:4326", [x], [y])
+    return float(lon[0]), float(lat[0])
 
 
 def list_samples(data_root: str | Path, modalities: Sequence[str], input_modalities: Sequence[str],
@@ -92,16 +114,19 @@ def build_pretraining_dataset(
     tokenized = list(dict.fromkeys([*[m for m in input_modalities if is_tokenized_input(m)], *target_modalities]))
     for name in target_modalities:
         resolve_output_modality(name)  # a one-line error for a modality that cannot be a target
-    names = list(dict.fromkeys([*input_modalities, *target_modalities]))
-    samples = list_samples(data_root, names, input_modalities, target_modalities, image_grep)
+    names = list(dict.fromkeys([m for m in [*input_modalities, *target_modalities] if not is_coordinates(m)]))
+    folders = [m for m in input_modalities if not is_coordinates(m)]
+    samples = list_samples(data_root, names, folders or names, target_modalities, image_grep)
     ids = list(samples) if sample_ids is None else list(sample_ids)
     unknown = [i for i in ids if i not in samples]
     if unknown:
         raise ValueError(f"Samples {unknown[:5]} are not usable samples under {data_root}.")
-    raw = [m for m in input_modalities if not is_tokenized_input(m)]
+    raw = [m for m in input_modalities if not is_tokenized_input(m) and not is_coordinates(m)]
+    coordinates = next((m for m in input_modalities if is_coordinates(m)), None)
     table = datasets.Dataset.from_dict({
         "sample_id": ids,
         "input_paths": [{m: samples[i].get(m) for m in raw} for i in ids],
+        "reference_path": [next(iter(samples[i].values())) for i in ids],
         "token_paths": [{m: samples[i].get(m) for m in tokenized} for i in ids],
     })  # fmt: skip
     if isinstance(crop_size, int):
@@ -118,7 +143,7 @@ def build_pretraining_dataset(
                                 cache_file_name=str(cache / f"pretraining-{key}.arrow"), load_from_cache_file=True,
                                 remove_columns=["token_paths"], desc="Tokenizing"))  # fmt: skip
     table = shards[0] if len(shards) == 1 else datasets.concatenate_datasets(shards)
-    table.set_transform(PretrainingSampleTransform(processor, crop_size, fixed_masks))
+    table.set_transform(PretrainingSampleTransform(processor, crop_size, fixed_masks, coordinates))
     return table
 
 
@@ -141,18 +166,25 @@ class TokenGridTokenizer(TargetTokenizer):
 
 
 class PretrainingSampleTransform:
-    """`set_transform` function: reads and standardizes a sample's raw inputs; token grids become tensors."""
+    """`set_transform` function: reads and standardizes a sample's raw inputs; token grids become tensors;
+    `coordinates` (the input's name, e.g. "Coordinates") adds the tile centre's (lon, lat) to the raw inputs."""
 
-    def __init__(self, processor: Any = None, crop_size: tuple[int, int] | None = None, fixed_masks: bool = False):
+    def __init__(self, processor: Any = None, crop_size: tuple[int, int] | None = None, fixed_masks: bool = False,
+                 coordinates: str | None = None):  # fmt: skip
         self.reader = TerraMindSampleTransform(processor, task="classification", crop_size=crop_size)
         self.fixed_masks = fixed_masks
+        self.coordinates = coordinates
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"pixel_values": [], "tokens": [], "sample_id": list(batch["sample_id"])}
-        for paths, grids in zip(batch["input_paths"], batch["tokens"], strict=True):
+        for paths, grids, reference in zip(batch["input_paths"], batch["tokens"], batch["reference_path"], strict=True):
             present = {name: path for name, path in paths.items() if path}
             images = self.reader.process_sample(present) if present else {}
-            out["pixel_values"].append({name: images.get(name) for name in paths})
+            raw = {name: images.get(name) for name in paths}
+            if self.coordinates:
+                lonlat = raster_center_lonlat(reference)
+                raw[self.coordinates] = None if lonlat is None else torch.tensor(lonlat, dtype=torch.float32)
+            out["pixel_values"].append(raw)
             out["tokens"].append({name: None if grid is None else torch.as_tensor(grid, dtype=torch.long)
                                   for name, grid in grids.items()})  # fmt: skip
         if self.fixed_masks:
@@ -160,5 +192,5 @@ class PretrainingSampleTransform:
         return out
 
 
-__all__ = ["PretrainingSampleTransform", "TokenGridTokenizer", "build_pretraining_dataset", "is_tokenized_input",
-           "list_samples"]  # fmt: skip
+__all__ = ["PretrainingSampleTransform", "TokenGridTokenizer", "build_pretraining_dataset", "is_coordinates",
+           "is_tokenized_input", "list_samples", "raster_center_lonlat"]  # fmt: skip

@@ -97,3 +97,37 @@ def test_cli_pretrain_bad_input_is_one_line(setup, tmp_path, capsys):
     argv = arguments(setup, tmp_path / "bad", 1)
     argv[argv.index("--target_modalities") + 1] = "S2L1C"
     assert cli_main(["pretrain", *argv]) == 2
+
+
+def test_coordinates_are_text_token_inputs(setup, tmp_path):
+    """Coordinates (the tile centre from its georeference) enter as text tokens, counted in the input budget."""
+    from conftest import coords_tokenizer
+
+    from terramind.training.pretraining import AnyToAnyCollator, AnyToAnyMasking
+    from terramind.training.pretraining_data import build_pretraining_dataset, raster_center_lonlat
+
+    lon, lat = raster_center_lonlat(SAMPLES / "S2L2A" / "282D_485L_3_3.tif")
+    assert -180 <= lon <= 180 and -90 <= lat <= 90
+    coords_tokenizer().save_pretrained(tmp_path / "coords")
+    torch.manual_seed(0)
+    config = tiny_config(image_size=224, modalities=["S2L2A"], tokenizer_paths={"LULC": str(setup["lulc"]),
+                                                                                "Coordinates": str(tmp_path / "coords")})
+    model = TerraMindForGeneration(config, modalities=["S2L2A", "LULC", "Coordinates"])
+    data = build_pretraining_dataset(setup["data"], ["S2L2A", "Coordinates"], ["LULC"], model, crop_size=32,
+                                     cache_dir=tmp_path / "cache")  # fmt: skip
+    assert torch.allclose(data[0]["pixel_values"]["Coordinates"], torch.tensor([lon, lat]))
+    collate = AnyToAnyCollator(AnyToAnyMasking(3, 2, 1.0), ["S2L2A", "Coordinates"], ["LULC"],
+                               sequence_tokens={"Coordinates": 3})  # fmt: skip
+    batch = collate([data[i] for i in range(3)])
+    assert batch["pixel_values"]["Coordinates"].shape == (3, 2) and batch["input_masks"]["Coordinates"].shape == (3, 3)
+    given = batch["input_masks"]["S2L2A"].sum(1) + batch["input_masks"]["Coordinates"].sum(1)
+    assert given.tolist() == [3, 3, 3]
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+    model.save_pretrained(tmp_path / "model")  # the command: the tile centres of every sample, a few steps
+    argv = arguments(setup, tmp_path / "run", 2)
+    argv = [*argv[:3], "S2L2A", "Coordinates", "--target_modalities", "LULC", *argv[argv.index("--tokenizer"):]]
+    argv[argv.index("--model_name_or_path") + 1] = str(tmp_path / "model")
+    argv[argv.index("--logging_steps") + 1] = "1"
+    losses = [e["loss"] for e in main(argv).state.log_history if "loss" in e]
+    assert len(losses) == 2 and all(0 < loss < 100 for loss in losses)
