@@ -131,3 +131,24 @@ def test_coordinates_are_text_token_inputs(setup, tmp_path):
     argv[argv.index("--logging_steps") + 1] = "1"
     losses = [e["loss"] for e in main(argv).state.log_history if "loss" in e]
     assert len(losses) == 2 and all(0 < loss < 100 for loss in losses)
+
+
+def test_tokens_are_cached_in_shards_and_a_killed_run_resumes(setup, tmp_path, monkeypatch):
+    """Tokenizing writes one cache file per shard; a run that lost a shard (killed) tokenizes only that one."""
+    from terramind.training import pretraining_data
+
+    model = TerraMindForGeneration.from_pretrained(setup["model"], tokenizer_paths={"LULC": str(setup["lulc"])})
+    build = dict(input_modalities=["S2L2A"], target_modalities=["LULC"], model=model, crop_size=32,
+                 cache_dir=tmp_path, shard_size=1)  # fmt: skip
+    first = pretraining_data.build_pretraining_dataset(setup["data"], **build)
+    shards = sorted(tmp_path.glob("pretraining-*.arrow"))
+    assert len(shards) == 3
+    shards[1].unlink()
+    calls = []
+    original = pretraining_data.TokenGridTokenizer.__call__
+    monkeypatch.setattr(pretraining_data.TokenGridTokenizer, "__call__",
+                        lambda self, batch: calls.append(batch["sample_id"]) or original(self, batch))  # fmt: skip
+    again = pretraining_data.build_pretraining_dataset(setup["data"], **build)
+    assert len(calls) == 1 and len(calls[0]) == 1  # the lost shard only
+    for row in range(3):
+        assert torch.equal(again[row]["tokens"]["LULC"], first[row]["tokens"]["LULC"])
