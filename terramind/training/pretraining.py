@@ -236,9 +236,10 @@ class PretrainingTrainer(Trainer):
         return 6 * tokens * self.model.num_parameters(exclude_embeddings=True)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if "loss" in logs and self._train_stats[:, 2].sum() > 0:
+        if "loss" in logs:  # every process logs at the same steps: the per-modality sums are reduced over them
+            stats = self.accelerator.reduce(self._train_stats.to(self.args.device), reduction="sum").cpu()
             for index, name in enumerate(self.target_modalities):
-                total, _, count = self._train_stats[index].tolist()
+                total, _, count = stats[index].tolist()
                 if count:
                     logs[f"loss_{name}"] = round(total / count, 4)
             self._train_stats.zero_()

@@ -127,22 +127,26 @@ def build_pretraining_dataset(
         "sample_id": ids,
         "input_paths": [{m: samples[i].get(m) for m in raw} for i in ids],
         "reference_path": [next(iter(samples[i].values())) for i in ids],
-        "token_paths": [{m: samples[i].get(m) for m in tokenized} for i in ids],
     })  # fmt: skip
     if isinstance(crop_size, int):
         crop_size = (crop_size, crop_size)
     tokenize = TokenGridTokenizer(model, {m: resolve_output_modality(m) for m in tokenized}, processor, crop_size)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "tokens"
     cache.mkdir(parents=True, exist_ok=True)
+    # Only the token grids are cached (keyed by their files, the crop and the tokenizers); the other columns are
+    # rebuilt every run, so that other inputs or settings never meet a stale cache.
+    token_paths = datasets.Dataset.from_dict({"token_paths": [{m: samples[i].get(m) for m in tokenized}
+                                                               for i in ids]})  # fmt: skip
     shards = []
-    for start in range(0, len(table), shard_size):
-        shard = table.select(range(start, min(start + shard_size, len(table))))
-        key = tokenize.fingerprint([[p for p in shard["token_paths"][row].values() if p]
-                                    for row in range(len(shard))], crop_size)  # fmt: skip
+    for start in range(0, len(token_paths), shard_size):
+        shard = token_paths.select(range(start, min(start + shard_size, len(token_paths))))
+        key = tokenize.fingerprint([[p for p in row.values() if p] for row in shard["token_paths"]], crop_size)
         shards.append(shard.map(tokenize, batched=True, batch_size=batch_size, num_proc=num_proc,
-                                cache_file_name=str(cache / f"pretraining-{key}.arrow"), load_from_cache_file=True,
-                                remove_columns=["token_paths"], desc="Tokenizing"))  # fmt: skip
-    table = shards[0] if len(shards) == 1 else datasets.concatenate_datasets(shards)
+                                cache_file_name=str(cache / f"pretraining-tokens-{key}.arrow"),
+                                load_from_cache_file=True, remove_columns=["token_paths"],
+                                desc="Tokenizing").select_columns(["tokens"]))  # fmt: skip
+    tokens = shards[0] if len(shards) == 1 else datasets.concatenate_datasets(shards)
+    table = datasets.concatenate_datasets([table, tokens], axis=1)
     table.set_transform(PretrainingSampleTransform(processor, crop_size, fixed_masks, coordinates))
     return table
 

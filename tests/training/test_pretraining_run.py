@@ -141,13 +141,13 @@ def test_tokens_are_cached_in_shards_and_a_killed_run_resumes(setup, tmp_path, m
     build = dict(input_modalities=["S2L2A"], target_modalities=["LULC"], model=model, crop_size=32,
                  cache_dir=tmp_path, shard_size=1)  # fmt: skip
     first = pretraining_data.build_pretraining_dataset(setup["data"], **build)
-    shards = sorted(tmp_path.glob("pretraining-*.arrow"))
+    shards = sorted(tmp_path.glob("pretraining-tokens-*.arrow"))
     assert len(shards) == 3
     shards[1].unlink()
     calls = []
     original = pretraining_data.TokenGridTokenizer.__call__
     monkeypatch.setattr(pretraining_data.TokenGridTokenizer, "__call__",
-                        lambda self, batch: calls.append(batch["sample_id"]) or original(self, batch))  # fmt: skip
+                        lambda self, batch: calls.append(batch["token_paths"]) or original(self, batch))  # fmt: skip
     again = pretraining_data.build_pretraining_dataset(setup["data"], **build)
     assert len(calls) == 1 and len(calls[0]) == 1  # the lost shard only
     for row in range(3):
