@@ -49,8 +49,7 @@ DEFAULT_DIRICHLET_ALPHA = 0.2
 
 
 # ----------------------------------------------------------------------------- the objective
-def spread_budget(budget: int, capacity: Sequence[int], alpha: float | None, generator: torch.Generator | None = None
-                  ) -> list[int]:  # fmt: skip
+def spread_budget(budget: int, capacity: Sequence[int], alpha: float | None) -> list[int]:
     """`budget` tokens over modalities with `capacity` tokens each: shares from a symmetric Dirichlet(alpha) (equal
     shares for alpha None), rounded
     down, the remainder and whatever a capacity cuts handed out in proportion to the same shares among the
@@ -69,7 +68,7 @@ def spread_budget(budget: int, capacity: Sequence[int], alpha: float | None, gen
     while left > 0:
         room = capacity - counts
         weights = torch.where(room > 0, shares + 1e-12, torch.zeros_like(shares))
-        pick = torch.multinomial(weights, left, replacement=True, generator=generator)
+        pick = torch.multinomial(weights, left, replacement=True)
         counts = torch.minimum(counts + torch.bincount(pick, minlength=len(counts)), capacity)
         left = min(budget, int(capacity.sum())) - int(counts.sum())
     return counts.tolist()
@@ -107,8 +106,6 @@ class AnyToAnyMasking:
         can_target = [m for m in num_tokens if m in targets]
         given = dict(zip(can_input, spread_budget(self.input_budget, [num_tokens[m] for m in can_input], alpha),
                          strict=True))  # fmt: skip
-        if can_input and not any(given.values()):
-            given[can_input[0]] = 1
         room = [num_tokens[m] - given.get(m, 0) for m in can_target]
         wanted = dict(zip(can_target, spread_budget(self.target_budget, room, alpha), strict=True))
         input_masks, target_masks = {}, {}
@@ -165,13 +162,10 @@ class AnyToAnyCollator:
         grid = self._grid(feature)
         sizes = {name: self.sequence_tokens.get(name, grid[0] * grid[1])
                  for name in dict.fromkeys([*self.input_modalities, *self.target_modalities])}  # fmt: skip
-        present = {}
-        for name, size in sizes.items():
-            if feature["pixel_values"].get(name) is not None or feature["tokens"].get(name) is not None:
-                present[name] = size
-        inputs = [m for m in self.input_modalities if m in present and (
-            feature["pixel_values"].get(m) is not None or feature["tokens"].get(m) is not None)]  # fmt: skip
+        inputs = [m for m in self.input_modalities
+                  if feature["tokens" if is_tokenized_input(m) else "pixel_values"].get(m) is not None]  # fmt: skip
         targets = [m for m in self.target_modalities if feature["tokens"].get(m) is not None]
+        present = {name: sizes[name] for name in dict.fromkeys([*inputs, *targets])}
         seed = feature.get("mask_seed")
         if seed is None:
             masks = self.masking.sample(present, inputs, targets)
