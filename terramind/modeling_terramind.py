@@ -821,12 +821,17 @@ class TerraMindModel(TerraMindPreTrainedModel):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         attention_mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> tuple[BaseModelOutput, dict[str, slice]]:
         """Prepared inputs (embedding key -> tensor) -> the encoder's output (last state normed) and token slices.
-        `attention_mask` (B, N) hides tokens (see `token_mask`)."""
+        `attention_mask` (B, N) hides tokens (see `token_mask`). `keep` (B, K): per sample, the embedded tokens
+        (registers first) the blocks run on, e.g. a sample's chosen tokens packed to the batch's largest count
+        (`masked_positions` of a `token_mask`); `attention_mask` is then (B, K) and the slices do not apply."""
         hidden = self.embeddings(inputs, token_positions)
         if self.register_tokens is not None:
             hidden = torch.cat([self.register_tokens.to(hidden.dtype).expand(hidden.shape[0], -1, -1), hidden], 1)
+        if keep is not None:
+            hidden = gather_tokens(hidden, keep)
         outputs = self.encoder(hidden, attention_mask, output_attentions=output_attentions,
                                output_hidden_states=output_hidden_states)  # fmt: skip
         outputs.last_hidden_state = self.layernorm(outputs.last_hidden_state)
@@ -999,13 +1004,18 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         attention_mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, BaseModelOutput]:
         """Prepared inputs -> the decoder's context (B, N, D): the normed encoder output, projected, plus the
         inputs' positional and modality embeddings (as the original); and the encoder's output. `attention_mask`
-        (B, N) hides tokens from the encoder (`TerraMindModel.token_mask`); give it to the decoder too."""
+        (B, N) hides tokens from the encoder (`TerraMindModel.token_mask`); give it to the decoder too. `keep`
+        (B, K) packs each sample's tokens (see `TerraMindModel.encode`)."""
         outputs, _ = self.terramind.encode(inputs, token_positions, output_attentions, output_hidden_states,
-                                           attention_mask)  # fmt: skip
+                                           attention_mask, keep)  # fmt: skip
         positions = self.terramind.embeddings.positions(inputs, token_positions).to(outputs.last_hidden_state.dtype)
+        if keep is not None:  # registers have no positional embedding: zeros, as they are not added below either
+            registers = positions.new_zeros(positions.shape[0], self.config.num_register_tokens, positions.shape[2])
+            positions = gather_tokens(torch.cat([registers, positions], dim=1), keep)
         return self.decoder_proj_context(outputs.last_hidden_state) + positions, outputs
 
     def decode(
@@ -1080,8 +1090,9 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             masked pre-training); `predicted_positions` says which. Default: none in evaluation, and in training
             a fraction drawn uniformly in [0, `config.target_reveal_rate`] per batch (0 unless configured).
         input_masks: input modality -> (B, N_m) bool, True for the tokens the encoder sees, per sample (4M's masked
-            pre-training, `terramind.training.pretraining`); a sample's other tokens of it are left out. Inputs
-            without a mask are seen whole.
+            pre-training, `terramind.training.pretraining`); a sample's other tokens of it are left out, and each
+            sample's tokens are packed, so that the encoder runs on the batch's largest token count (as 4M's).
+            Inputs without a mask are seen whole.
         target_masks: image target -> (B, h*w) bool, True for the tokens predicted (and scored), per sample; `logits`
             then hold (B, n, V) at `predicted_positions` (B, n), padded to the batch's largest n with position -1
             (a target with no token chosen in the batch has no logits).
@@ -1100,13 +1111,14 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             if reveal_fraction:
                 raise ValueError("Give either reveal_fraction or input_masks/target_masks, not both.")
             revealed, context_mask = self._select_input_tokens(inputs, input_masks or {})
+            keep, context_mask = masked_positions(context_mask) if context_mask is not None else (None, None)
             predicted, query_masks = self._select_target_tokens(targets, target_masks or {}, grid)
         else:
             predicted, revealed = self._reveal_targets(inputs, targets, labels, grid, reveal_fraction)
-            context_mask, query_masks = None, {}
+            keep, context_mask, query_masks = None, None, {}
         context, encoder_outputs = self.encode_context(inputs, revealed, output_attentions=output_attentions,
                                                        output_hidden_states=output_hidden_states,
-                                                       attention_mask=context_mask)  # fmt: skip
+                                                       attention_mask=context_mask, keep=keep)  # fmt: skip
         logits, decoder_states, decoder_attentions, cross_attentions, losses = {}, {}, {}, {}, []
         for name, key in targets.items():
             target_labels = None if labels is None else _find_label(labels, name)

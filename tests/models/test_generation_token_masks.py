@@ -35,17 +35,18 @@ def test_per_sample_tokens_equal_each_sample_alone():
     seen = torch.zeros(2, 16, dtype=torch.bool)
     seen[0, :5], seen[1, 3:12] = True, True
     s1_seen = torch.zeros(2, 16, dtype=torch.bool)
-    s1_seen[1, 7] = True  # sample 0 lacks S1RTC
+    s1_seen[0, 12:], s1_seen[1, 7] = True, True
     targets = torch.zeros(2, 16, dtype=torch.bool)
     targets[0, 10:12], targets[1, :3] = True, True
     out = model(S2L2A=x, S1RTC=s1, labels={"LULC": lulc}, input_masks={"S2L2A": seen, "S1RTC": s1_seen},
                 target_masks={"LULC": targets})  # fmt: skip
     assert out.predicted_positions["LULC"].tolist() == [[10, 11, -1], [0, 1, 2]]
+    assert out.encoder_last_hidden_state.shape[1] == 10  # packed: 5 + 4 and 9 + 1 tokens, not 9 + 4
     losses = []
     for b in range(2):
         wanted = targets[b].nonzero()[:, 0]
-        inputs = {"S2L2A": x[b : b + 1]} | ({"S1RTC": s1[b : b + 1]} if s1_seen[b].any() else {})
-        positions = {"S2L2A": seen[b].nonzero()[:, 0]} | ({"S1RTC": s1_seen[b].nonzero()[:, 0]} if b else {})
+        inputs = {"S2L2A": x[b : b + 1], "S1RTC": s1[b : b + 1]}
+        positions = {"S2L2A": seen[b].nonzero()[:, 0], "S1RTC": s1_seen[b].nonzero()[:, 0]}
         context, _ = model.encode_context(model.terramind.collect_inputs(None, inputs), positions)
         alone, _ = model.decode("LULC", context, (4, 4), wanted)
         torch.testing.assert_close(out.logits["LULC"][b, : len(wanted)], alone[0], rtol=1e-4, atol=1e-5)
