@@ -203,7 +203,8 @@ class TerraMindEmbeddings(nn.ModuleDict):
     """Inputs -> tokens: the embedding module of every modality key, applied in input order and concatenated.
 
     `token_positions` keeps only some tokens of a modality (e.g. the target tokens already decoded, which condition
-    the next ones in generation); `token_slices` says where each modality's tokens sit in the sequence.
+    the next ones in generation): flat grid positions (n,) shared by the batch, or (B, n) per sample (4M's masked
+    pre-training picks other tokens in every sample); `token_slices` says where each modality's tokens sit.
     """
 
     def __init__(self, config: TerraMindConfig, channels: Mapping[str, int | None], decoder: bool = False):
@@ -235,7 +236,7 @@ class TerraMindEmbeddings(nn.ModuleDict):
         slices = {}
         for key, value in inputs.items():
             kept = (token_positions or {}).get(key)
-            count = len(kept) if kept is not None else self[key].num_tokens(value)
+            count = kept.shape[-1] if kept is not None else self[key].num_tokens(value)
             slices[key] = slice(offset, offset + count)
             offset += count
         return slices
@@ -258,13 +259,31 @@ class TerraMindEmbeddings(nn.ModuleDict):
         mask = torch.ones(first.shape[0], max(s.stop for s in slices.values()), dtype=torch.bool, device=first.device)
         for key, valid in valid_tokens.items():
             kept = (token_positions or {}).get(key)
-            mask[:, slices[key]] = valid if kept is None else valid[:, kept]
+            mask[:, slices[key]] = valid if kept is None else gather_tokens(valid, kept)
         return mask
 
 
 def _keep(tokens: torch.Tensor, key: str, token_positions: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
     kept = (token_positions or {}).get(key)
-    return tokens if kept is None else tokens[:, kept]
+    return tokens if kept is None else gather_tokens(tokens, kept)
+
+
+def gather_tokens(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, N, ...) -> (B, n, ...) at positions (n,) shared by the batch or (B, n) per sample."""
+    if positions.ndim == 1:
+        return tokens[:, positions]
+    index = positions.to(tokens.device).reshape(*positions.shape, *[1] * (tokens.ndim - 2))
+    return tokens.gather(1, index.expand(*positions.shape, *tokens.shape[2:]))
+
+
+def masked_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) boolean token mask -> (positions (B, n), valid (B, n)): every sample's chosen positions in grid
+    order, padded to the largest count n of the batch with unchosen positions, which `valid` marks False."""
+    mask = mask.bool()
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    count = int(mask.sum(dim=1).max()) if mask.numel() else 0
+    positions = order[:, :count]
+    return positions, mask.gather(1, positions)
 
 
 # ----------------------------------------------------------------------------- encoder and decoder
@@ -694,14 +713,20 @@ class TerraMindModel(TerraMindPreTrainedModel):
         inputs: Mapping[str, torch.Tensor],
         token_positions: Mapping[str, torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> TerraMindEncoderOutput:
         """Prepared inputs (embedding key -> tensor) -> the encoder's output (last state normed; every token,
         `hidden_states` and `attentions` recorded from the blocks) and where each input's tokens are.
-        `attention_mask` (B, N) hides tokens (see `TerraMindEmbeddings.token_mask`)."""
+        `attention_mask` (B, N) hides tokens (see `TerraMindEmbeddings.token_mask`). `keep` (B, K): per sample, the
+        embedded tokens (registers first) the blocks run on, e.g. a sample's chosen tokens packed to the batch's
+        largest count (`masked_positions` of a token mask); `attention_mask` is then (B, K) and the slices do not
+        apply."""
         hidden = self.embeddings(inputs, token_positions)
         if self.register_tokens is not None:
             hidden = torch.cat([self.register_tokens.to(hidden.dtype).expand(hidden.shape[0], -1, -1), hidden], 1)
+        if keep is not None:
+            hidden = gather_tokens(hidden, keep)
         outputs = self.encoder(hidden, attention_mask, **kwargs)
         slices = self.embeddings.token_slices(inputs, token_positions, offset=self.config.num_register_tokens)
         return TerraMindEncoderOutput(last_hidden_state=self.layernorm(outputs.last_hidden_state), token_slices=slices)
@@ -805,13 +830,18 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         inputs: Mapping[str, torch.Tensor],
         token_positions: Mapping[str, torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, TerraMindEncoderOutput]:
         """Prepared inputs -> the decoder's context (B, N, D): the normed encoder output, projected, plus the
         inputs' positional and modality embeddings (as the original); and the encoder's output. `attention_mask`
-        (B, N) hides tokens from the encoder (`TerraMindEmbeddings.token_mask`); give it to the decoder too."""
-        outputs = self.terramind.encode(inputs, token_positions, attention_mask, return_dict=True, **kwargs)
+        (B, N) hides tokens from the encoder (`TerraMindEmbeddings.token_mask`); give it to the decoder too. `keep`
+        (B, K) packs each sample's tokens (see `TerraMindModel.encode`)."""
+        outputs = self.terramind.encode(inputs, token_positions, attention_mask, keep=keep, return_dict=True, **kwargs)
         positions = self.terramind.embeddings.positions(inputs, token_positions).to(outputs.last_hidden_state.dtype)
+        if keep is not None:  # registers have no positional embedding: zeros, as they are not added below either
+            registers = positions.new_zeros(positions.shape[0], self.config.num_register_tokens, positions.shape[2])
+            positions = gather_tokens(torch.cat([registers, positions], dim=1), keep)
         return self.decoder_proj_context(outputs.last_hidden_state) + positions, outputs
 
     @own_output_hooks
@@ -830,16 +860,19 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         grid: tuple[int, int],
         query_positions: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, BaseModelOutputWithCrossAttentions]:
-        """Logits (B, n, V) of an image-token target at flat grid `query_positions` (all when None): mask-token
-        queries at those positions attend to each other and to the context (its tokens where `context_mask`)."""
+        """Logits (B, n, V) of an image-token target at flat grid `query_positions` ((n,), or (B, n) per sample; all
+        when None): mask-token queries at those positions attend to each other and to the context (its tokens where
+        `context_mask`); `query_mask` (B, n) marks padding queries (False) that no query attends to."""
         embedding = self.decoder_embeddings[target]
         queries = embedding.positional(context.shape[0], *grid).to(context.dtype)
         if query_positions is not None:
-            queries = queries[:, query_positions]
-        outputs = self.run_decoder(self.mask_token.to(context.dtype) + queries, context, context_mask=context_mask,
-                                   return_dict=True, **kwargs)  # fmt: skip
+            queries = gather_tokens(queries, query_positions.clamp(min=0))  # padding (-1): any query, masked
+        self_mask = _padding_mask(query_mask, queries.shape[1], context.dtype)
+        outputs = self.run_decoder(self.mask_token.to(context.dtype) + queries, context, self_attention_mask=self_mask,
+                                   context_mask=context_mask, return_dict=True, **kwargs)  # fmt: skip
         return embedding.to_logits(self.decoder_layernorm(outputs.last_hidden_state)), outputs
 
     def decode_sequence(
@@ -870,6 +903,8 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
         target_modalities: Sequence[str] | None = None,
         labels: dict[str, torch.Tensor] | None = None,
         reveal_fraction: float | None = None,
+        input_masks: dict[str, torch.Tensor] | None = None,
+        target_masks: dict[str, torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> TerraMindGenerationOutput:
         r"""Predict the tokens of target modalities from the inputs (what one-step generation does).
@@ -883,24 +918,43 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             encoder input as context and only the others are predicted, as in multi-step ROAR decoding (4M's
             masked pre-training); `predicted_positions` says which. Default: none in evaluation, and in training
             a fraction drawn uniformly in [0, `config.target_reveal_rate`] per batch (0 unless configured).
+        input_masks: input modality -> (B, N_m) bool, True for the tokens the encoder sees, per sample (4M's masked
+            pre-training, `terramind.training.pretraining`); a sample's other tokens of it are left out, and each
+            sample's tokens are packed, so that the encoder runs on the batch's largest token count (as 4M's).
+            Inputs without a mask are seen whole.
+        target_masks: image target -> (B, h*w) bool, True for the tokens predicted (and scored), per sample; `logits`
+            then hold (B, n, V) at `predicted_positions` (B, n), padded to the batch's largest n with position -1
+            (a target with no token chosen in the batch has no logits).
         """
         modalities, kwargs = split_model_kwargs(kwargs)
         targets = self._forward_targets(target_modalities, labels)
         inputs = self.terramind.collect_inputs(pixel_values, modalities, input_tokens)
         image_targets = any(MODALITIES[k].is_image for k in targets.values())
         grid = self.terramind.inputs.patch_grid(inputs, self.terramind.inputs.default_grid()) if image_targets else None
-        predicted, revealed = self._reveal_targets(inputs, targets, labels, grid, reveal_fraction)
-        context, encoder_outputs = self.encode_context(inputs, revealed, **kwargs)
+        if input_masks or target_masks:
+            if reveal_fraction:
+                raise ValueError("Give either reveal_fraction or input_masks/target_masks, not both.")
+            revealed, context_mask = self._select_input_tokens(inputs, input_masks or {})
+            keep, context_mask = masked_positions(context_mask) if context_mask is not None else (None, None)
+            predicted, query_masks = self._select_target_tokens(targets, target_masks or {}, grid)
+        else:
+            predicted, revealed = self._reveal_targets(inputs, targets, labels, grid, reveal_fraction)
+            keep, context_mask, query_masks = None, None, {}
+        context, encoder_outputs = self.encode_context(inputs, revealed, attention_mask=context_mask, keep=keep,
+                                                       **kwargs)  # fmt: skip
         logits, decoder_states, decoder_attentions, cross_attentions, losses = {}, {}, {}, {}, []
         for name, key in targets.items():
             target_labels = None if labels is None else _find_label(labels, name)
+            if name in query_masks and not query_masks[name].shape[1]:  # target_masks choose none of its tokens
+                continue
             if MODALITIES[key].kind == "sequence":
                 if target_labels is None:
                     raise ValueError(f"{name} logits are teacher-forced: give its token ids in labels={{'{name}': ...}}.")
                 target_logits, outputs = self.decode_sequence(key, context, self._sequence_decoder_input(target_labels),
-                                                              **kwargs)  # fmt: skip
+                                                              context_mask=context_mask, **kwargs)  # fmt: skip
             else:
-                target_logits, outputs = self.decode(key, context, grid, predicted.get(name), **kwargs)
+                target_logits, outputs = self.decode(key, context, grid, predicted.get(name), context_mask=context_mask,
+                                                     query_mask=query_masks.get(name), **kwargs)  # fmt: skip
             logits[name] = target_logits
             if target_labels is not None:
                 losses.append(self._token_loss(key, name, target_logits, target_labels, grid, predicted.get(name)))
@@ -908,8 +962,11 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
                 decoder_states[name] = outputs.hidden_states
             if outputs.attentions is not None:
                 decoder_attentions[name], cross_attentions[name] = outputs.attentions, outputs.cross_attentions
+        loss = torch.stack(losses).sum() if losses else None
+        if loss is None and labels is not None:  # no target token chosen in this batch: nothing to learn
+            loss = context.sum() * 0.0
         return TerraMindGenerationOutput(
-            loss=torch.stack(losses).sum() if losses else None, logits=logits, encoder_last_hidden_state=context,
+            loss=loss, logits=logits, encoder_last_hidden_state=context,
             encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions,
             decoder_hidden_states=decoder_states or None, decoder_attentions=decoder_attentions or None,
             cross_attentions=cross_attentions or None, predicted_positions=predicted or None,
@@ -941,6 +998,45 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             revealed[key], predicted[name] = order[:count], order[count:].sort().values
             inputs[key] = target_labels.to(self.device).long().clamp(min=0)  # ignored (-100) tokens: any id
         return predicted, revealed
+
+    def _select_input_tokens(
+        self, inputs: dict[str, torch.Tensor], input_masks: Mapping[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Per-sample input tokens from `input_masks`: positions (B, n) per masked input, padded, and the encoder's
+        (B, N) attention mask hiding the padding. An input no sample sees is left out."""
+        positions, valid = {}, {}
+        for name, mask in input_masks.items():
+            key = name if name in inputs else self.terramind.config.modality_key(name)
+            if key not in inputs:
+                raise ValueError(f"input_masks given for {name!r}, which is not among the inputs {list(inputs)}.")
+            count = self.terramind.embeddings[key].num_tokens(inputs[key])
+            if mask.ndim != 2 or mask.shape != (inputs[key].shape[0], count):
+                raise ValueError(f"input_masks[{name!r}] must be a (B, N) = {(inputs[key].shape[0], count)} boolean "
+                                 f"mask, got shape {tuple(mask.shape)}.")  # fmt: skip
+            mask = mask.to(inputs[key].device).bool()
+            if not mask.any():
+                del inputs[key]
+                continue
+            positions[key], valid[key] = masked_positions(mask)[0], mask
+        if not inputs:
+            raise ValueError("input_masks hide every input token; give each sample at least one.")
+        return positions, self.terramind.embeddings.token_mask(inputs, valid, positions, self.config.num_register_tokens)
+
+    def _select_target_tokens(
+        self, targets: Mapping[str, str], target_masks: Mapping[str, torch.Tensor], grid: tuple[int, int] | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-sample query positions (B, n) of each masked image target (padding: -1) and their valid masks."""
+        positions, valid = {}, {}
+        for name, mask in target_masks.items():
+            target = next((t for t, key in targets.items() if t == name or key == token_modality(name)), None)
+            if target is None or not MODALITIES[targets[target]].is_image:
+                raise ValueError(f"target_masks given for {name!r}, which is not an image target of this call.")
+            if mask.ndim != 2 or mask.shape[1] != grid[0] * grid[1]:
+                raise ValueError(f"target_masks[{name!r}] must be a (B, {grid[0] * grid[1]}) boolean mask, got "
+                                 f"shape {tuple(mask.shape)}.")  # fmt: skip
+            chosen, real = masked_positions(mask.to(self.mask_token.device))
+            positions[target], valid[target] = chosen.masked_fill(~real, -1), real
+        return positions, valid
 
     def _forward_targets(self, target_modalities: Sequence[str] | None, labels: Mapping[str, Any] | None) -> dict:
         """User target name -> decoder embedding key, checked against this generator's decoder modalities."""
@@ -980,7 +1076,9 @@ class TerraMindForGeneration(TerraMindGenerationMixin, TerraMindPreTrainedModel)
             raise ValueError(f"labels[{name!r}] must be a (B, h, w) = {(logits.shape[0], *grid)} token grid matching "
                              f"the inputs, got shape {tuple(labels.shape)}.")  # fmt: skip
         labels = labels.flatten(1).long()
-        if positions is not None:
+        if positions is not None and positions.ndim == 2:  # per-sample positions, -1 padding
+            labels = labels.gather(1, positions.clamp(min=0)).masked_fill(positions < 0, -100)
+        elif positions is not None:
             labels = labels[:, positions]
         if not (labels != -100).any():
             return logits.sum() * 0.0

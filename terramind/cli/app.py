@@ -1,4 +1,4 @@
-"""The `terramind` command line: convert original releases, embed scenes, generate modalities, fine-tune, predict."""
+"""The `terramind` command line: convert releases, embed, generate, fine-tune, predict, export and pretrain."""
 
 from __future__ import annotations
 
@@ -15,18 +15,20 @@ from .finetune import add_finetune
 from .generate import add_generate
 from .options import Parser, UsageError, version
 from .predict import add_predict
+from .pretrain import add_pretrain
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="terramind", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,embed,generate,finetune,predict,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,embed,generate,finetune,predict,export,pretrain}")
     add_convert(sub)
     add_embed(sub)
     add_generate(sub)
     add_finetune(sub)
     add_predict(sub)
     add_export(sub)
+    add_pretrain(sub)
     return parser
 
 
@@ -37,7 +39,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "finetune":  # its options belong to the fine-tuning script (HfArgumentParser)
+    if args.command in ("finetune", "pretrain"):  # their options belong to the training scripts (HfArgumentParser)
         args.arguments = [*extra, *args.arguments]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -1,1 +1,1 @@
-"""Fine-tuning: task and generator datasets, collators, metrics, adapters, and the training loop."""
+"""Training TerraMind: fine-tuning, task and generator datasets, collators, metrics, adapters, continued pre-training."""

@@ -368,7 +368,7 @@ def test_help_is_fast_and_complete():
     start = time.perf_counter()
     result = cli("--help")
     seconds = time.perf_counter() - start
-    assert result.returncode == 0 and "{convert,embed,generate,finetune,predict,export}" in result.stdout
+    assert result.returncode == 0 and "{convert,embed,generate,finetune,predict,export,pretrain}" in result.stdout
     assert seconds < 2.0, f"terramind --help took {seconds:.1f} s"
     lazy = subprocess.run([sys.executable, "-c", "import sys, terramind; print(sorted({'torch', 'transformers', "
                            "'rasterio'} & set(sys.modules)))"], capture_output=True, text=True, timeout=60)  # fmt: skip
