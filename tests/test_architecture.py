@@ -20,6 +20,8 @@ APPLICATION_PACKAGES = ("training", "conversion", "scenes", "export")
 SCENE_MODULES = {"scenes", "geotiff", "geoparquet", "tiling", "outputs", "manifest", "quicklook", "embedding",
                  "prediction"}  # fmt: skip
 APPLICATION_HELPERS = {"errors"}
+# Old flat paths of moved modules, kept as aliases (README and docs named them): they are the moved module.
+COMPATIBILITY = {"finetuning", "data_terramind", "data_generation", "adapters", "tokenizer_conversion"}
 # Upward imports that exist today and are being removed (tiling moves into the scene engine: issues 19 and 23).
 # Listed one by one so that a new one fails, and a removed one must be struck from here.
 KNOWN_UPWARD = {
@@ -74,7 +76,8 @@ def layer(name: str) -> str | None:
         return "cli"
     if name in BOTTOM:
         return "layers"
-    if parts[0] in APPLICATION_PACKAGES or parts[0] in SCENE_MODULES or parts[0] in APPLICATION_HELPERS:
+    if (parts[0] in APPLICATION_PACKAGES or parts[0] in SCENE_MODULES or parts[0] in APPLICATION_HELPERS
+            or parts[0] in COMPATIBILITY):
         return "application"
     if len(parts) == 1 and (parts[0].startswith(MODEL_PREFIXES) or parts[0] in MODEL_HELPERS):
         return "model"
@@ -178,3 +181,14 @@ def test_function_level_imports_count(tmp_path):
     source.write_text("def f():\n    from .cli.app import main\n\n    return main\n")
     modules = {"terramind.modalities": source, "terramind.cli.app": source}
     assert imported_modules("terramind.modalities", source, modules) == {"terramind.cli.app"}
+
+
+@pytest.mark.parametrize(("old", "new"), [("terramind.finetuning", "terramind.training.finetuning"),
+                                          ("terramind.data_terramind", "terramind.training.data_terramind"),
+                                          ("terramind.tokenizer_conversion", "terramind.conversion.tokenizer")])  # fmt: skip
+def test_old_module_paths_are_the_moved_modules(old, new):
+    """The paths README and docs used before the move still import, as the same module (monkeypatching either works)."""
+    import importlib
+
+    assert importlib.import_module(old) is importlib.import_module(new)
+    assert importlib.import_module("terramind.conversion").convert_checkpoint  # the flat conversion.py's names
