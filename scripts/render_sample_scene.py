@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from terramind.geotiff import read_geotiff  # noqa: E402
-from terramind.quicklook import render  # noqa: E402
+from terramind.scenes.geotiff import read_geotiff  # noqa: E402
+from terramind.scenes.quicklook import render  # noqa: E402
 
 SCENE = Path(__file__).resolve().parents[1] / "samples" / "terramesh"
 TILE = "282D_485L_3_3.tif"

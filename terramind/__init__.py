@@ -42,10 +42,10 @@ _EXPORTS = {
     "nodata_mask_key": ".image_processing_terramind",
     "generate_tiled": ".scenes.tiled",
     "predict_tiled": ".scenes.tiled",
-    "read_geotiff": ".geotiff",
-    "read_sample": ".geotiff",
+    "read_geotiff": ".scenes.geotiff",
+    "read_sample": ".scenes.geotiff",
     "resolve_modality": ".modalities",
-    "write_geotiff": ".geotiff",
+    "write_geotiff": ".scenes.geotiff",
 }
 __all__ = [
     "AutoImageProcessor",
@@ -87,7 +87,6 @@ if TYPE_CHECKING:
     from .configuration_terramind import TERRAMIND_VARIANTS, TERRATORCH_OUT_INDICES, TerraMindConfig
     from .configuration_terramind_tokenizer import TerraMindTokenizerConfig
     from .generation_terramind import TerraMindGenerationConfig
-    from .geotiff import read_geotiff, read_sample, write_geotiff
     from .image_processing_terramind import NODATA_MASK_SUFFIX, TerraMindImageProcessor, nodata_mask_key
     from .modalities import MODALITIES, resolve_modality
     from .modeling_terramind import (
@@ -106,6 +105,7 @@ if TYPE_CHECKING:
     )
     from .modeling_terramind_tokenizer import TerraMindTokenizerModel
     from .processing_terramind import TerraMindProcessor
+    from .scenes.geotiff import read_geotiff, read_sample, write_geotiff
     from .tokenization_terramind_coords import TerraMindCoordsTokenizer
 
 _registered = False

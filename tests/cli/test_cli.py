@@ -202,7 +202,7 @@ def test_outputs_are_never_overwritten_unasked(assets, tmp_path):
 
 SLOW_WRITER = """
 import sys, time
-import terramind.geotiff as geotiff
+import terramind.scenes.geotiff as geotiff
 cast = geotiff._cast
 def slow_cast(*args, **kwargs):  # the GeoTIFF is open for writing while this sleeps
     print("writing", flush=True)

@@ -18,7 +18,7 @@ import torch
 from terramind import TerraMindConfig, TerraMindImageProcessor, TerraMindModel, read_sample
 from terramind.cli import main
 from terramind.modeling_terramind_tasks import TerraMindForSemanticSegmentation
-from terramind.prediction import load_predictor
+from terramind.scenes.prediction import load_predictor
 from terramind.training.adapters import save_adapter
 from terramind.training.finetuning import apply_lora
 

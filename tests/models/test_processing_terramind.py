@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from terramind.geotiff import read_geotiff
 from terramind.image_processing_terramind import TerraMindImageProcessor, nodata_mask_key
 from terramind.modalities import MODALITIES
 from terramind.processing_terramind import TerraMindProcessor, register_processors
+from terramind.scenes.geotiff import read_geotiff
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "terramesh"
 TILE = "282D_485L_3_3.tif"

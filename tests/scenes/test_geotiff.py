@@ -11,9 +11,9 @@ import torch
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from terramind.geotiff import GeoTiff, read_geotiff, read_sample, write_geotiff
 from terramind.image_processing_terramind import TerraMindImageProcessor
 from terramind.modalities import MODALITIES
+from terramind.scenes.geotiff import GeoTiff, read_geotiff, read_sample, write_geotiff
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "terramesh"
 TILE = "282D_485L_3_3.tif"

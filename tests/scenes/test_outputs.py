@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from terramind.outputs import atomic_file, atomic_folder, atomic_outputs, check_target, partial_path
+from terramind.scenes.outputs import atomic_file, atomic_folder, atomic_outputs, check_target, partial_path
 
 
 def test_check_target_refuses_what_would_be_lost(tmp_path):

@@ -1,0 +1,6 @@
+"""Kept for compatibility: moved to `terramind.training.data_terramind` (ARCHITECTURE.md); the old name is that module."""
+
+import importlib
+import sys
+
+sys.modules[__name__] = importlib.import_module("terramind.training.data_terramind")

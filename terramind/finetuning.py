@@ -1,0 +1,6 @@
+"""Kept for compatibility: moved to `terramind.training.finetuning` (ARCHITECTURE.md); the old name is that module."""
+
+import importlib
+import sys
+
+sys.modules[__name__] = importlib.import_module("terramind.training.finetuning")
