@@ -73,5 +73,6 @@ def _run_predict_onnx(args: argparse.Namespace) -> None:
     overlap = args.overlap if args.overlap is not None else min(64, args.tile_size - 16)
     session = inference_session(args.model)
     for path in predict_onnx(args.model, inputs, args.output, args.probabilities, args.tile_size, overlap,
-                             args.batch_size, args.overwrite, session=session):  # fmt: skip
+                             args.batch_size, args.overwrite, session=session,
+                             progress=not args.no_progress):  # fmt: skip
         print(f"Wrote {path}")

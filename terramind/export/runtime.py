@@ -134,100 +134,15 @@ class OnnxPrepare:
         return inputs, mask
 
 
-def tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Tile offsets covering [0, size), the last flush with the edge (as `terramind.tiling.tile_starts`)."""
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile + 1, stride))
-    return starts if starts[-1] == size - tile else [*starts, size - tile]
-
-
-def blend_window(size: int, ramp: int) -> np.ndarray:
-    """(size, size) weights tapering linearly over `ramp` pixels (as `terramind.tiling.blend_window`)."""
-    ramp = max(1, min(ramp, size // 2))
-    profile = np.ones(size, dtype=np.float32)
-    edge = (np.arange(ramp, dtype=np.float32) + 0.5) / ramp
-    profile[:ramp], profile[-ramp:] = edge, edge[::-1]
-    return profile[:, None] * profile[None, :]
-
-
-def run_tiles(step: Any, inputs: Mapping[str, np.ndarray], tile_size: int, overlap: int,
-              batch_size: int) -> np.ndarray:  # fmt: skip
-    """Blended step outputs (K, H, W) over (C, H, W) inputs already padded to at least a tile and a multiple of 16:
-    the tiles, batches and blending of `run_tiled` / `predict_tiled`."""
-    height, width = next(iter(inputs.values())).shape[-2:]
-    stride = tile_size - overlap
-    tiles = [(top, left) for top in tile_starts(height, tile_size, stride)
-             for left in tile_starts(width, tile_size, stride)]  # fmt: skip
-    window = blend_window(tile_size, overlap)
-    values = weights = None
-    for start in range(0, len(tiles), batch_size):
-        chunk = tiles[start : start + batch_size]
-        batch = {name: np.stack([value[:, t : t + tile_size, x : x + tile_size] for t, x in chunk])
-                 for name, value in inputs.items()}  # fmt: skip
-        out = step(batch)
-        if out.shape[-2:] != (tile_size, tile_size):
-            raise ValueError(f"The model returned {out.shape[-2:]} per {tile_size}-pixel tile; dense outputs expected.")
-        if values is None:
-            values = np.zeros((out.shape[1], height, width), dtype=np.float32)
-            weights = np.zeros((height, width), dtype=np.float32)
-        for (top, left), part in zip(chunk, out, strict=True):
-            values[:, top : top + tile_size, left : left + tile_size] += part * window
-            weights[top : top + tile_size, left : left + tile_size] += window
-    return values / weights
-
-
-def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
-    return shifted / shifted.sum(axis=axis, keepdims=True)
-
-
-def prediction_targets(output: str | os.PathLike, probabilities: str | os.PathLike | None, task: str) -> list[Path]:
-    """The files a prediction writes: the GeoTIFF, its PNG quick-look (segmentation), the probabilities if asked."""
-    targets = [Path(output)] + ([Path(output).with_suffix(".png")] if task == "segmentation" else [])
-    return targets + ([Path(probabilities)] if probabilities is not None else [])
-
-
-def write_prediction(logits: np.ndarray, nodata: np.ndarray, profile: Mapping[str, Any], task: str,
-                     class_names: Sequence[str], output: str | os.PathLike,
-                     probabilities: str | os.PathLike | None = None, overwrite: bool = False) -> list[Path]:  # fmt: skip
-    """(K, H, W) logits as `terramind predict` writes them: class map (uint8, nodata 255, palette PNG) or
-    regression (float32, nodata NaN), optional class probabilities; all files or none, none over an existing file
-    unless `overwrite`."""
-    from ..scenes.geotiff import write_geotiff
-    from ..scenes.outputs import atomic_outputs
-    from ..scenes.quicklook import save_class_quicklook
-
-    if task != "segmentation" and probabilities is not None:
-        raise ValueError("Class probabilities are for segmentation models; this model does pixel regression.")
-    targets = prediction_targets(output, probabilities, task)
-    with atomic_outputs(targets, overwrite) as partial:
-        if task == "segmentation":
-            classes = logits.argmax(axis=0).astype(np.uint8)
-            classes[nodata] = CLASS_NODATA
-            marked = np.where(nodata, np.nan, classes.astype(np.float32))
-            write_geotiff(partial[targets[0]], marked, profile, dtype="uint8", nodata=CLASS_NODATA,
-                          band_names=["class"])  # fmt: skip
-            save_class_quicklook(partial[targets[1]], classes, len(class_names), nodata=CLASS_NODATA)
-            if probabilities is not None:
-                values = softmax(logits)
-                values[:, nodata] = np.nan
-                write_geotiff(partial[targets[2]], values, profile, dtype="float32", nodata=float("nan"),
-                              band_names=list(class_names))  # fmt: skip
-        else:
-            values = logits.copy()
-            values[:, nodata] = np.nan
-            write_geotiff(partial[targets[0]], values, profile, dtype="float32", nodata=float("nan"),
-                          band_names=list(class_names))  # fmt: skip
-    return targets
-
-
-def predict_onnx(folder: str | os.PathLike, inputs: Mapping[str, str | os.PathLike], output: str | os.PathLike,
+def predict_onnx(folder: str | os.PathLike, inputs: Mapping[str, Any], output: str | os.PathLike,
                  probabilities: str | os.PathLike | None = None, tile_size: int = 224, overlap: int = 64,
-                 batch_size: int = 8, overwrite: bool = False, session: Any = None) -> list[Path]:  # fmt: skip
-    """Predict a scene ({modality: GeoTIFF}) with an exported task model in onnxruntime and write the outputs with
-    the input's georeference; no torch import on this path."""
-    from ..scenes.geotiff import read_sample
+                 batch_size: int = 8, overwrite: bool = False, session: Any = None, num_workers: int = 1,
+                 progress: bool = False) -> list[Path]:  # fmt: skip
+    """Predict a scene ({modality: GeoTIFF path or open rasterio dataset}) with an exported task model in
+    onnxruntime, streaming through the scene engine (`OnnxPrepare` and `OnnxStep` as its plug-ins), into the same
+    outputs as `terramind predict` with the input's georeference; no torch import on this path."""
+    from ..scenes.engine import SceneSource, run_scene
+    from ..scenes.prediction import PredictionWriter
 
     metadata = load_metadata(folder)
     if metadata.get("task") not in ("segmentation", "regression"):
@@ -237,16 +152,29 @@ def predict_onnx(folder: str | os.PathLike, inputs: Mapping[str, str | os.PathLi
     if tile_size % multiple or overlap % multiple or not 0 <= overlap < tile_size:
         raise ValueError(f"tile size and overlap must be multiples of {multiple} with 0 <= overlap < tile size, "
                          f"got {tile_size} and {overlap}.")  # fmt: skip
-    sample = read_sample(inputs)
-    height, width = sample.profile["height"], sample.profile["width"]
-    padded_h = max(tile_size, -(-height // multiple) * multiple)
-    padded_w = max(tile_size, -(-width // multiple) * multiple)
-    prepare = OnnxPrepare(metadata, sample.band_names, sample.nodata)
-    model_inputs, nodata = prepare(sample.images, padded_h, padded_w)
     step = OnnxStep(session if session is not None else inference_session(folder))
-    logits = run_tiles(step, model_inputs, tile_size, overlap, batch_size)[:, :height, :width]
-    return write_prediction(logits, nodata[:height, :width], sample.profile, metadata["task"],
-                            metadata["class_names"], output, probabilities, overwrite)  # fmt: skip
+    with SceneSource(inputs) as source:
+        prepare = OnnxPrepare(metadata, source.band_names, source.nodata)
+        with PredictionWriter(output, source.profile, metadata["task"], metadata.get("class_names") or [],
+                              probabilities, overwrite) as files:  # fmt: skip
+            run_scene(source, prepare, step, files, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                      multiple_of=multiple, merge="blend", num_workers=num_workers, progress=progress,
+                      description="TerraMind ONNX prediction")  # fmt: skip
+    return list(files.targets)
+
+
+
+
+
+
+
+
+
+
+
+
+
+
 
 
 def ddim_timesteps(ddim: Mapping[str, Any], steps: int) -> list[int]:
@@ -311,4 +239,4 @@ def diffusion_decode(folder: str | os.PathLike, tokens: np.ndarray, timesteps: i
 
 
 __all__ = ["OnnxPrepare", "OnnxStep", "inference_session", "is_onnx_folder", "load_metadata", "predict_onnx",
-           "run_tiles", "write_prediction", "ddim_step", "ddim_timesteps", "diffusion_decode"]  # fmt: skip
+           "ddim_step", "ddim_timesteps", "diffusion_decode"]  # fmt: skip

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 DENSE_TASK_MODELS = ("TerraMindForSemanticSegmentation", "TerraMindForPixelRegression")
 CLASS_NODATA = 255
@@ -54,7 +53,7 @@ def _from_pretrained(loader: Any, sources: Sequence[str | os.PathLike | None]) -
 
 
 def load_predictor(model: str | os.PathLike, adapter: str | os.PathLike | None = None,
-                   dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[Any, Any]:  # fmt: skip
+                   dtype: Any = None, device: str = "cpu") -> tuple[Any, Any]:  # fmt: skip
     """The dense task model (merged with its LoRA adapter, if given) in eval mode, and the processor it was trained
     with (the adapter's or the model's, else the default v1 statistics). The task settings come from the adapter's
     config.json (saved by `save_adapter`) or the model's."""
@@ -70,6 +69,9 @@ def load_predictor(model: str | os.PathLike, adapter: str | os.PathLike | None =
         raise ValueError(f"{adapter or model} is not a fine-tuned segmentation or regression model ({found}); give "
                          "a model saved by `terramind finetune`, or --adapter with an adapter saved by it.")  # fmt: skip
     task_models = {m.__name__: m for m in (TerraMindForSemanticSegmentation, TerraMindForPixelRegression)}
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype  # torch only here: the ONNX path writes through this module
     loaded = task_models[names[0]].from_pretrained(model, config=config, dtype=dtype)
     if adapter is not None:
         from peft import PeftModel
