@@ -130,6 +130,8 @@ class SceneSource:
     def __init__(self, inputs: Mapping[str, Any]):
         import rasterio
 
+        from .geotiff import _band_names
+
         if not inputs:
             raise ValueError("A scene needs at least one input, e.g. {'S2L2A': 'scene.tif'}.")
         self.specs = dict(inputs)
@@ -215,16 +217,6 @@ class SceneSource:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _band_names(src: Any) -> tuple[str, ...] | None:
-    """Band descriptions, if they name the bands: all present and unique, not the variable name rioxarray repeats."""
-    names = src.descriptions
-    if any(not name for name in names) or len(set(names)) < len(names):
-        return None
-    if src.count == 1 and names[0] == src.tags().get("long_name"):
-        return None
-    return tuple(names)
 
 
 def raw_nodata(raw: Arrays, nodata: Mapping[str, float | None]) -> dict[str, np.ndarray]:

@@ -17,27 +17,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-
-def tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Tile offsets covering [0, size): regular steps, the last tile flush with the edge; [0] if size <= tile."""
-    if tile < 1 or stride < 1:
-        raise ValueError(f"tile and stride must be >= 1, got tile={tile}, stride={stride}.")
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile + 1, stride))
-    if starts[-1] != size - tile:
-        starts.append(size - tile)
-    return starts
+from .engine import blend_window as engine_blend_window
+from .engine import tile_starts
 
 
 def blend_window(size: int, ramp: int) -> torch.Tensor:
-    """(size, size) weights: 1 in the middle, a linear ramp over `ramp` pixels to a small floor at the edges."""
-    ramp = max(1, min(ramp, size // 2))
-    profile = torch.ones(size)
-    edge = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp
-    profile[:ramp] = edge
-    profile[-ramp:] = edge.flip(0)
-    return profile[:, None] * profile[None, :]
+    """The engine's (size, size) blend weights (`engine.blend_window`) as a tensor."""
+    return torch.from_numpy(engine_blend_window(size, ramp))
 
 
 def pad_to(value: torch.Tensor, height: int, width: int, fill: float = 0.0) -> torch.Tensor:
