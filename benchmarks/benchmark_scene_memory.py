@@ -1,4 +1,4 @@
-"""Peak memory and tiles/s of embed and predict on synthetic Sentinel-2-granule-like scenes (issue 19).
+"""Peak memory and tiles/s of embed, predict and generate on synthetic Sentinel-2-granule-like scenes (issue 19).
 
 Makes S2L2A (12 bands, int16, 512-px tiles, deflate, like an L2A granule) and S1RTC (2 bands, float32 dB) scenes
 of the given sides with rasterio, block row by block row, a TerraMind-1.0-tiny encoder and a tiny UperNet
@@ -52,6 +52,15 @@ else:
         for run, _ in embed_scenes(model, [Scene("scene", spec["inputs"])], sink, tile_size=224, batch_size=8,
                                    num_workers=1, progress=False):
             pass
+    elif spec["command"] == "generate":
+        from terramind import TerraMindForGeneration, TerraMindImageProcessor
+        from terramind.scenes.generation import generate_scenes
+        model = TerraMindForGeneration.from_pretrained(spec["model"]).eval()
+        processor = TerraMindImageProcessor(do_pad=True, size_divisor=16)
+        for run in generate_scenes(model, [{"S1RTC": spec["inputs"]["S1RTC"]}], [spec["output"]], ["S2L2A", "LULC"],
+                                   processor, tile_size=224, overlap=64, batch_size=8, overwrite=True,
+                                   progress=False, timesteps=spec["timesteps"], temperature=0.0):
+            pass
     else:
         from terramind.scenes.prediction import load_predictor, predict_to_files
         model, processor = load_predictor(spec["model"])
@@ -94,11 +103,15 @@ def make_scene(folder: Path, side: int) -> dict[str, str]:
 
 
 def make_models(folder: Path) -> dict[str, str]:
-    """A TerraMind-1.0-tiny encoder and a tiny UperNet segmentation model (10 classes, 64 channels), random weights."""
+    """A TerraMind-1.0-tiny encoder, a tiny UperNet segmentation model (10 classes, 64 channels) and a
+    TerraMind-1.0-tiny generator with tokenizers of the v1 S2L2A (FSQ-VAE, patched-UNet diffusion decoder) and LULC
+    (FSQ-VAE, ViT decoder) architectures, all with random weights."""
     import torch
 
-    from terramind import TerraMindConfig, TerraMindImageProcessor, TerraMindModel
+    from terramind import TerraMindConfig, TerraMindForGeneration, TerraMindImageProcessor, TerraMindModel
+    from terramind.configuration_terramind_tokenizer import TerraMindTokenizerConfig
     from terramind.modeling_terramind_tasks import TerraMindForSemanticSegmentation
+    from terramind.modeling_terramind_tokenizer import TerraMindTokenizerModel
 
     torch.manual_seed(0)
     modalities = ["S2L2A", "S1RTC"]
@@ -107,7 +120,16 @@ def make_models(folder: Path) -> dict[str, str]:
                                                                                  num_labels=10, decoder_hidden_size=64))  # fmt: skip
     segmentation.save_pretrained(folder / "segmentation")
     TerraMindImageProcessor().save_pretrained(folder / "segmentation")
-    return {"embed": str(folder / "encoder"), "predict": str(folder / "segmentation")}
+    tokenizers = {"S2L2A": TerraMindTokenizerConfig(modality="S2L2A", num_channels=12),
+                  "LULC": TerraMindTokenizerConfig(modality="LULC", num_channels=10, num_classes=10, decoder_type="vit",
+                                                   fsq_levels=(7, 5, 5, 5, 5))}  # fmt: skip
+    for name, config in tokenizers.items():
+        TerraMindTokenizerModel(config).save_pretrained(folder / f"tokenizer-{name}")
+    paths = {name: str(folder / f"tokenizer-{name}") for name in tokenizers}
+    TerraMindForGeneration(TerraMindConfig.from_variant("tiny", modalities=["S1RTC"], tokenizer_paths=paths)
+                           ).save_pretrained(folder / "generator")  # fmt: skip
+    return {"embed": str(folder / "encoder"), "predict": str(folder / "segmentation"),
+            "generate": str(folder / "generator")}  # fmt: skip
 
 
 def tiles_of(command: str, side: int) -> int:
@@ -117,10 +139,12 @@ def tiles_of(command: str, side: int) -> int:
     return len(TileGrid.plan(side, side, 224, overlap, 16, shrink=command == "embed"))
 
 
-def run_case(impl: str, source: Path, command: str, model: str, inputs: dict[str, str], output: Path) -> dict:
+def run_case(impl: str, source: Path, command: str, model: str, inputs: dict[str, str], output: Path,
+             timesteps: int = 2) -> dict:
     argv = [command, "--model", model, *[a for name, path in inputs.items() for a in ("--input", f"{name}={path}")],
             "--output", str(output), "--tile-size", "224", "--batch-size", "8", "--no-progress", "--overwrite"]  # fmt: skip
-    spec = {"impl": impl, "command": command, "model": model, "inputs": inputs, "output": str(output), "argv": argv}
+    spec = {"impl": impl, "command": command, "model": model, "inputs": inputs, "output": str(output), "argv": argv,
+            "timesteps": timesteps}
     env = dict(os.environ, PYTHONPATH=str(source))
     done = subprocess.run([sys.executable, "-c", CHILD, str(source), json.dumps(spec)], env=env, capture_output=True,
                           text=True)  # fmt: skip
@@ -133,7 +157,8 @@ def run_case(impl: str, source: Path, command: str, model: str, inputs: dict[str
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sides", type=int, nargs="+", default=[2048, 5490, 10980])
-    parser.add_argument("--commands", nargs="+", default=["embed", "predict"], choices=["embed", "predict"])
+    parser.add_argument("--commands", nargs="+", default=["embed", "predict"], choices=["embed", "predict", "generate"])
+    parser.add_argument("--timesteps", type=int, default=2, help="diffusion steps of the S2L2A decoder (generate)")
     parser.add_argument("--baseline-src", type=Path, help="a checkout of the pre-streaming package (old path)")
     parser.add_argument("--baseline-sides", type=int, nargs="*", default=[2048])
     parser.add_argument("--workdir", type=Path, default=None)
@@ -150,8 +175,11 @@ def main(argv: list[str] | None = None) -> None:
                 impls = [("new", ROOT)] + ([("old", args.baseline_src)] if args.baseline_src and
                                            side in args.baseline_sides else [])  # fmt: skip
                 for impl, source in impls:
-                    output = workdir / f"{impl}-{command}-{side}.tif"
-                    result = run_case(impl, source, command, models[command], inputs, output)
+                    if impl == "old" and command == "generate":
+                        continue
+                    output = workdir / f"{impl}-{command}-{side}" if command == "generate" else \
+                        workdir / f"{impl}-{command}-{side}.tif"  # fmt: skip
+                    result = run_case(impl, source, command, models[command], inputs, output, args.timesteps)
                     tiles = tiles_of(command, side)
                     row = {"impl": impl, "command": command, "side": side, "tiles": tiles, **result}
                     if "seconds" in result:
@@ -159,7 +187,10 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                     for leftover in workdir.glob(f"{impl}-{command}-{side}*"):
-                        leftover.unlink()
+                        if leftover.is_dir():
+                            shutil.rmtree(leftover)
+                        else:
+                            leftover.unlink()
             shutil.rmtree(workdir / f"scene{side}")
     finally:
         if not args.keep:
