@@ -3,10 +3,12 @@
 `--input MODALITY=PATH` takes a file, a folder (its *.tif files) or a glob in the file name (`data/*_S2.tif`); the
 files of several modalities are paired by sample id (the file name without suffix, or the part a glob's first `*`
 matched). Scenes are split over processes (`rank`, `world_size`); the scene engine (`engine.py`) reads them.
+`index_folder` (sample id -> file of a folder) serves the training datasets too.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,10 +26,33 @@ class Scene:
     paths: dict[str, str]
 
 
+def _sample_id(name: str, grep: str) -> str:
+    """File name -> sample id: the part matched by the first '*' of the pattern ("*_S2.tif": "a_S2.tif" -> "a")."""
+    prefix, _, rest = grep.partition("*")
+    suffix = rest.rsplit("*", 1)[-1] if "*" in rest else rest
+    return name[len(prefix) : len(name) - len(suffix) if suffix else None]
+
+
+def index_folder(folder: str | Path, grep: str = "*.tif") -> dict[str, Path]:
+    """Sample id -> file for the files of `folder` matching `grep`; ValueError if the folder is missing or empty."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"Data folder {folder} does not exist.")
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and fnmatch.fnmatch(path.name, grep):
+            sample = _sample_id(path.name, grep)
+            if sample in files:
+                raise ValueError(f"Files {files[sample].name} and {path.name} in {folder} both give sample id "
+                                 f"{sample!r}; make `grep` more specific.")  # fmt: skip
+            files[sample] = path
+    if not files:
+        raise ValueError(f"No files matching {grep!r} in {folder}.")
+    return files
+
+
 def _files(spec: str) -> dict[str, Path]:
     """Sample id -> file for one --input value: a file, a folder (*.tif) or a glob in the file name."""
-    from ..training.data_terramind import index_folder
-
     path = Path(spec)
     if path.is_file():
         return {path.stem: path}

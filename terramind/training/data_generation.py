@@ -19,7 +19,8 @@ import torch
 
 from ..conversion.checkpoint import default_cache_dir
 from ..modalities import resolve_modality, resolve_output_modality
-from .data_terramind import TerraMindSampleTransform, find_layout, index_folder, read_split
+from ..scenes.discovery import index_folder
+from .data_terramind import TerraMindSampleTransform, find_layout, read_split
 
 
 def build_generation_dataset(

@@ -17,7 +17,6 @@ task model takes as `model(**batch)`. The stored columns are "sample_id", "pixel
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from rasterio.windows import Window
 from ..configuration_terramind import TerraMindConfig
 from ..errors import first_line
 from ..modalities import MODALITIES, resolve_modality
+from ..scenes.discovery import index_folder
 from ..scenes.geotiff import SUPPORTED_DTYPES, GeoSample, open_raster, read_sample
 
 TASKS = ("segmentation", "regression", "classification")
@@ -40,31 +40,6 @@ MAX_LISTED = 5
 
 
 # ----------------------------------------------------------------------------- indexing
-def _sample_id(name: str, grep: str) -> str:
-    """File name -> sample id: the part matched by the first '*' of the pattern ("*_S2.tif": "a_S2.tif" -> "a")."""
-    prefix, _, rest = grep.partition("*")
-    suffix = rest.rsplit("*", 1)[-1] if "*" in rest else rest
-    return name[len(prefix) : len(name) - len(suffix) if suffix else None]
-
-
-def index_folder(folder: str | Path, grep: str = "*.tif") -> dict[str, Path]:
-    """Sample id -> file for the files of `folder` matching `grep`; ValueError if the folder is missing or empty."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"Data folder {folder} does not exist.")
-    files = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and fnmatch.fnmatch(path.name, grep):
-            sample = _sample_id(path.name, grep)
-            if sample in files:
-                raise ValueError(f"Files {files[sample].name} and {path.name} in {folder} both give sample id "
-                                 f"{sample!r}; make `grep` more specific.")  # fmt: skip
-            files[sample] = path
-    if not files:
-        raise ValueError(f"No files matching {grep!r} in {folder}.")
-    return files
-
-
 def read_split(split: str | Path | Sequence[str]) -> list[str]:
     """Sample ids of a split: a text file with one id per line (file names allowed), or a list of ids."""
     if isinstance(split, (str, Path)):

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from ..modalities import MODALITIES, resolve_modality, resolve_output_modality
+from ..scenes.discovery import index_folder
 from .data_generation import TargetTokenizer
-from .data_terramind import TerraMindSampleTransform, index_folder
+from .data_terramind import TerraMindSampleTransform
 
 logger = logging.getLogger(__name__)
 
