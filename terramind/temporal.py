@@ -7,7 +7,7 @@ consecutive groups of time steps (TerraTorch's `subset_lengths`), e.g. [2, 3] fo
 
 Static inputs given next to time series (a DEM, coordinates, a (B, H, W) nodata mask) are repeated at each time step;
 nodata masks of a time series are (B, T, H, W).
-`data_terramind.read_series_sample` reads time series from GeoTIFFs.
+`terramind.training.transforms.read_series_sample` reads time series from GeoTIFFs.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def _advise_finetuning(finetuning_args: Any, training_args: Any) -> None:
     import torch
     from transformers.utils import logging
 
-    from ..training.data_terramind import read_split
+    from ..training.layout import read_split
     from .hardware import warn_if_slow_bf16
 
     logger = logging.get_logger("terramind.cli")

@@ -20,7 +20,8 @@ import torch
 from ..conversion.checkpoint import default_cache_dir
 from ..modalities import resolve_modality, resolve_output_modality
 from ..scenes.discovery import index_folder
-from .data_terramind import TerraMindSampleTransform, find_layout, read_split
+from .layout import find_layout, read_split
+from .transforms import TerraMindSampleTransform
 
 
 def build_generation_dataset(

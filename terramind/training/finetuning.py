@@ -36,13 +36,10 @@ from ..modeling_terramind_tasks import (
     TerraMindForPixelRegression,
     TerraMindForSemanticSegmentation,
 )
+from .data_collator import TerraMindDataCollator
 from .data_generation import build_generation_dataset, token_accuracy_metrics, token_predictions
-from .data_terramind import (
-    TerraMindDataCollator,
-    build_compute_metrics,
-    build_dataset,
-    preprocess_logits_for_metrics,
-)
+from .data_terramind import build_dataset
+from .metrics import build_compute_metrics, preprocess_logits_for_metrics
 
 logger = logging.get_logger(__name__)
 

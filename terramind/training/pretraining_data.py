@@ -24,7 +24,7 @@ import torch
 from ..modalities import MODALITIES, resolve_modality, resolve_output_modality
 from ..scenes.discovery import index_folder
 from .data_generation import TargetTokenizer
-from .data_terramind import TerraMindSampleTransform
+from .transforms import TerraMindSampleTransform
 
 logger = logging.getLogger(__name__)
 
