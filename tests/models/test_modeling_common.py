@@ -454,7 +454,8 @@ def test_head_from_generator_folder_reports_only_new_modules(generator_folder, n
 
 # ----------------------------------------------------------------------------- 9. remote code
 FORBIDDEN_CODE = {"conversion.py", "tokenizer_conversion.py", "checkpoint.py", "cli.py", "app.py", "finetuning.py",
-                  "data_terramind.py", "geotiff.py", "quicklook.py", "__init__.py"}  # fmt: skip
+                  "data_terramind.py", "layout.py", "checks.py", "transforms.py", "data_collator.py", "metrics.py",
+                  "geotiff.py", "quicklook.py", "__init__.py"}  # fmt: skip
 
 
 def test_remote_code_generation_and_segmentation_without_package(tmp_path):

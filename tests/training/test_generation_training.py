@@ -12,8 +12,8 @@ from conftest import mini_tokenizer, tiny_config
 from transformers import Trainer, TrainingArguments
 
 from terramind import TerraMindForGeneration
+from terramind.training.data_collator import TerraMindDataCollator
 from terramind.training.data_generation import build_generation_dataset, token_accuracy_metrics, token_predictions
-from terramind.training.data_terramind import TerraMindDataCollator
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "terramesh"
 
@@ -114,7 +114,7 @@ def test_dataset_tokenizes_targets_once_and_caches(tmp_path):
     assert len(data) == 3 and len(list(tmp_path.glob("tokens-*.arrow"))) == 1
     row = data[0]
     assert row["S2L2A"].shape == (12, 224, 224) and row["labels"]["LULC"].shape == (14, 14)
-    from terramind.training.data_terramind import TerraMindSampleTransform
+    from terramind.training.transforms import TerraMindSampleTransform
 
     lulc = TerraMindSampleTransform(task="classification").process_sample(
         {"LULC": str(SAMPLES / "LULC" / f"{row['sample_id']}.tif")})["LULC"]  # fmt: skip
