@@ -385,3 +385,17 @@ def test_too_narrow_stripes_are_refused(segmentation3, tmp_path):
     with pytest.raises(ValueError, match="stripe_width must be at least two tiles"):
         predict_to_files(segmentation3, paths, None, writer=ArrayOutput(), tile_size=64, stripe_width=100,
                          progress=False)  # fmt: skip
+
+
+def test_striped_embeddings_equal_whole_rows_and_parquet_keeps_rows(encoder, tmp_path):
+    paths = write_scene(tmp_path / "scene", 352, nodata_columns=100)
+    grids = []
+    for name, stripe_width in (("whole.tif", None), ("striped.tif", 128)):
+        (run, _), = embed_scenes(encoder, [Scene("s", paths)], GeoTiffSink(tmp_path / name), tile_size=64,
+                                 batch_size=4, progress=False, stripe_width=stripe_width)  # fmt: skip
+        with rasterio.open(tmp_path / name) as dst:
+            grids.append((run, dst.read()))
+    (whole_run, whole), (striped_run, striped) = grids
+    assert whole.shape == striped.shape == (32, 22, 22) and striped_run.tiles == whole_run.tiles == 36  # no overlap
+    assert np.isnan(striped[:, :, :6]).all() and np.isfinite(striped[:, :, 7:]).all()
+    np.testing.assert_allclose(striped, whole, rtol=0, atol=1e-6)
