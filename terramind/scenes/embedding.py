@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .discovery import Scene
+from .engine import STRIPE_WIDTH
 
 Committed = list[tuple[Scene, list[Path]]]  # scenes whose outputs are on disk, with those outputs
 
@@ -43,6 +44,16 @@ class EmbeddingRows:
         self.committed = self.sink.close_scene(self)
 
 
+class EmbeddingBlocks(EmbeddingRows):
+    """`EmbeddingRows` for sinks that take blocks (`sink.block`): the engine streams wide scenes into them in
+    vertical stripes."""
+
+    def write_block(self, top: int, left: int, values: dict, nodata: Any) -> None:
+        block = values[""].copy()
+        block[:, nodata] = math.nan
+        self.sink.block(self, top, left, block)
+
+
 class GeoTiffSink:
     """Each scene into its own GeoTIFF (COG, float32, D bands on the 16-pixel patch grid, nodata NaN), written by
     rows and renamed into place when the scene is done: `path` for one scene, else `<folder>/<scene id>.tif` (a
@@ -56,6 +67,9 @@ class GeoTiffSink:
         return self.path / f"{scene.scene.id}.tif" if self.folder else self.path
 
     def rows(self, scene: EmbeddingRows, top: int, rows: Any) -> None:
+        self.block(scene, top, 0, rows)
+
+    def block(self, scene: EmbeddingRows, top: int, left: int, block: Any) -> None:
         from .outputs import atomic_file
         from .writers import GeoTiffRows
 
@@ -63,10 +77,10 @@ class GeoTiffSink:
             context = atomic_file(self.target(scene), self.overwrite)
             partial = context.__enter__()
             profile = dict(scene.profile, height=scene.height, width=scene.width)
-            scene.state = (context, GeoTiffRows(partial, profile, rows.shape[0], "float32", math.nan, scale=16,
+            scene.state = (context, GeoTiffRows(partial, profile, block.shape[0], "float32", math.nan, scale=16,
                                                 resampling="average"))  # fmt: skip
             self.open.append(scene)
-        scene.state[1].write(top, rows)
+        scene.state[1].write(top, block, left=left)
 
     def close_scene(self, scene: EmbeddingRows) -> Committed:
         context, file = scene.state
@@ -193,11 +207,12 @@ class GeoParquetSink:
 
 def embed_scenes(model: Any, scenes: list[Scene], sink: Any, tile_size: int = 224, batch_size: int = 8,
                  num_workers: int = 1, device: Any = None, dtype: Any = None, offsets: Any = None,
-                 progress: bool = True) -> Iterator[tuple[Any, Committed]]:  # fmt: skip
+                 progress: bool = True, stripe_width: int | None = STRIPE_WIDTH) -> Iterator[tuple[Any, Committed]]:  # fmt: skip
     """Embed scenes of any size (each {modality: path or open rasterio dataset}) into `sink` (`GeoTiffSink`,
     `SafetensorsSink`, `GeoParquetSink`), streaming through the scene engine: tiles of `tile_size` (of a smaller
     scene's shorter side) without overlap, the last row and column flush with the edge, batches spanning scenes,
-    tiles without data skipped. Yields each scene's `SceneRun` with what its sink committed, in order."""
+    tiles without data skipped; scenes wider than `stripe_width` go into a GeoTIFF sink in vertical stripes. Yields
+    each scene's `SceneRun` with what its sink committed, in order."""
     from ..image_processing_terramind import TerraMindImageProcessor
     from .engine import SceneJob, SceneSource, run_scenes
     from .steps import ProcessorPrepare, embedding_step
@@ -205,7 +220,7 @@ def embed_scenes(model: Any, scenes: list[Scene], sink: Any, tile_size: int = 22
     processor = TerraMindImageProcessor(do_pad=True, size_divisor=16, offset=dict(offsets) if offsets else None)
     jobs = []
     for scene in scenes:
-        output = EmbeddingRows(sink, scene, {}, 0, 0)
+        output = (EmbeddingBlocks if hasattr(sink, "block") else EmbeddingRows)(sink, scene, {}, 0, 0)
 
         def setup(source: SceneSource, output: EmbeddingRows = output) -> ProcessorPrepare:
             output.profile, output.height, output.width = source.profile, source.height, source.width
@@ -216,7 +231,7 @@ def embed_scenes(model: Any, scenes: list[Scene], sink: Any, tile_size: int = 22
     try:
         runs = run_scenes(jobs, step, tile_size=tile_size, overlap=0, batch_size=batch_size, multiple_of=16,
                           merge="last", shrink=True, nodata_pooling="all", num_workers=num_workers,
-                          progress=progress, description="embedding tiles")  # fmt: skip
+                          progress=progress, description="embedding tiles", stripe_width=stripe_width)  # fmt: skip
         for job, run in zip(jobs, runs, strict=False):
             yield run, job.output.committed
     finally:
@@ -225,4 +240,4 @@ def embed_scenes(model: Any, scenes: list[Scene], sink: Any, tile_size: int = 22
                 job.source.close()
 
 
-__all__ = ["EmbeddingRows", "GeoParquetSink", "GeoTiffSink", "SafetensorsSink", "embed_scenes"]
+__all__ = ["EmbeddingBlocks", "EmbeddingRows", "GeoParquetSink", "GeoTiffSink", "SafetensorsSink", "embed_scenes"]

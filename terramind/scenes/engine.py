@@ -8,14 +8,19 @@ skipped (no model time) and counted. The others go to the model `step` in batche
 order (the order and batches of the in-memory tiler, so results match it). Tile outputs are merged into a rolling
 band of output rows (`RowBand`: blended with a tapered window, nearest tile centre, or last tile wins), and every
 row that no later tile touches goes to the `output` at once. So memory holds a few batches and one band of rows,
-never the scene.
+never the scene. Outputs that can take blocks (`write_block`) get scenes wider than `stripe_width` in vertical
+stripes (`Stripe`), one after the other: the band is then a stripe wide, not a scene wide, and memory does not grow
+with the scene's width either. Neighbouring stripes share the tile columns on their border (those run twice), so
+every output pixel is still blended from the same tiles, in the same order.
 
 Plug-ins, all numpy in and out (this module imports neither torch nor the model, so an onnxruntime step works with
 torch absent):
 - `prepare(raw, height, width) -> (inputs, nodata)`: raw window arrays {name: (C, h, w) or (C, T, h, w)}, clipped
   to the scene, -> model inputs padded at the bottom/right to (height, width) and a (height, width) nodata mask;
 - `step(batch) -> outputs`: {name: (n, ...)} -> an array or {name: array} (n, ..., tile / s, tile / s);
-- `output.write_rows(top, values, nodata)`: finished output rows {name: (..., rows, W / s)} from output row `top`.
+- `output.write_rows(top, values, nodata)`: finished output rows {name: (..., rows, W / s)} from output row `top`;
+  or `output.write_block(top, left, values, nodata)`: a finished block {name: (..., rows, cols)} at output row `top`
+  and column `left` (outputs with it stream wide scenes in stripes).
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ class SceneOutput(Protocol):
     """Where finished rows go (a GeoTIFF/COG writer, GeoParquet rows, an in-memory array)."""
 
     def write_rows(self, top: int, values: Arrays, nodata: np.ndarray) -> None: ...
+
+
+STRIPE_WIDTH = 2048  # px: wider scenes stream in stripes (into outputs that take blocks), so memory stays flat
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -98,6 +106,46 @@ class TileGrid:
 
     def __len__(self) -> int:
         return len(self.tops) * len(self.lefts)
+
+    def stripes(self, width: int | None = None) -> tuple[Stripe, ...]:
+        """The grid cut into vertical stripes about `width` pixels wide (None, or a grid no wider: one stripe).
+
+        A stripe owns the pixel columns [start, stop) that only its own tiles cover, so it blends them completely;
+        neighbouring stripes therefore share the tile columns that overlap their border (computed in both)."""
+        lefts, tile = self.lefts, self.tile
+        if width is None or self.padded_width <= width:
+            return (Stripe(0, lefts, 0, self.padded_width),)
+        stripes: list[Stripe] = []
+        first, start = 0, 0  # the stripe's first tile column and first owned pixel column
+        while True:
+            last = first
+            while last + 1 < len(lefts) and lefts[last + 1] + tile - lefts[first] <= width:
+                last += 1
+            while True:  # widen until the next stripe starts further right (width below ~2 tiles)
+                if last + 1 >= len(lefts):
+                    stripes.append(Stripe(len(stripes), lefts[first:], start, self.padded_width))
+                    return tuple(stripes)
+                stop = lefts[last + 1]  # the first pixel that a tile right of this stripe covers
+                following = next(j for j in range(len(lefts)) if lefts[j] + tile > stop)
+                if following > first:
+                    break
+                last += 1
+            stripes.append(Stripe(len(stripes), lefts[first : last + 1], start, stop))
+            first, start = following, stop
+
+
+@dataclass(frozen=True)
+class Stripe:
+    """A vertical stripe of a `TileGrid`: its tile columns (`lefts`) and the pixel columns [start, stop) it owns."""
+
+    index: int
+    lefts: tuple[int, ...]
+    start: int
+    stop: int
+
+    @property
+    def origin(self) -> int:
+        return self.lefts[0]
 
 
 def blend_window(size: int, ramp: int) -> np.ndarray:
@@ -233,7 +281,7 @@ class RowBand:
     value of the tile whose window is highest (integer outputs: the nearest tile centre); `last` lets later tiles
     overwrite (tiles without overlap). Pixels no tile covered (skipped tiles) come out NaN (blend) or 0."""
 
-    def __init__(self, first: np.ndarray, grid: TileGrid, mode: str):
+    def __init__(self, first: np.ndarray, grid: TileGrid, mode: str, stripe: Stripe | None = None):
         if mode not in MERGE_MODES:
             raise ValueError(f"merge mode must be one of {MERGE_MODES}, got {mode!r}.")
         out_tile = first.shape[-1]
@@ -243,7 +291,9 @@ class RowBand:
         self.scale, self.out_tile, self.mode = grid.tile // out_tile, out_tile, mode
         self.lead = first.shape[:-2]
         self.window = blend_window(out_tile, max(1, grid.overlap // self.scale))
-        self.width = grid.padded_width // self.scale
+        stripe = stripe or grid.stripes()[0]
+        self.origin = stripe.origin  # the pixel column of the band's first column
+        self.width = (stripe.lefts[-1] + grid.tile - stripe.origin) // self.scale
         self.dtype = np.dtype(np.float32) if mode == "blend" else first.dtype
         self.top = 0  # output row of the band's first row
         self.rows = 0  # rows in use; the buffers are allocated once (one tile high) and grow only if tiles need
@@ -263,7 +313,7 @@ class RowBand:
         self.rows = max(self.rows, needed)
 
     def add(self, part: np.ndarray, top: int, left: int) -> None:
-        row, col = top // self.scale - self.top, left // self.scale
+        row, col = top // self.scale - self.top, (left - self.origin) // self.scale
         if row < 0:
             raise ValueError("A tile came after its rows were written; tiles must come row by row.")
         self._reach(self.top + row + self.out_tile)
@@ -302,30 +352,33 @@ class RowBand:
 
 
 # ----------------------------------------------------------------------------- the loop
-MMAP_THRESHOLD = 256 * 1024
+class _Allocator:
+    """glibc's allocator, kept from holding freed tile buffers: two arenas, and freed memory handed back to the system
+    after each band of rows (`malloc_trim`). Tiles are allocated in loader threads and freed in the consumer; without
+    this, the loader threads' heaps keep growing with the number of tiles, i.e. with the scene. (A fixed mmap
+    threshold would bound them too, but makes every large torch buffer a fresh mmap: model steps ~40% slower.)
+    No-ops where the C library is not glibc."""
 
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
 
-def limit_heap_growth() -> None:
-    """Have glibc return freed tile-sized buffers to the system (a fixed mmap threshold, two arenas).
+        try:
+            self.libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            self.libc.mallopt(-8, 2)  # M_ARENA_MAX
+            self.libc.malloc_trim  # noqa: B018 (glibc only)
+        except (OSError, AttributeError):
+            self.libc = None
 
-    Tiles are allocated in loader threads and freed in the consumer: with glibc's dynamic mmap threshold those
-    buffers end up in per-thread heaps that keep growing with the number of tiles, i.e. with the scene's size. A
-    no-op where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (fixed: no dynamic growth)
-    mallopt(-8, 2)  # M_ARENA_MAX
+    def trim(self) -> None:
+        if self.libc is not None:
+            self.libc.malloc_trim(0)
 
 
 @dataclass
 class SceneRun:
-    """What a run did: tiles in the scene, tiles the model saw, tiles skipped for having no data."""
+    """What a run did: tiles in the scene, tiles the model saw, tiles skipped for having no data (tiles on a
+    border between stripes count in both stripes)."""
 
     tiles: int = 0
     computed: int = 0
@@ -369,22 +422,23 @@ class _Failure:
 @dataclass
 class _Tile:
     scene: int
+    stripe: int
     top: int
     left: int
     inputs: Arrays | None  # None: skipped (no data)
     nodata: np.ndarray
 
 
-def _reader(jobs: list[SceneJob], plan: Callable[[SceneJob], TileGrid], grids: list[TileGrid],
-            workers: int) -> Iterator[_Tile | _Failure]:
-    """Prepared tiles of every scene in order (row-major within a scene), read by `workers` threads a few tiles
-    ahead of the consumer. Each thread opens its own datasets (rasterio's are not shared between threads)."""
+def _reader(jobs: list[SceneJob], plan: Callable[[SceneJob], tuple[TileGrid, tuple[Stripe, ...]]],
+            grids: list[tuple[TileGrid, tuple[Stripe, ...]]], workers: int) -> Iterator[_Tile | _Failure]:
+    """Prepared tiles of every scene in order (stripe by stripe, row-major within a stripe), read by `workers`
+    threads a few tiles ahead of the consumer. Each thread opens its own datasets (rasterio's are not shared between threads)."""
     local = threading.local()
     opened: list[SceneSource] = []
     lock = threading.Lock()
 
-    def load(scene: int, top: int, left: int) -> _Tile:
-        job, grid = jobs[scene], grids[scene]
+    def load(scene: int, stripe: int, top: int, left: int) -> _Tile:
+        job, grid = jobs[scene], grids[scene][0]
         cache = getattr(local, "sources", None)
         if cache is None:
             cache = local.sources = {}
@@ -400,7 +454,7 @@ def _reader(jobs: list[SceneJob], plan: Callable[[SceneJob], TileGrid], grids: l
             inputs, nodata = job.prepare(raw, grid.tile, grid.tile)
         except (ValueError, OSError) as error:
             raise ValueError(f"{job.name}: {str(error).splitlines()[0] if str(error) else error!r}") from None
-        return _Tile(scene, top, left, None if nodata.all() else inputs, nodata)
+        return _Tile(scene, stripe, top, left, None if nodata.all() else inputs, nodata)
 
     ahead = max(4, 4 * workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="terramind-reader") as pool:
@@ -414,12 +468,14 @@ def _reader(jobs: list[SceneJob], plan: Callable[[SceneJob], TileGrid], grids: l
                         yield pending.popleft().result()
                     yield _Failure(error)
                     return
-                grid = plan(job)
-                grids.append(grid)
-                for top, left in grid.tiles:
-                    pending.append(pool.submit(load, scene, top, left))
-                    if len(pending) >= ahead:
-                        yield pending.popleft().result()
+                grid, stripes = plan(job)
+                grids.append((grid, stripes))
+                for stripe in stripes:
+                    for top in grid.tops:
+                        for left in stripe.lefts:
+                            pending.append(pool.submit(load, scene, stripe.index, top, left))
+                            if len(pending) >= ahead:
+                                yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
         finally:
@@ -434,30 +490,72 @@ def _reader(jobs: list[SceneJob], plan: Callable[[SceneJob], TileGrid], grids: l
 
 
 class _SceneState:
-    """One scene in flight: its bands of output rows (per output) and of nodata (per output resolution)."""
+    """One scene in flight: its stripes, and the current stripe's bands of output rows (per output) and of nodata
+    (per output resolution)."""
 
-    def __init__(self, job: SceneJob, grid: TileGrid, merge: str | Mapping[str, str], pooling: str):
-        self.job, self.grid, self.merge, self.pooling = job, grid, merge, pooling
-        self.run = SceneRun(tiles=len(grid))
+    def __init__(self, job: SceneJob, grid: TileGrid, stripes: tuple[Stripe, ...], merge: str | Mapping[str, str],
+                 pooling: str, allocator: _Allocator | None = None):  # fmt: skip
+        self.job, self.grid, self.stripes, self.merge, self.pooling = job, grid, stripes, merge, pooling
+        self.allocator = allocator
+        self.visits = len(grid.tops) * sum(len(stripe.lefts) for stripe in stripes)
+        self.run = SceneRun(tiles=self.visits)
+        self.templates: dict[str, tuple[np.ndarray, str]] = {}  # output -> (a tile's output, merge mode)
+        self.stripe = stripes[0]
+        self.unwritten: list[int] = []  # stripes passed before any tile was computed (all their tiles skipped)
         self.bands: dict[str, RowBand] = {}
         self.mask_bands: dict[int, RowBand] = {}  # per output resolution: the nodata mask of the output pixels
         self.seen = 0
         self.last_top = 0  # the top of the last tile merged
 
-    def add(self, tiles: list[_Tile], result: Mapping[str, np.ndarray], rows: list[int]) -> None:
-        """Merge tiles (in order) into the bands; each time a new row of tiles starts, the rows above it go out, so
-        a band never holds more than a tile's height of rows."""
+    def _start(self) -> None:
+        """Fresh bands for the current stripe (rows from the top)."""
         grid = self.grid
+        self.bands = {name: RowBand(first, grid, mode, self.stripe) for name, (first, mode) in self.templates.items()}
+        self.mask_bands = {scale: RowBand(np.zeros((grid.tile // scale,) * 2, dtype=np.uint8), grid, "last", self.stripe)
+                           for scale in {band.scale for band in self.bands.values()}}  # fmt: skip
+        self.last_top = 0
+
+    def _learn(self, result: Mapping[str, np.ndarray], row: int) -> None:
+        """The outputs' shapes and merge modes, from the first computed tile; stripes passed before it are written
+        (as nodata) now."""
         for name, values in result.items():
-            if name not in self.bands and values.ndim >= 3:  # (n, 2) vectors (coordinates) go to add_tiles only
+            if values.ndim >= 3:  # (n, 2) vectors (coordinates) go to add_tiles only
                 mode = self.merge.get(name, "auto") if isinstance(self.merge, Mapping) else self.merge
                 if mode == "auto":
                     mode = "blend" if values.dtype.kind == "f" else "nearest"
-                self.bands[name] = RowBand(values[rows[0]], grid, mode)
-        for scale in {band.scale for band in self.bands.values()}:
-            if scale not in self.mask_bands:
-                self.mask_bands[scale] = RowBand(np.zeros((grid.tile // scale,) * 2, dtype=np.uint8), grid, "last")
+                self.templates[name] = (values[row], mode)
+        current = self.stripe
+        for index in self.unwritten:
+            self.stripe = self.stripes[index]
+            self._start()
+            self.emit(None)
+        self.stripe = current
+        self._start()
+
+    def _enter(self, stripe: int) -> None:
+        """Move on to `stripe`: the stripes before it are finished (their last rows go out; stripes whose tiles were
+        all skipped come out as nodata)."""
+        while self.stripe.index < stripe:
+            if self.templates:
+                self.emit(None)
+            else:
+                self.unwritten.append(self.stripe.index)
+            self.stripe = self.stripes[self.stripe.index + 1]
+            if self.templates:
+                self._start()
+
+    def finish(self) -> None:
+        """The last rows of the last stripes."""
+        self._enter(len(self.stripes) - 1)
+        self.emit(None)
+
+    def add(self, tiles: list[_Tile], result: Mapping[str, np.ndarray], rows: list[int]) -> None:
+        """Merge tiles (in order) into the bands; each time a new row of tiles starts, the rows above it go out, so
+        a band never holds more than a tile's height of rows."""
         for tile, row in zip(tiles, rows, strict=True):
+            self._enter(tile.stripe)
+            if not self.templates:
+                self._learn(result, row)
             if tile.top > self.last_top:
                 self.emit(tile.top)
                 self.last_top = tile.top
@@ -475,12 +573,18 @@ class _SceneState:
             hook([(tile.top, tile.left, self.grid.tile) for tile in tiles], values, [tile.nodata for tile in tiles])
 
     def emit(self, until: int | None) -> None:
-        """Hand the rows above pixel row `until` (None: all) to the output, cropped to the scene: one call per output
-        resolution, with that resolution's nodata mask (nodata also where no tile was run)."""
-        grid = self.grid
+        """Hand the rows above pixel row `until` (None: all, to the scene's bottom) to the output, cropped to the scene
+        and to the stripe's own columns: one call per output resolution, with that resolution's nodata mask (nodata also where no tile
+        was run)."""
+        grid, stripe = self.grid, self.stripe
+        whole = len(self.stripes) == 1
         for scale, mask_band in self.mask_bands.items():
-            limit = mask_band.top + mask_band.rows if until is None else until // scale
             height, width = -(-grid.height // scale), -(-grid.width // scale)
+            limit = height if until is None else until // scale
+            if stripe.start % scale or stripe.stop % scale:
+                raise ValueError(f"Stripe borders {stripe.start}, {stripe.stop} are not on the output grid (1/{scale}).")
+            left = stripe.start // scale  # the stripe's own output columns, in the scene and in the band
+            cols = slice(left - stripe.origin // scale, min(stripe.stop // scale, width) - stripe.origin // scale)
             while mask_band.top < min(limit, height):  # a band's height at a time (rows of skipped tiles too)
                 top, mask, _ = mask_band.pop(min(limit, mask_band.top + mask_band.capacity))
                 out = {}
@@ -488,8 +592,16 @@ class _SceneState:
                     if band.scale == scale:
                         band_top, values, covered = band.pop(band.top + mask.shape[0])
                         mask = mask.astype(bool) | ~covered
-                        out[name] = values[..., : height - band_top, :width]
-                self.job.output.write_rows(top, out, mask[: height - top, :width])
+                        out[name] = values[..., : height - band_top, cols]
+                mask = mask[: height - top, cols]
+                if left >= width:
+                    continue  # a stripe of padding only
+                if whole:
+                    self.job.output.write_rows(top, out, mask)
+                else:
+                    self.job.output.write_block(top, left, out, mask)
+        if self.allocator is not None:
+            self.allocator.trim()
 
 
 def run_scenes(
@@ -505,6 +617,7 @@ def run_scenes(
     num_workers: int = 1,
     progress: bool = True,
     description: str = "tiles",
+    stripe_width: int | None = STRIPE_WIDTH,
 ) -> Iterator[SceneRun]:
     """Stream scenes through `step`: read and prepare tiles in loader threads, run them in batches (which span
     scenes, so that many small scenes fill batches too), merge the outputs into rolling bands and hand every finished
@@ -513,7 +626,8 @@ def run_scenes(
     `merge` is a mode per output name (or one for all): "blend", "nearest", "last", or "auto" (blend floating
     point outputs, nearest for integers); output pixels are nodata where the inputs' nodata mask is
     True for any (`nodata_pooling="any"`) or all (`"all"`) of the input pixels they cover; a scene of nodata only
-    is an error."""
+    is an error. Scenes wider than `stripe_width` pixels go in stripes into outputs that have `write_block`
+    (None: never)."""
     import time
 
     import rasterio
@@ -521,16 +635,19 @@ def run_scenes(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    limit_heap_growth()
+    if stripe_width is not None and stripe_width < 2 * tile_size:
+        raise ValueError(f"stripe_width must be at least two tiles ({2 * tile_size} px), got {stripe_width}.")
+    allocator = _Allocator()
     if nodata_pooling not in ("any", "all"):
         raise ValueError(f"nodata_pooling must be 'any' or 'all', got {nodata_pooling!r}.")
-    grids: list[TileGrid] = []  # filled as the scenes are opened
+    grids: list[tuple[TileGrid, tuple[Stripe, ...]]] = []  # filled as the scenes are opened
 
-    def plan(job: SceneJob) -> TileGrid:
+    def plan(job: SceneJob) -> tuple[TileGrid, tuple[Stripe, ...]]:
         grid = TileGrid.plan(job.source.height, job.source.width, tile_size, overlap, multiple_of, shrink)
-        bar.total = (bar.total or 0) + len(grid)
+        stripes = grid.stripes(stripe_width if hasattr(job.output, "write_block") else None)
+        bar.total = (bar.total or 0) + len(grid.tops) * sum(len(stripe.lefts) for stripe in stripes)
         bar.refresh()
-        return grid
+        return grid, stripes
 
     states: dict[int, _SceneState] = {}
     skipped = 0
@@ -557,10 +674,10 @@ def run_scenes(
 
     def finish(scene: int) -> SceneRun:
         state = states.pop(scene)
-        if not state.bands:
+        if not state.templates:
             raise ValueError(f"{state.job.name}: every pixel is nodata ({', '.join(state.job.source.paths)}); there "
                              "is nothing to process.")  # fmt: skip
-        state.emit(None)
+        state.finish()
         close = getattr(state.job.output, "close", None)
         if close is not None:
             close()
@@ -575,15 +692,16 @@ def run_scenes(
             if isinstance(tile, _Failure):
                 if batch:
                     run_batch(batch)
-                while done < len(grids) and done in states and states[done].seen == len(grids[done]):
+                while done < len(grids) and done in states and states[done].seen == states[done].visits:
                     yield finish(done)
                     done += 1
                 raise tile.error
             state = states.get(tile.scene)
             if state is None:
-                state = states[tile.scene] = _SceneState(jobs[tile.scene], grids[tile.scene], merge, nodata_pooling)
+                state = states[tile.scene] = _SceneState(jobs[tile.scene], *grids[tile.scene], merge, nodata_pooling,
+                                                         allocator)  # fmt: skip
             state.seen += 1
-            if tile.inputs is None:
+            if tile.inputs is None:  # (no stripe change here: tiles before it may still wait in the batch)
                 state.tiles_done([tile], None)
                 state.run.skipped += 1
                 skipped += 1
@@ -594,7 +712,7 @@ def run_scenes(
                 run_batch(batch)
                 batch = []
             bar.update(1)
-            while done < len(grids) and done in states and states[done].seen == len(grids[done]) and \
+            while done < len(grids) and done in states and states[done].seen == states[done].visits and \
                     not any(t.scene == done for t in batch):  # fmt: skip
                 yield finish(done)
                 done += 1
@@ -619,21 +737,33 @@ def _pool(mask: np.ndarray, scale: int, how: str) -> np.ndarray:
 
 
 class ArrayOutput:
-    """Rows gathered in memory (for scenes that fit: the Python API's in-memory results, tests)."""
+    """Rows and blocks gathered in memory (for scenes that fit: the Python API's in-memory results, tests); one
+    output resolution."""
 
     def __init__(self) -> None:
-        self.parts: dict[str, list[np.ndarray]] = {}
-        self.nodata_parts: list[np.ndarray] = []
+        self.blocks: list[tuple[int, int, Arrays, np.ndarray]] = []
 
     def write_rows(self, top: int, values: Arrays, nodata: np.ndarray) -> None:
-        for name, value in values.items():
-            self.parts.setdefault(name, []).append(value)
-        self.nodata_parts.append(nodata)
+        self.write_block(top, 0, values, nodata)
+
+    def write_block(self, top: int, left: int, values: Arrays, nodata: np.ndarray) -> None:
+        self.blocks.append((top, left, values, nodata))
 
     def result(self) -> tuple[Arrays, np.ndarray]:
-        return ({name: np.concatenate(parts, axis=-2) for name, parts in self.parts.items()},
-                np.concatenate(self.nodata_parts, axis=0))  # fmt: skip
+        """({name: (..., H, W)}, the (H, W) nodata mask) of everything written."""
+        height = max(top + mask.shape[0] for top, _, _, mask in self.blocks)
+        width = max(left + mask.shape[1] for _, left, _, mask in self.blocks)
+        nodata = np.ones((height, width), dtype=bool)
+        out: Arrays = {}
+        for top, left, values, mask in self.blocks:
+            rows, cols = slice(top, top + mask.shape[0]), slice(left, left + mask.shape[1])
+            nodata[rows, cols] = mask
+            for name, value in values.items():
+                if name not in out:
+                    out[name] = np.zeros((*value.shape[:-2], height, width), dtype=value.dtype)
+                out[name][..., rows, cols] = value
+        return out, nodata
 
 
-__all__ = ["GDAL_CACHE_MB", "ArrayOutput", "RowBand", "SceneJob", "SceneOutput", "SceneRun", "SceneSource", "TileGrid",
-           "blend_window", "raw_nodata", "run_scene", "run_scenes", "tile_starts"]  # fmt: skip
+__all__ = ["GDAL_CACHE_MB", "STRIPE_WIDTH", "ArrayOutput", "RowBand", "SceneJob", "SceneOutput", "SceneRun", "SceneSource",
+           "Stripe", "TileGrid", "blend_window", "raw_nodata", "run_scene", "run_scenes", "tile_starts"]  # fmt: skip

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..modalities import MODALITIES
+from .engine import STRIPE_WIDTH
 
 # GeoTIFF data type of each generated modality (physical units)
 OUTPUT_DTYPES = {"S2L2A": "int16", "S2L1C": "int16", "RGB": "uint8", "DEM": "float32", "NDVI": "float32",
@@ -67,6 +68,9 @@ class GeneratedFiles:
         return self
 
     def write_rows(self, top: int, values: Mapping[str, np.ndarray], nodata: np.ndarray) -> None:
+        self.write_block(top, 0, values, nodata)
+
+    def write_block(self, top: int, left: int, values: Mapping[str, np.ndarray], nodata: np.ndarray) -> None:
         import torch
 
         from .outputs import NODATA_VALUES
@@ -85,7 +89,7 @@ class GeneratedFiles:
                 self.files[name] = GeoTiffRows(self.partial[self.folder / f"{name}.tif"], self.profile, rows.shape[0],
                                                dtype, NODATA_VALUES[dtype], band_names=band_names(name, rows.shape[0]),
                                                resampling="nearest" if name == "LULC" else "average")  # fmt: skip
-            self.files[name].write(top, rows)
+            self.files[name].write(top, rows, left=left)
 
     def add_tiles(self, boxes: list, values: Mapping[str, np.ndarray] | None, nodata: list) -> None:
         if values is not None and "Coordinates" in values:
@@ -134,12 +138,13 @@ def read_decimated(path: str | os.PathLike, max_side: int = 4096) -> np.ndarray:
 def generate_scenes(model: Any, scenes: Sequence[Any], folders: Sequence[str | os.PathLike], outputs: Sequence[str],
                     processor: Any, tile_size: int = 224, overlap: int = 64, batch_size: int = 8,
                     generator: Any = None, overwrite: bool = False, num_workers: int = 1, progress: bool = True,
-                    **options: Any) -> Any:  # fmt: skip
+                    stripe_width: int | None = STRIPE_WIDTH, **options: Any) -> Any:  # fmt: skip
     """Generate `outputs` for scenes of any size ({modality: path or open dataset} each, `.paths` of a `Scene`)
     into `folders` (one per scene), streaming. Tiles of `tile_size` (of a smaller scene's shorter side) overlap by
     `overlap`; batches span scenes, so one-tile scenes are generated `batch_size` at a time. `processor` (with
-    `do_pad=True`, `size_divisor=16` and any offsets) standardizes the inputs and destandardizes the outputs. Yields
-    each scene's `SceneRun` and written files, in order."""
+    `do_pad=True`, `size_divisor=16` and any offsets) standardizes the inputs and destandardizes the outputs. Scenes
+    wider than `stripe_width` go in vertical stripes (tiles on a stripe border are generated in both; None: whole
+    rows, memory growing with the width). Yields each scene's `SceneRun` and written files, in order."""
     from .engine import SceneJob, SceneSource, run_scenes
     from .steps import ProcessorPrepare
 
@@ -163,7 +168,7 @@ def generate_scenes(model: Any, scenes: Sequence[Any], folders: Sequence[str | o
     try:
         runs = run_scenes(jobs, step, tile_size=tile_size, overlap=overlap, batch_size=batch_size, multiple_of=16,
                           merge="auto", shrink=True, nodata_pooling="all", num_workers=num_workers,
-                          progress=progress, description="generating tiles")  # fmt: skip
+                          progress=progress, description="generating tiles", stripe_width=stripe_width)  # fmt: skip
         for job, run in zip(jobs, runs, strict=False):
             run.outputs = job.output.written
             yield run

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .engine import STRIPE_WIDTH
+
 DENSE_TASK_MODELS = ("TerraMindForSemanticSegmentation", "TerraMindForPixelRegression")
 CLASS_NODATA = 255
 
@@ -142,20 +144,23 @@ class PredictionWriter:
                                           band_names=self.class_names, resampling="average"))  # fmt: skip
 
     def write_rows(self, top: int, values: dict[str, np.ndarray], nodata: np.ndarray) -> None:
-        logits = values[""]  # (K, rows, W)
+        self.write_block(top, 0, values, nodata)
+
+    def write_block(self, top: int, left: int, values: dict[str, np.ndarray], nodata: np.ndarray) -> None:
+        logits = values[""]  # (K, rows, cols)
         if not self.files:
             self._open(logits.shape[0])
         if self.task == "segmentation":
-            self.files[0].write(top, logits.argmax(axis=0).astype(np.uint8), nodata)
+            self.files[0].write(top, logits.argmax(axis=0).astype(np.uint8), nodata, left)
             if self.probabilities:
                 shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
                 probabilities = shifted / shifted.sum(axis=0, keepdims=True)
                 probabilities[:, nodata] = np.nan
-                self.files[1].write(top, probabilities)
+                self.files[1].write(top, probabilities, left=left)
         else:
             regression = logits.copy()
             regression[:, nodata] = np.nan
-            self.files[0].write(top, regression)
+            self.files[0].write(top, regression, left=left)
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> Any:
         try:
@@ -182,10 +187,11 @@ class PredictionWriter:
 def predict_to_files(model: Any, inputs: Mapping[str, Any], output: str | os.PathLike,
                      probabilities: str | os.PathLike | None = None, processor: Any = None, tile_size: int = 224,
                      overlap: int = 64, batch_size: int = 8, num_workers: int = 1, progress: bool = True,
-                     overwrite: bool = False, writer: Any = None) -> Any:  # fmt: skip
+                     overwrite: bool = False, writer: Any = None, stripe_width: int | None = STRIPE_WIDTH) -> Any:  # fmt: skip
     """Predict a scene of any size from its files ({modality: path, open rasterio dataset, or a list of them for a
     time series}) straight into `output` (and `probabilities`), or into `writer` (anything with `write_rows`,
-    e.g. `engine.ArrayOutput`), streaming: memory does not grow with the scene. Tiles without data are skipped.
+    e.g. `engine.ArrayOutput`), streaming: memory does not grow with the scene (scenes wider than `stripe_width`
+    go in stripes into outputs with `write_block`, as the files are). Tiles without data are skipped.
     Returns the engine's `SceneRun` (tiles, skipped, seconds, outputs)."""
     from ..image_processing_terramind import TerraMindImageProcessor
     from .engine import SceneSource, run_scene
@@ -200,7 +206,7 @@ def predict_to_files(model: Any, inputs: Mapping[str, Any], output: str | os.Pat
             prepare = ProcessorPrepare(processor, source.band_names, source.nodata, combine="any")
             options = dict(tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                            multiple_of=model.config.patch_size, merge="blend", num_workers=num_workers,
-                           progress=progress, description="TerraMind prediction")  # fmt: skip
+                           progress=progress, description="TerraMind prediction", stripe_width=stripe_width)  # fmt: skip
             if writer is not None:
                 return run_scene(source, prepare, logits_step(model), writer, **options)
             with PredictionWriter(output, source.profile, task, names, probabilities, overwrite) as files:

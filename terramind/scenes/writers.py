@@ -24,7 +24,7 @@ QUICKLOOK_MAX_SIDE = 4096  # larger class maps get a decimated quick-look (neare
 class GeoTiffRows:
     """One raster output, (count, H / scale, W / scale) over the scene of `profile`, written by rows into `path`.
 
-    `write(top, values)` takes (count, rows, width) values (NaN/inf become `nodata`, integer types are rounded and
+    `write(top, values, left=0)` takes (count, rows, cols) values (NaN/inf become `nodata`, integer types are rounded and
     clipped, as `write_geotiff` does); `finish()` turns the file into a COG (`cog=True`) and closes it."""
 
     def __init__(self, path: str | os.PathLike, profile: Mapping[str, Any], count: int, dtype: str,
@@ -48,21 +48,22 @@ class GeoTiffRows:
         for index, name in enumerate(band_names or (), start=1):
             self.dataset.set_band_description(index, str(name))
 
-    def write(self, top: int, values: np.ndarray, nodata: np.ndarray | None = None) -> None:
-        """Write (count, rows, width) values at output row `top`; `nodata` (rows, width) marks pixels as nodata."""
+    def write(self, top: int, values: np.ndarray, nodata: np.ndarray | None = None, left: int = 0) -> None:
+        """Write (count, rows, cols) values at output row `top` and column `left`; `nodata` (rows, cols) marks pixels
+        as nodata."""
         from rasterio.windows import Window
 
         from .geotiff import _cast
 
         if values.ndim == 2:
             values = values[None]
-        if values.shape[-1] != self.width or top + values.shape[-2] > self.height:
-            raise ValueError(f"Rows {top}..{top + values.shape[-2]} x {values.shape[-1]} do not fit the output "
-                             f"{self.height} x {self.width}.")  # fmt: skip
+        if left + values.shape[-1] > self.width or top + values.shape[-2] > self.height:
+            raise ValueError(f"Rows {top}..{top + values.shape[-2]} x columns {left}..{left + values.shape[-1]} do not "
+                             f"fit the output {self.height} x {self.width}.")  # fmt: skip
         values = _cast(values, self.dtype, self.nodata)
         if nodata is not None:
             values[:, nodata] = self.nodata
-        self.dataset.write(values, window=Window(0, top, self.width, values.shape[-2]))
+        self.dataset.write(values, window=Window(left, top, values.shape[-1], values.shape[-2]))
 
     def finish(self) -> Path:
         """Close the file; as a COG at `path`: overviews built on the tiled file, then copied with them in front
