@@ -20,6 +20,7 @@ import numpy as np
 from ..modalities import MODALITIES
 from .engine import STRIPE_WIDTH
 
+QUICKLOOK_MAX_SIDE = 1024  # px: generated outputs' PNG quick-looks (the COGs have overviews for closer looks)
 # GeoTIFF data type of each generated modality (physical units)
 OUTPUT_DTYPES = {"S2L2A": "int16", "S2L1C": "int16", "RGB": "uint8", "DEM": "float32", "NDVI": "float32",
                  "S1GRD": "float32", "S1RTC": "float32", "LULC": "uint8"}  # fmt: skip
@@ -125,8 +126,10 @@ class GeneratedFiles:
         self._atomic.__exit__(type(error), error, None)
 
 
-def read_decimated(path: str | os.PathLike, max_side: int = 4096) -> np.ndarray:
-    """(C, h, w) float32 values of a raster (NaN for nodata), decimated (nearest) when a side exceeds `max_side`."""
+def read_decimated(path: str | os.PathLike, max_side: int = QUICKLOOK_MAX_SIDE) -> np.ndarray:
+    """(C, h, w) float32 values of a raster (NaN for nodata), decimated (nearest) when a side exceeds `max_side`:
+    every band is read, so the side is capped low enough that a 12-band output's quick-look does not grow the run's
+    memory with the scene (12 x 1024 x 1024 float32: 50 MB)."""
     import rasterio
 
     with rasterio.open(path) as src:
@@ -183,4 +186,4 @@ def generate_scenes(model: Any, scenes: Sequence[Any], folders: Sequence[str | o
                 job.source.close()
 
 
-__all__ = ["OUTPUT_DTYPES", "GeneratedFiles", "band_names", "generate_scenes", "generation_step", "read_decimated"]
+__all__ = ["OUTPUT_DTYPES", "QUICKLOOK_MAX_SIDE", "GeneratedFiles", "band_names", "generate_scenes", "generation_step", "read_decimated"]

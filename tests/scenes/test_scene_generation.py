@@ -13,7 +13,7 @@ from conftest import mini_tokenizer
 from rasterio.transform import from_origin
 
 from terramind import TerraMindForGeneration, TerraMindImageProcessor
-from terramind.scenes.generation import generate_scenes
+from terramind.scenes.generation import QUICKLOOK_MAX_SIDE, generate_scenes, read_decimated
 from terramind.scenes.tiled import generate_tiled
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,3 +79,11 @@ def test_wide_scenes_generate_in_stripes_equal_to_whole_rows(converted, tmp_path
     (whole_tiles, whole), (striped_tiles, striped) = results
     assert striped_tiles > whole_tiles == 8 and whole.shape == striped.shape == (64, 288)
     assert (striped == whole).mean() > 0.999  # classes: equal but for near-ties that batch rounding may flip
+
+
+def test_quicklooks_read_a_bounded_grid_whatever_the_scene(tmp_path):
+    """The quick-look of a generated output reads every band, so its grid is capped: memory flat in scene size."""
+    write_s2(tmp_path / "wide.tif", 40, 2600)
+    values = read_decimated(tmp_path / "wide.tif")
+    assert QUICKLOOK_MAX_SIDE == 1024 and values.shape == (12, 14, 867) and values.dtype == np.float32
+    assert read_decimated(tmp_path / "wide.tif", max_side=4096).shape == (12, 40, 2600)
