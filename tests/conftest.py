@@ -14,6 +14,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "terramesh"  # copied from ../shared: tests run without it
+SAMPLE_TILE = "282D_485L_3_3.tif"
+# The tiny two-modality encoder that the scene, prediction and export tests build their task models on.
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_decoder_layers=1, hidden_act="gelu",
+            gated_mlp=False, modalities=["S2L2A", "S1RTC"])  # fmt: skip
+
+
+def sample_tile(modality: str, tile: str = SAMPLE_TILE) -> str:
+    """The path of a sample tile's GeoTIFF of `modality`."""
+    return str(SAMPLES / modality / tile)
 
 
 def pytest_configure(config):

@@ -14,19 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import fixture_checkpoint, mini_tokenizer
+from conftest import SAMPLES, fixture_checkpoint, mini_tokenizer, sample_tile
 from PIL import Image
 
 from terramind.cli import main
 from terramind.conversion.checkpoint import convert_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENE = ROOT / "samples" / "terramesh"
-TILE = "282D_485L_3_3.tif"
-
-
-def scene(modality: str) -> str:
-    return str(SCENE / modality / TILE)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +46,9 @@ def one_line_error(result: subprocess.CompletedProcess, message: str) -> bool:
 
 def test_embed_geotiff_and_safetensors(assets, tmp_path):
     out = tmp_path / "emb.tif"
-    assert main(["embed", "--model", str(assets["model"]), "--input", f"S2L2A={scene('S2L2A')}",
-                 "--input", f"S1RTC={scene('S1RTC')}", "--output", str(out), "--no-progress"]) == 0  # fmt: skip
-    with rasterio.open(scene("S2L2A")) as src, rasterio.open(out) as emb:
+    assert main(["embed", "--model", str(assets["model"]), "--input", f"S2L2A={sample_tile('S2L2A')}",
+                 "--input", f"S1RTC={sample_tile('S1RTC')}", "--output", str(out), "--no-progress"]) == 0  # fmt: skip
+    with rasterio.open(sample_tile("S2L2A")) as src, rasterio.open(out) as emb:
         assert (emb.count, emb.height, emb.width) == (16, 14, 14)
         assert emb.crs == src.crs
         assert np.allclose(emb.transform.a, src.transform.a * 16) and emb.transform.c == src.transform.c
@@ -62,9 +56,9 @@ def test_embed_geotiff_and_safetensors(assets, tmp_path):
     from safetensors import safe_open
 
     out = tmp_path / "emb.safetensors"
-    assert main(["embed", "--model", str(assets["model"]), "--input", f"S2L2A={scene('S2L2A')}", "--output",
+    assert main(["embed", "--model", str(assets["model"]), "--input", f"S2L2A={sample_tile('S2L2A')}", "--output",
                  str(out), "--merge-method", "concat", "--no-progress"]) == 0  # fmt: skip
-    with safe_open(out, "pt") as handle, rasterio.open(scene("S2L2A")) as src:
+    with safe_open(out, "pt") as handle, rasterio.open(sample_tile("S2L2A")) as src:
         assert handle.get_tensor("embeddings").shape == (16, 14, 14)  # concat of the one configured modality
         assert handle.metadata()["modalities"] == "S2L2A" and handle.metadata()["nodata"] == "nan"
         transform = json.loads(handle.metadata()["transform"])  # the 160 m grid of the embeddings, not the 10 m input
@@ -72,12 +66,12 @@ def test_embed_geotiff_and_safetensors(assets, tmp_path):
 
 
 def test_generate_geotiffs_and_quicklooks(assets, tmp_path):
-    code = main(["generate", "--model", str(assets["model"]), "--input", f"S1RTC={scene('S1RTC')}",
+    code = main(["generate", "--model", str(assets["model"]), "--input", f"S1RTC={sample_tile('S1RTC')}",
                  "--output-modalities", "S2L2A,LULC", "--output-dir", str(tmp_path), "--timesteps", "2",
                  "--tokenizer", f"S2L2A={assets['S2L2A']}", "--tokenizer", f"LULC={assets['LULC']}",
                  "--no-progress"])  # fmt: skip
     assert code == 0
-    with rasterio.open(scene("S1RTC")) as src:
+    with rasterio.open(sample_tile("S1RTC")) as src:
         for name, count, dtype in (("S2L2A", 12, "int16"), ("LULC", 1, "uint8")):
             with rasterio.open(tmp_path / f"{name}.tif") as out:
                 assert (out.count, out.height, out.width, out.dtypes[0]) == (count, 224, 224, dtype)
@@ -90,19 +84,19 @@ def test_generate_offset_shifts_the_statistics(assets, tmp_path, capsys):
     """--offset S2L2A=1000 (harmonised L2A): generated S2L2A comes back 1000 higher, the same samples otherwise."""
     outputs = {}
     for name, extra in (("plain", []), ("offset", ["--offset", "S2L2A=1000"])):
-        assert main(["generate", "--model", str(assets["model"]), "--input", f"S1RTC={scene('S1RTC')}",
+        assert main(["generate", "--model", str(assets["model"]), "--input", f"S1RTC={sample_tile('S1RTC')}",
                      "--output-modalities", "S2L2A", "--output-dir", str(tmp_path / name), "--timesteps", "1",
                      "--tokenizer", f"S2L2A={assets['S2L2A']}", "--no-progress", *extra]) == 0  # fmt: skip
         with rasterio.open(tmp_path / name / "S2L2A.tif") as out:
             outputs[name] = out.read().astype(np.int32)
     assert np.abs(outputs["offset"] - outputs["plain"] - 1000).max() <= 1
-    argv = ["generate", "--input", f"S2L2A={scene('S2L2A')}", "--output-modalities", "LULC", "--output-dir", "o"]
+    argv = ["generate", "--input", f"S2L2A={sample_tile('S2L2A')}", "--output-modalities", "LULC", "--output-dir", "o"]
     assert main([*argv, "--offset", "S2L2A=much"]) == 2
     assert "--offset takes MODALITY=NUMBER" in capsys.readouterr().err
 
 
 def test_generate_tiles_a_larger_scene(assets, tmp_path):
-    with rasterio.open(scene("S2L2A")) as src:
+    with rasterio.open(sample_tile("S2L2A")) as src:
         data, profile = src.read(), src.profile
     big = np.concatenate([data, data[:, :, ::-1][:, :, :96]], axis=2)  # 224 x 320
     profile.update(width=big.shape[2])
@@ -123,13 +117,13 @@ def test_generate_tiles_a_larger_scene(assets, tmp_path):
         (["embed", "--input", "FOO=x.tif", "--output", "e.tif"], "Unknown modality 'FOO'"),
         (["embed", "--input", "S2L2A", "--output", "e.tif"], "MODALITY=PATH"),
         (["embed", "--input", "S2L2A=missing.tif", "--output", "e.tif"], "does not exist"),
-        (["embed", "--input", f"S2L2A={scene('S2L2A')}", "--output", "e.png"], "must end in"),
+        (["embed", "--input", f"S2L2A={sample_tile('S2L2A')}", "--output", "e.png"], "must end in"),
         (
-            ["generate", "--input", f"S2L2A={scene('S2L2A')}", "--output-modalities", "RGB", "--output-dir", "o"],
+            ["generate", "--input", f"S2L2A={sample_tile('S2L2A')}", "--output-modalities", "RGB", "--output-dir", "o"],
             "cannot generate 'RGB'",
         ),
         (
-            ["embed", "--model", "/nonexistent/model", "--input", f"S2L2A={scene('S2L2A')}", "--output", "e.tif"],
+            ["embed", "--model", "/nonexistent/model", "--input", f"S2L2A={sample_tile('S2L2A')}", "--output", "e.tif"],
             "/nonexistent/model: no such folder",
         ),
     ],
@@ -151,7 +145,7 @@ def test_finetune_wraps_the_finetuning_script(tmp_path, caplog):
 
     overrides = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_decoder_layers": 1,
                  "decoder_hidden_size": 16}  # fmt: skip
-    code = main(["finetune", "--data_root", str(SCENE), "--modalities", "S2L2A", "S1RTC", "--label_dir", "LULC",
+    code = main(["finetune", "--data_root", str(SAMPLES), "--modalities", "S2L2A", "S1RTC", "--label_dir", "LULC",
                  "--num_labels", "11", "--variant", "tiny", "--config_overrides", json.dumps(overrides),
                  "--crop_size", "64", "--output_dir", str(tmp_path), "--max_steps", "2",
                  "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "--save_strategy", "no",
@@ -185,7 +179,7 @@ def test_convert_a_tokenizer_checkpoint(tmp_path):
 def test_outputs_are_never_overwritten_unasked(assets, tmp_path):
     out = tmp_path / "emb.tif"
     out.write_text("an unrelated file")
-    argv = ["embed", "--model", assets["model"], "--input", f"S2L2A={scene('S2L2A')}", "--output", out, "--no-progress"]
+    argv = ["embed", "--model", assets["model"], "--input", f"S2L2A={sample_tile('S2L2A')}", "--output", out, "--no-progress"]
     assert one_line_error(cli(*argv), f"{out} exists; pass --overwrite")
     assert out.read_text() == "an unrelated file"
     assert cli(*argv, "--overwrite").returncode == 0
@@ -194,7 +188,7 @@ def test_outputs_are_never_overwritten_unasked(assets, tmp_path):
     # generate checks every output before it starts: one existing file stops the run, nothing is written
     (tmp_path / "gen").mkdir()
     (tmp_path / "gen" / "LULC.png").write_bytes(b"old")
-    code = main(["generate", "--model", str(assets["model"]), "--input", f"S1RTC={scene('S1RTC')}",
+    code = main(["generate", "--model", str(assets["model"]), "--input", f"S1RTC={sample_tile('S1RTC')}",
                  "--output-modalities", "LULC", "--output-dir", str(tmp_path / "gen"), "--tokenizer",
                  f"LULC={assets['LULC']}", "--no-progress"])  # fmt: skip
     assert code == 2 and sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["LULC.png"]
@@ -218,7 +212,7 @@ def test_a_killed_run_leaves_complete_files_or_none(assets, tmp_path):
     out_dir = tmp_path / "generated"
     out_dir.mkdir()
     (out_dir / "LULC.tif").write_bytes(b"the previous run")
-    argv = ["generate", "--model", assets["model"], "--input", f"S1RTC={scene('S1RTC')}", "--output-modalities",
+    argv = ["generate", "--model", assets["model"], "--input", f"S1RTC={sample_tile('S1RTC')}", "--output-modalities",
             "LULC", "--output-dir", out_dir, "--tokenizer", f"LULC={assets['LULC']}", "--overwrite", "--no-progress"]  # fmt: skip
     for sig, code in ((signal.SIGTERM, 130), (signal.SIGKILL, -signal.SIGKILL)):
         process = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, *map(str, argv)], stdout=subprocess.PIPE,
@@ -259,11 +253,11 @@ EMBED = [
     "{model}",
     "--no-progress",
     "--input",
-    f"S2L2A={scene('S2L2A')}",
+    f"S2L2A={sample_tile('S2L2A')}",
     "--output",
     "{tmp}/e.tif",
 ]
-GENERATE = ["generate", "--model", "{model}", "--no-progress", "--input", f"S1RTC={scene('S1RTC')}",
+GENERATE = ["generate", "--model", "{model}", "--no-progress", "--input", f"S1RTC={sample_tile('S1RTC')}",
             "--output-modalities", "LULC", "--output-dir", "{tmp}/out"]  # fmt: skip
 
 
@@ -309,7 +303,7 @@ def test_user_mistakes_are_one_line_and_exit_2(mistakes, argv, message, capsys):
 
 def test_console_mistakes_are_one_line(tmp_path):
     """The same through the console entry point, in a fresh interpreter (argparse errors and run-time ones)."""
-    assert one_line_error(cli("embed", "--input", f"S2L2A={scene('S2L2A')}", "--output", tmp_path / "e.tif",
+    assert one_line_error(cli("embed", "--input", f"S2L2A={sample_tile('S2L2A')}", "--output", tmp_path / "e.tif",
                               "--batch-size", "-1"), "expected an integer >= 1, got '-1'")  # fmt: skip
     (tmp_path / "text.tif").write_text("not a GeoTIFF")
     assert one_line_error(cli("embed", "--input", f"S2L2A={tmp_path / 'text.tif'}", "--output", tmp_path / "e.tif"),
@@ -321,7 +315,7 @@ def write_scene(tmp_path: Path) -> dict[str, Path]:
     """The sample tile with no data at all in its top-left 32 x 32 pixels, and S2L2A nodata in rows 96-111 only."""
     paths = {}
     for modality in ("S2L2A", "S1RTC"):
-        with rasterio.open(scene(modality)) as src:
+        with rasterio.open(sample_tile(modality)) as src:
             data, profile = src.read(), dict(src.profile)
         if modality == "S2L2A":
             data[:, :32, :32] = 0
@@ -395,7 +389,7 @@ def test_finetune_help_shows_what_matters(capsys):
 def test_no_progress_hides_every_bar(assets, tmp_path, capsys):
     from transformers.utils import logging as transformers_logging
 
-    argv = ["embed", "--model", str(assets["model"]), "--input", f"S2L2A={scene('S2L2A')}"]
+    argv = ["embed", "--model", str(assets["model"]), "--input", f"S2L2A={sample_tile('S2L2A')}"]
     try:
         assert main([*argv, "--output", str(tmp_path / "a.tif")]) == 0
         shown = capsys.readouterr().err
@@ -411,11 +405,11 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(assets, tmp_path, monkeypatch, 
     import terramind.cli.hardware
 
     monkeypatch.setattr(terramind.cli.hardware, "cpu_has_native_bf16", lambda: False)
-    assert main(["embed", "--model", str(assets["model"]), "--input", f"S2L2A={scene('S2L2A')}", "--output",
+    assert main(["embed", "--model", str(assets["model"]), "--input", f"S2L2A={sample_tile('S2L2A')}", "--output",
                  str(tmp_path / "e.tif"), "--dtype", "bf16", "--no-progress"]) == 0  # fmt: skip
     assert "bf16 on this CPU is emulated" in caplog.text and "use fp32 here" in caplog.text
     caplog.clear()
-    assert main(["embed", "--model", str(assets["model"]), "--input", f"S2L2A={scene('S2L2A')}", "--output",
+    assert main(["embed", "--model", str(assets["model"]), "--input", f"S2L2A={sample_tile('S2L2A')}", "--output",
                  str(tmp_path / "f.tif"), "--no-progress"]) == 0  # fmt: skip
     assert "bf16" not in caplog.text
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import TINY, sample_tile
 
 from terramind import TerraMindConfig, TerraMindImageProcessor, TerraMindModel, read_sample
 from terramind.cli import main
@@ -26,20 +27,12 @@ onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENE = ROOT / "samples" / "terramesh"
-TILE = "282D_485L_3_3.tif"
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_decoder_layers=1, hidden_act="gelu",
-            gated_mlp=False, modalities=["S2L2A", "S1RTC"])  # fmt: skip
 FAST = ["--tile-size", "64", "--overlap", "32", "--batch-size", "4", "--no-progress"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def scene(modality: str) -> str:
-    return str(SCENE / modality / TILE)
-
-
-INPUTS = ["--input", f"S2L2A={scene('S2L2A')}", "--input", f"S1RTC={scene('S1RTC')}"]
+INPUTS = ["--input", f"S2L2A={sample_tile('S2L2A')}", "--input", f"S1RTC={sample_tile('S1RTC')}"]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +58,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
 
 def processed(height: int, width: int, offsets: list[tuple[int, int]]) -> dict[str, np.ndarray]:
     """Standardized crops of the sample tile, one per offset, as a batch."""
-    sample = read_sample({"S2L2A": scene("S2L2A"), "S1RTC": scene("S1RTC")})
+    sample = read_sample({"S2L2A": sample_tile("S2L2A"), "S1RTC": sample_tile("S1RTC")})
     batch = TerraMindImageProcessor()(sample.images, band_names=sample.band_names, nodata_value=sample.nodata,
                                       return_tensors="np")  # fmt: skip
     return {name: np.concatenate([batch[name][:, :, t : t + height, x : x + width] for t, x in offsets])
@@ -114,7 +107,7 @@ def test_predict_exported_folder_without_torch(exported, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert main(["predict", "--model", str(exported["base"]), "--adapter", str(exported["adapter"]), *INPUTS,
                  "--output", str(reference), *FAST]) == 0  # fmt: skip
-    with rasterio.open(out) as onnx, rasterio.open(reference) as eager, rasterio.open(scene("S2L2A")) as source:
+    with rasterio.open(out) as onnx, rasterio.open(reference) as eager, rasterio.open(sample_tile("S2L2A")) as source:
         assert onnx.crs == source.crs and onnx.transform == source.transform and onnx.nodata == 255
         assert onnx.dtypes == ("uint8",) and onnx.descriptions == ("class",)
         assert (onnx.read(1) == eager.read(1)).mean() > 0.999  # ties aside, the same classes

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import TINY, sample_tile
 from PIL import Image
 from rasterio.windows import Window
 
@@ -17,20 +18,12 @@ from terramind.modeling_terramind_tasks import TerraMindForPixelRegression, Terr
 from terramind.training.adapters import save_adapter
 from terramind.training.finetuning import apply_lora
 
-SCENE = Path(__file__).resolve().parents[2] / "samples" / "terramesh"
-TILE = "282D_485L_3_3.tif"
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_decoder_layers=1, hidden_act="gelu",
-            gated_mlp=False, modalities=["S2L2A", "S1RTC"])  # fmt: skip
 FAST = ["--tile-size", "64", "--overlap", "32", "--batch-size", "16", "--no-progress"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def scene(modality: str) -> str:
-    return str(SCENE / modality / TILE)
-
-
-def inputs_of(s2: str = scene("S2L2A"), s1: str = scene("S1RTC")) -> list[str]:
+def inputs_of(s2: str = sample_tile("S2L2A"), s1: str = sample_tile("S1RTC")) -> list[str]:
     return ["--input", f"S2L2A={s2}", "--input", f"S1RTC={s1}"]
 
 
@@ -57,7 +50,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
             "base": root / "base", "adapter": root / "adapter"}  # fmt: skip
 
 
-def reference_logits(model, s2: str = scene("S2L2A"), s1: str = scene("S1RTC")) -> torch.Tensor:
+def reference_logits(model, s2: str = sample_tile("S2L2A"), s1: str = sample_tile("S1RTC")) -> torch.Tensor:
     from terramind import predict_tiled, read_sample
 
     sample = read_sample({"S2L2A": s2, "S1RTC": s1})
@@ -70,7 +63,7 @@ def test_predict_class_map_probabilities_and_quicklook(models, tmp_path):
     assert main(["predict", "--model", str(models["segmentation"]), *inputs_of(), "--output", str(out),
                  "--probabilities", str(probabilities), *FAST]) == 0  # fmt: skip
     logits = reference_logits(TerraMindForSemanticSegmentation.from_pretrained(models["segmentation"]))
-    with rasterio.open(out) as dst, rasterio.open(scene("S2L2A")) as src:
+    with rasterio.open(out) as dst, rasterio.open(sample_tile("S2L2A")) as src:
         assert dst.dtypes == ("uint8",) and dst.nodata == 255 and dst.crs == src.crs and dst.transform == src.transform
         classes = dst.read(1)
     assert np.array_equal(classes, logits[0].argmax(0).numpy())
@@ -87,7 +80,7 @@ def test_predict_any_scene_size_keeps_georeference_and_nodata(models, tmp_path):
     and the nodata pixels are nodata in the class map."""
     paths = {}
     for modality in ("S2L2A", "S1RTC"):
-        with rasterio.open(scene(modality)) as src:
+        with rasterio.open(sample_tile(modality)) as src:
             window = Window(10, 20, 150, 100)
             values, profile = src.read(window=window), dict(src.profile)
             profile.update(height=100, width=150, transform=src.window_transform(window))
@@ -126,15 +119,15 @@ def test_predict_regression_and_time_series(models, tmp_path):
     temporal = TerraMindForSemanticSegmentation(TerraMindConfig(**TINY, num_labels=3, decoder_hidden_size=16,
                                                                 temporal_merge="concat", num_timesteps=2))  # fmt: skip
     temporal.save_pretrained(tmp_path / "temporal")
-    second = str(SCENE / "S2L2A" / "433D_629L_3_1.tif")  # another date would do: any co-registered raster
-    with rasterio.open(second) as src, rasterio.open(scene("S2L2A")) as ref:
+    second = sample_tile("S2L2A", "433D_629L_3_1.tif")  # another date would do: any co-registered raster
+    with rasterio.open(second) as src, rasterio.open(sample_tile("S2L2A")) as ref:
         profile = dict(ref.profile)
         values = src.read()
     with rasterio.open(tmp_path / "t1.tif", "w", **profile) as dst:
         dst.write(values)
     out = tmp_path / "temporal.tif"
-    assert main(["predict", "--model", str(tmp_path / "temporal"), "--input", f"S2L2A={scene('S2L2A')}",
-                 "--input", f"S2L2A={tmp_path / 't1.tif'}", "--input", f"S1RTC={scene('S1RTC')}",
+    assert main(["predict", "--model", str(tmp_path / "temporal"), "--input", f"S2L2A={sample_tile('S2L2A')}",
+                 "--input", f"S2L2A={tmp_path / 't1.tif'}", "--input", f"S1RTC={sample_tile('S1RTC')}",
                  "--output", str(out), *FAST]) == 0  # fmt: skip
     with rasterio.open(out) as dst:
         assert dst.read(1).max() < 3

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import TINY, sample_tile
 from rasterio.transform import from_origin
 
 from terramind import TerraMindConfig, TerraMindImageProcessor, TerraMindModel, read_sample
@@ -25,11 +26,7 @@ from terramind.scenes.steps import ProcessorPrepare, logits_step
 from terramind.scenes.tiled import predict_tiled
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT / "samples" / "terramesh"
-TILE = "282D_485L_3_3.tif"
-PATHS = {"S2L2A": str(SAMPLES / "S2L2A" / TILE), "S1RTC": str(SAMPLES / "S1RTC" / TILE)}
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_decoder_layers=1, hidden_act="gelu",
-            gated_mlp=False, modalities=["S2L2A", "S1RTC"])  # fmt: skip
+PATHS = {"S2L2A": sample_tile("S2L2A"), "S1RTC": sample_tile("S1RTC")}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
