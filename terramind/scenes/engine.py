@@ -489,6 +489,11 @@ def _reader(jobs: list[SceneJob], plan: Callable[[SceneJob], tuple[TileGrid, tup
                     source.close()
 
 
+def _visits(grid: TileGrid, stripes: tuple[Stripe, ...]) -> int:
+    """Tiles a scene runs: its grid's, plus the border columns that neighbouring stripes share."""
+    return len(grid.tops) * sum(len(stripe.lefts) for stripe in stripes)
+
+
 class _SceneState:
     """One scene in flight: its stripes, and the current stripe's bands of output rows (per output) and of nodata
     (per output resolution)."""
@@ -497,8 +502,7 @@ class _SceneState:
                  pooling: str, allocator: _Allocator | None = None):  # fmt: skip
         self.job, self.grid, self.stripes, self.merge, self.pooling = job, grid, stripes, merge, pooling
         self.allocator = allocator
-        self.visits = len(grid.tops) * sum(len(stripe.lefts) for stripe in stripes)
-        self.run = SceneRun(tiles=self.visits)
+        self.run = SceneRun(tiles=_visits(grid, stripes))
         self.templates: dict[str, tuple[np.ndarray, str]] = {}  # output -> (a tile's output, merge mode)
         self.stripe = stripes[0]
         self.unwritten: list[int] = []  # stripes passed before any tile was computed (all their tiles skipped)
@@ -645,7 +649,7 @@ def run_scenes(
     def plan(job: SceneJob) -> tuple[TileGrid, tuple[Stripe, ...]]:
         grid = TileGrid.plan(job.source.height, job.source.width, tile_size, overlap, multiple_of, shrink)
         stripes = grid.stripes(stripe_width if hasattr(job.output, "write_block") else None)
-        bar.total = (bar.total or 0) + len(grid.tops) * sum(len(stripe.lefts) for stripe in stripes)
+        bar.total = (bar.total or 0) + _visits(grid, stripes)
         bar.refresh()
         return grid, stripes
 
@@ -692,7 +696,7 @@ def run_scenes(
             if isinstance(tile, _Failure):
                 if batch:
                     run_batch(batch)
-                while done < len(grids) and done in states and states[done].seen == states[done].visits:
+                while done < len(grids) and done in states and states[done].seen == states[done].run.tiles:
                     yield finish(done)
                     done += 1
                 raise tile.error
@@ -712,7 +716,7 @@ def run_scenes(
                 run_batch(batch)
                 batch = []
             bar.update(1)
-            while done < len(grids) and done in states and states[done].seen == states[done].visits and \
+            while done < len(grids) and done in states and states[done].seen == states[done].run.tiles and \
                     not any(t.scene == done for t in batch):  # fmt: skip
                 yield finish(done)
                 done += 1
