@@ -87,3 +87,46 @@ def test_quicklooks_read_a_bounded_grid_whatever_the_scene(tmp_path):
     values = read_decimated(tmp_path / "wide.tif")
     assert QUICKLOOK_MAX_SIDE == 1024 and values.shape == (12, 14, 867) and values.dtype == np.float32
     assert read_decimated(tmp_path / "wide.tif", max_side=4096).shape == (12, 40, 2600)
+
+
+class RandomGenerator:
+    """`generate` with the real outputs' shapes (12-band S2L2A, 10-class LULC logits) and no model time."""
+
+    device = "cpu"
+
+    def generate(self, tiles, output_modalities, generator=None, decode=True, **options):
+        count, side = len(tiles["S2L2A"]), tiles["S2L2A"].shape[-1]
+        return {"S2L2A": torch.randn(count, 12, side, side), "LULC": torch.randn(count, 10, side, side)}
+
+
+def test_generation_memory_does_not_grow_with_the_scene(tmp_path, monkeypatch):
+    """The arrays that stream (numpy's, as tracemalloc sees them) peak equally for a scene and one four times its
+    area; whole rows instead of stripes peak with the width (so the measure sees the bands)."""
+    import tracemalloc
+
+    from terramind.scenes.generation import GeneratedFiles
+
+    streaming_peaks: list[int] = []
+    close = GeneratedFiles.close
+
+    def close_and_record(self):  # the peak while the scene streams, before the quick-looks are drawn
+        streaming_peaks.append(tracemalloc.get_traced_memory()[1])
+        close(self)
+
+    monkeypatch.setattr(GeneratedFiles, "close", close_and_record)
+    peaks = {}
+    for height, width, stripe_width in ((384, 768, 192), (768, 1536, 192), (384, 768, None), (768, 1536, None)):
+        write_s2(tmp_path / f"s2-{width}.tif", height, width)
+        tracemalloc.start()
+        try:
+            (run,) = generate_scenes(RandomGenerator(), [{"S2L2A": str(tmp_path / f"s2-{width}.tif")}],
+                                     [tmp_path / f"out-{width}-{stripe_width}"], ["S2L2A", "LULC"],
+                                     TerraMindImageProcessor(do_pad=True, size_divisor=16), tile_size=64, overlap=16,
+                                     batch_size=4, progress=False, stripe_width=stripe_width)  # fmt: skip
+        finally:
+            tracemalloc.stop()
+        peaks[width, stripe_width] = streaming_peaks[-1]
+        with rasterio.open(tmp_path / f"out-{width}-{stripe_width}" / "S2L2A.tif") as dst:
+            assert (dst.count, dst.height, dst.width) == (12, height, width) and run.computed == run.tiles
+    assert peaks[1536, 192] <= 1.05 * peaks[768, 192]
+    assert peaks[1536, None] > 1.5 * peaks[768, None] > 1.5 * peaks[768, 192]
