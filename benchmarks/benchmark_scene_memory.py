@@ -9,6 +9,8 @@ path runs too, in the same run, for the sides in `--baseline-sides`. Not a test;
 
     python benchmarks/benchmark_scene_memory.py --sides 2048 5490 --baseline-src /tmp/baseline --baseline-sides 2048 5490
     python benchmarks/benchmark_scene_memory.py --sides 10980
+    python benchmarks/benchmark_scene_memory.py --commands generate --sides 2048 4096
+    python benchmarks/benchmark_scene_memory.py --commands generate-engine --sides 2048 4096 10980
 
 Temporary scenes and outputs live under --workdir and are deleted at the end (unless --keep).
 """
@@ -52,10 +54,15 @@ else:
         for run, _ in embed_scenes(model, [Scene("scene", spec["inputs"])], sink, tile_size=224, batch_size=8,
                                    num_workers=1, progress=False):
             pass
-    elif spec["command"] == "generate":
+    elif spec["command"] in ("generate", "generate-engine"):
         from terramind import TerraMindForGeneration, TerraMindImageProcessor
         from terramind.scenes.generation import generate_scenes
         model = TerraMindForGeneration.from_pretrained(spec["model"]).eval()
+        if spec["command"] == "generate-engine":  # the outputs' shapes without the model time: engine and writers
+            def random_outputs(tiles, output_modalities, generator=None, decode=True, **options):
+                count, side = len(tiles["S1RTC"]), tiles["S1RTC"].shape[-1]
+                return {"S2L2A": torch.randn(count, 12, side, side), "LULC": torch.randn(count, 10, side, side)}
+            model.generate = random_outputs
         processor = TerraMindImageProcessor(do_pad=True, size_divisor=16)
         for run in generate_scenes(model, [{"S1RTC": spec["inputs"]["S1RTC"]}], [spec["output"]], ["S2L2A", "LULC"],
                                    processor, tile_size=224, overlap=64, batch_size=8, overwrite=True,
@@ -157,7 +164,10 @@ def run_case(impl: str, source: Path, command: str, model: str, inputs: dict[str
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sides", type=int, nargs="+", default=[2048, 5490, 10980])
-    parser.add_argument("--commands", nargs="+", default=["embed", "predict"], choices=["embed", "predict", "generate"])
+    parser.add_argument("--commands", nargs="+", default=["embed", "predict"],
+                        choices=["embed", "predict", "generate", "generate-engine"],
+                        help="generate-engine: generate with random model outputs of the real shapes (12-band S2L2A, "
+                             "10-class LULC logits), to measure the engine and writers at sizes the model is too slow for")  # fmt: skip
     parser.add_argument("--timesteps", type=int, default=2, help="diffusion steps of the S2L2A decoder (generate)")
     parser.add_argument("--baseline-src", type=Path, help="a checkout of the pre-streaming package (old path)")
     parser.add_argument("--baseline-sides", type=int, nargs="*", default=[2048])
@@ -175,11 +185,11 @@ def main(argv: list[str] | None = None) -> None:
                 impls = [("new", ROOT)] + ([("old", args.baseline_src)] if args.baseline_src and
                                            side in args.baseline_sides else [])  # fmt: skip
                 for impl, source in impls:
-                    if impl == "old" and command == "generate":
+                    if impl == "old" and command.startswith("generate"):
                         continue
-                    output = workdir / f"{impl}-{command}-{side}" if command == "generate" else \
+                    output = workdir / f"{impl}-{command}-{side}" if command.startswith("generate") else \
                         workdir / f"{impl}-{command}-{side}.tif"  # fmt: skip
-                    result = run_case(impl, source, command, models[command], inputs, output, args.timesteps)
+                    result = run_case(impl, source, command, models[command.split("-")[0]], inputs, output, args.timesteps)
                     tiles = tiles_of(command, side)
                     row = {"impl": impl, "command": command, "side": side, "tiles": tiles, **result}
                     if "seconds" in result:
