@@ -132,9 +132,10 @@ def read_decimated(path: str | os.PathLike, max_side: int = QUICKLOOK_MAX_SIDE) 
     memory with the scene (12 x 1024 x 1024 float32: 50 MB)."""
     import rasterio
 
+    from .writers import decimated_shape
+
     with rasterio.open(path) as src:
-        factor = max(1, math.ceil(max(src.height, src.width) / max_side))
-        shape = (src.count, -(-src.height // factor), -(-src.width // factor))
+        shape = (src.count, *decimated_shape(src, max_side))
         return src.read(out_shape=shape, masked=True).astype(np.float32).filled(np.nan)
 
 

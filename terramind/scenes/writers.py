@@ -18,7 +18,7 @@ import numpy as np
 
 BLOCK_SIZE = 256
 WRITE_CACHE_MB = 32  # GDAL's block cache while an output becomes a COG: a constant, whatever the output's size
-QUICKLOOK_MAX_SIDE = 4096  # larger class maps get a decimated quick-look (nearest), not a full-size PNG
+CLASS_MAP_QUICKLOOK_MAX_SIDE = 4096  # larger class maps get a decimated quick-look (nearest), not a full-size PNG
 
 
 class GeoTiffRows:
@@ -96,14 +96,19 @@ class GeoTiffRows:
             self.staging.unlink(missing_ok=True)
 
 
-def read_for_quicklook(path: str | os.PathLike, max_side: int = QUICKLOOK_MAX_SIDE) -> np.ndarray:
+def decimated_shape(src: Any, max_side: int) -> tuple[int, int]:
+    """(height, width) at which to read an open raster, decimated by a whole factor so that no side exceeds
+    `max_side` (its own size if it fits)."""
+    factor = max(1, math.ceil(max(src.height, src.width) / max_side))
+    return -(-src.height // factor), -(-src.width // factor)
+
+
+def read_for_quicklook(path: str | os.PathLike, max_side: int = CLASS_MAP_QUICKLOOK_MAX_SIDE) -> np.ndarray:
     """Band 1 of a raster, whole if its sides fit `max_side`, else decimated (nearest) to fit it."""
     import rasterio
 
     with rasterio.open(path) as src:
-        factor = max(1, math.ceil(max(src.height, src.width) / max_side))
-        shape = (-(-src.height // factor), -(-src.width // factor))
-        return src.read(1, out_shape=shape) if factor > 1 else src.read(1)
+        return src.read(1, out_shape=decimated_shape(src, max_side))
 
 
-__all__ = ["BLOCK_SIZE", "QUICKLOOK_MAX_SIDE", "GeoTiffRows", "read_for_quicklook"]
+__all__ = ["BLOCK_SIZE", "CLASS_MAP_QUICKLOOK_MAX_SIDE", "GeoTiffRows", "decimated_shape", "read_for_quicklook"]
